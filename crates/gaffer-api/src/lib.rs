@@ -1,0 +1,26 @@
+//! Wire types of gaffer: what users send (a [`JobSpec`]), what they get back (the views in
+//! [`views`]), the task and job state machines ([`state`]) and the messages agents and servers
+//! exchange ([`proto`]).
+//!
+//! This crate is pure: no I/O, no async. Validation of a spec ([`JobSpec::validate`]) lives here
+//! so that the server, the CLI and tests agree on what a valid job is, and every error names the
+//! field it is about ([`FieldError`]).
+#![deny(missing_docs)]
+
+pub mod ids;
+pub mod proto;
+pub mod spec;
+pub mod state;
+pub mod units;
+pub mod views;
+
+pub use ids::{AttemptKey, JobId};
+pub use spec::{FieldError, JobSpec, Resources};
+pub use state::{JobState, TaskState};
+pub use units::{ByteSize, DurationSpec};
+
+/// Milliseconds since the Unix epoch; every timestamp on the wire uses it.
+pub type UnixMs = u64;
+
+/// Largest array a single job may declare.
+pub const MAX_ARRAY: u32 = 1_000_000;

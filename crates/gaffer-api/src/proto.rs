@@ -1,0 +1,158 @@
+//! Messages between an agent and the server. One bidirectional stream per agent carries
+//! [`AgentMsg`] up and [`ServerMsg`] down. In `gaffer dev` the stream is an in-process channel;
+//! between hosts the same messages travel as JSON.
+
+use crate::ids::AttemptKey;
+use crate::UnixMs;
+use serde::{Deserialize, Serialize};
+
+/// What an agent tells the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMsg {
+    /// First message on a stream: who the agent is and what it is running.
+    Register {
+        /// The node's identity and capacity.
+        node: NodeInfo,
+        /// Attempts the agent knows of and has not yet been told to forget.
+        attempts: Vec<AttemptReport>,
+    },
+    /// Periodic liveness and measured resources.
+    Heartbeat {
+        /// Free memory measured on the node, bytes.
+        memory_free: u64,
+    },
+    /// The attempt's supervisor started.
+    Started {
+        /// Which attempt.
+        key: AttemptKey,
+        /// When (Unix ms).
+        at: UnixMs,
+    },
+    /// The attempt ended.
+    Ended {
+        /// Which attempt.
+        key: AttemptKey,
+        /// How.
+        result: AttemptResult,
+    },
+}
+
+/// A node's identity and capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Unique node name.
+    pub name: String,
+    /// CPUs offered to tasks.
+    pub cpus: f64,
+    /// Memory offered to tasks, bytes.
+    pub memory: u64,
+    /// Whether tasks without an image may run as host processes.
+    pub allow_host_tasks: bool,
+}
+
+/// An attempt the agent found, e.g. after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AttemptReport {
+    /// Its supervisor is alive.
+    Running {
+        /// Which attempt.
+        key: AttemptKey,
+    },
+    /// It ended (or vanished) while the server was not told.
+    Ended {
+        /// Which attempt.
+        key: AttemptKey,
+        /// How.
+        result: AttemptResult,
+    },
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndKind {
+    /// The main process exited or was killed by a signal not sent by gaffer.
+    Exited,
+    /// gaffer stopped it at its timeout.
+    TimedOut,
+    /// gaffer killed it on request.
+    Killed,
+    /// It could not be started (e.g. program not found).
+    SpawnFailed,
+    /// The memory limit killed it.
+    OomKilled,
+    /// Its supervisor vanished without a result.
+    Lost,
+}
+
+/// Result of an attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    /// How it ended.
+    pub kind: EndKind,
+    /// Exit status, if it exited.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, if any.
+    pub signal: Option<i32>,
+    /// Start (Unix ms), if it started.
+    pub started_at: Option<UnixMs>,
+    /// End (Unix ms).
+    pub ended_at: UnixMs,
+    /// Peak RSS, bytes.
+    pub max_rss_bytes: Option<u64>,
+    /// CPU seconds.
+    pub cpu_secs: Option<f64>,
+    /// Output files kept.
+    pub outputs: Vec<String>,
+    /// Detail in words.
+    pub message: Option<String>,
+}
+
+/// What the server tells an agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Start this attempt.
+    Start(Box<TaskLaunch>),
+    /// Kill this attempt (SIGTERM, then SIGKILL after its grace).
+    Kill {
+        /// Which attempt.
+        key: AttemptKey,
+    },
+    /// The server has durably recorded the attempt's end; the agent may stop reporting it.
+    Forget {
+        /// Which attempt.
+        key: AttemptKey,
+    },
+}
+
+/// Everything an agent needs to run one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskLaunch {
+    /// Which attempt.
+    pub key: AttemptKey,
+    /// Job name (for hostnames and logs).
+    pub name: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Environment added to the agent's base environment (spec env and `GAFFER_*`).
+    pub env: Vec<(String, String)>,
+    /// Working directory, if the spec gave one.
+    pub workdir: Option<String>,
+    /// Container image, if any.
+    pub image: Option<String>,
+    /// Timeout, ms.
+    pub timeout_ms: Option<u64>,
+    /// SIGTERM → SIGKILL grace, ms.
+    pub kill_grace_ms: u64,
+    /// Output globs.
+    pub outputs: Vec<String>,
+    /// CPUs reserved.
+    pub cpus: f64,
+    /// Memory limit, bytes.
+    pub memory: Option<u64>,
+    /// Process limit.
+    pub pids: Option<u32>,
+}

@@ -1,0 +1,405 @@
+//! The job specification a user submits, and its validation.
+//!
+//! Parsing (serde, unknown fields refused) and validation ([`JobSpec::validate`]) are separate:
+//! parsing checks shapes and units, validation checks meaning (a command is given, the array size
+//! is in range, output globs stay inside the workspace, ...). Both produce errors that name the
+//! field, so a batch of specs can be rejected with every problem listed at once.
+
+use crate::units::{ByteSize, DurationSpec};
+use crate::MAX_ARRAY;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Default SIGTERM → SIGKILL grace period.
+pub const DEFAULT_KILL_GRACE: DurationSpec = DurationSpec(5_000);
+/// Default delay before the first retry; it doubles on each further retry.
+pub const DEFAULT_RETRY_BACKOFF: DurationSpec = DurationSpec(1_000);
+/// Cap on the retry back-off.
+pub const MAX_RETRY_BACKOFF: DurationSpec = DurationSpec(600_000);
+/// CPUs reserved by a task that does not ask.
+pub const DEFAULT_CPUS: f64 = 1.0;
+
+/// What to run, where, with which limits. `command` or `shell` must be given.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// A human name; defaults to the command's first word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The program and its arguments (argv), run without a shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// A command line run by `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; defaults to the attempt's private workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Container image; absent means a host process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// CPU and memory the task reserves.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Wall-clock limit per attempt, e.g. "30s", "2h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "30s"))]
+    pub timeout: Option<DurationSpec>,
+    /// Time between SIGTERM and SIGKILL when a task is killed or times out (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "5s"))]
+    pub kill_grace: Option<DurationSpec>,
+    /// How many times a failed or timed-out task is tried again.
+    #[serde(default)]
+    pub retries: u32,
+    /// Delay before the first retry (default 1s); doubles on each further retry, capped at 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "1s"))]
+    pub retry_backoff: Option<DurationSpec>,
+    /// Glob patterns, relative to the working directory, of files kept after the task ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// Number of tasks (1 to 1,000,000); each gets its index in `GAFFER_TASK_INDEX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<u32>,
+    /// Higher runs first; FIFO within a priority.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Resources a task reserves on its node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPUs (fractions allowed); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory, e.g. "256M" or a number of bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "256M"))]
+    pub memory: Option<ByteSize>,
+    /// Maximum number of processes (enforced in containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
+}
+
+/// A problem with one field of a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FieldError {
+    /// Position of the spec in a submitted list, if it was a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// Dotted path of the field, e.g. `resources.memory`.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(i) = self.index {
+            write!(f, "job {i}: ")?;
+        }
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl FieldError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            index: None,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl JobSpec {
+    /// Checks meaning; returns every problem found, each naming its field.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut err = |f: &str, m: String| errs.push(FieldError::new(f, m));
+        match (&self.shell, self.command.is_empty()) {
+            (Some(_), false) => err(
+                "command",
+                "give either `command` or `shell`, not both".into(),
+            ),
+            (None, true) => err(
+                "command",
+                "is empty: give a program and its arguments, or a `shell` command line".into(),
+            ),
+            (Some(s), true) if s.trim().is_empty() => err("shell", "is empty".into()),
+            _ => {}
+        }
+        if self.command.first().is_some_and(|c| c.is_empty()) {
+            err("command", "the program name (first word) is empty".into());
+        }
+        if self
+            .command
+            .iter()
+            .chain(self.shell.iter())
+            .any(|a| a.contains('\0'))
+        {
+            err("command", "contains a NUL byte".into());
+        }
+        if let Some(n) = &self.name {
+            if n.is_empty() || n.len() > 200 || n.chars().any(|c| c.is_control()) {
+                err("name", "must be 1 to 200 printable characters".into());
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                err(
+                    &format!("env.{k}"),
+                    "names must be non-empty without `=`; no NUL bytes".into(),
+                );
+            }
+        }
+        if let Some(w) = &self.workdir {
+            if !w.starts_with('/') {
+                err("workdir", format!("`{w}` must be an absolute path"));
+            }
+        }
+        if let Some(c) = self.resources.cpus {
+            if !(c.is_finite() && c > 0.0 && c <= 4096.0) {
+                err(
+                    "resources.cpus",
+                    format!("{c} is out of range: expected a number > 0, e.g. 0.5 or 2"),
+                );
+            }
+        }
+        if self.resources.memory.is_some_and(|m| m.0 == 0) {
+            err("resources.memory", "must be greater than zero".into());
+        }
+        if self.resources.pids == Some(0) {
+            err("resources.pids", "must be greater than zero".into());
+        }
+        if self.timeout.is_some_and(|t| t.0 == 0) {
+            err("timeout", "must be greater than zero".into());
+        }
+        if self.retries > 1000 {
+            err(
+                "retries",
+                format!("{} is too many (at most 1000)", self.retries),
+            );
+        }
+        if let Some(a) = self.array {
+            if a == 0 || a > MAX_ARRAY {
+                err(
+                    "array",
+                    format!("{a} is out of range: expected 1 to {MAX_ARRAY}"),
+                );
+            }
+        }
+        for (i, g) in self.outputs.iter().enumerate() {
+            if let Err(m) = check_output_glob(g) {
+                err(&format!("outputs[{i}]"), m);
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Number of tasks the job has.
+    pub fn task_count(&self) -> u32 {
+        self.array.unwrap_or(1)
+    }
+
+    /// The argv a task runs: `command`, or `/bin/sh -c shell`.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.shell {
+            Some(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            None => self.command.clone(),
+        }
+    }
+
+    /// The name shown for the job: `name`, else the program's base name.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match (&self.shell, self.command.first()) {
+            (Some(_), _) => "sh".into(),
+            (None, Some(c)) => c.rsplit('/').next().unwrap_or(c).to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// CPUs reserved (default 1).
+    pub fn cpus(&self) -> f64 {
+        self.resources.cpus.unwrap_or(DEFAULT_CPUS)
+    }
+}
+
+/// An output glob must be relative and must not climb out of the workspace.
+fn check_output_glob(g: &str) -> Result<(), String> {
+    if g.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if g.starts_with('/') {
+        return Err(format!(
+            "`{g}` is absolute: outputs are relative to the task's working directory"
+        ));
+    }
+    if g.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "`{g}` escapes the working directory (`..` is not allowed)"
+        ));
+    }
+    if g.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    Ok(())
+}
+
+/// Parses one spec or a list of specs from JSON, naming the failing field on error.
+pub fn parse_specs_json(body: &[u8]) -> Result<Vec<JobSpec>, FieldError> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| FieldError::new("", format!("invalid JSON: {e}")))?;
+    specs_from_value(v)
+}
+
+/// Converts a JSON value (one spec object, a list, or `{"jobs": [...]}`) into specs.
+pub fn specs_from_value(v: serde_json::Value) -> Result<Vec<JobSpec>, FieldError> {
+    let (items, listed) = match v {
+        serde_json::Value::Array(a) => (a, true),
+        serde_json::Value::Object(mut o) if o.len() == 1 && o.contains_key("jobs") => {
+            match o.remove("jobs") {
+                Some(serde_json::Value::Array(a)) => (a, true),
+                _ => return Err(FieldError::new("jobs", "must be a list of job specs")),
+            }
+        }
+        other @ serde_json::Value::Object(_) => (vec![other], false),
+        _ => {
+            return Err(FieldError::new(
+                "",
+                "expected a job spec object or a list of them",
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(FieldError::new("", "the list of jobs is empty"));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            serde_path_to_error::deserialize::<_, JobSpec>(item).map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.inner().to_string();
+                let field = if path.is_empty() || path == "." {
+                    field_from_serde_message(&msg)
+                } else {
+                    path
+                };
+                FieldError {
+                    index: listed.then_some(i),
+                    field,
+                    message: msg,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Best effort: pulls the field name out of serde's "unknown field `x`" style messages.
+fn field_from_serde_message(msg: &str) -> String {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = msg.split(marker).nth(1) {
+            if let Some(end) = rest.find('`') {
+                return rest[..end].to_string();
+            }
+        }
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<Vec<JobSpec>, FieldError> {
+        parse_specs_json(json.as_bytes())
+    }
+
+    #[test]
+    fn minimal_spec_parses_and_validates() {
+        let s = &spec(r#"{"command": ["echo", "hi"]}"#).unwrap()[0];
+        s.validate().unwrap();
+        assert_eq!(s.display_name(), "echo");
+        assert_eq!(s.task_count(), 1);
+    }
+
+    #[test]
+    fn units_parse_inside_specs() {
+        let s = &spec(
+            r#"{"shell": "true", "resources": {"memory": "256M", "cpus": 0.5}, "timeout": "2s"}"#,
+        )
+        .unwrap()[0];
+        assert_eq!(s.resources.memory, Some(ByteSize(256 << 20)));
+        assert_eq!(s.timeout, Some(DurationSpec(2000)));
+        assert_eq!(s.argv(), vec!["/bin/sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = spec(r#"{"command": ["x"], "comand": 1}"#).unwrap_err();
+        assert_eq!(e.field, "comand");
+        let e = spec(r#"[{"command": ["x"]}, {"command": ["x"], "bogus": 1}]"#).unwrap_err();
+        assert_eq!(e.index, Some(1));
+    }
+
+    #[test]
+    fn bad_units_and_negative_numbers_are_rejected() {
+        let e = spec(r#"{"command": ["x"], "resources": {"memory": "12XB"}}"#).unwrap_err();
+        assert!(e.message.contains("XB"), "{e}");
+        assert_eq!(e.field, "resources.memory");
+        let e = spec(r#"{"command": ["x"], "resources": {"mem": 1}}"#).unwrap_err();
+        assert_eq!(e.field, "resources.mem");
+        assert!(spec(r#"{"command": ["x"], "retries": -1}"#).is_err());
+        assert!(spec(r#"{"command": ["x"], "timeout": "abc"}"#).is_err());
+    }
+
+    #[test]
+    fn validation_names_every_bad_field() {
+        let s = JobSpec {
+            array: Some(0),
+            outputs: vec!["../x".into(), "/etc/*".into(), "ok/*.csv".into()],
+            ..Default::default()
+        };
+        let errs = s.validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["command", "array", "outputs[0]", "outputs[1]"]);
+        let big = JobSpec {
+            command: vec!["x".into()],
+            array: Some(MAX_ARRAY + 1),
+            ..Default::default()
+        };
+        assert_eq!(big.validate().unwrap_err()[0].field, "array");
+    }
+
+    #[test]
+    fn command_and_shell_are_exclusive() {
+        let s = JobSpec {
+            command: vec!["x".into()],
+            shell: Some("y".into()),
+            ..Default::default()
+        };
+        assert_eq!(s.validate().unwrap_err()[0].field, "command");
+    }
+}

@@ -1,0 +1,191 @@
+//! What the API returns: jobs, tasks, attempts, events, nodes and pages of them.
+
+use crate::ids::JobId;
+use crate::spec::{FieldError, JobSpec};
+use crate::state::{JobState, TaskCounts, TaskState};
+use crate::UnixMs;
+use serde::{Deserialize, Serialize};
+
+/// A job as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobView {
+    /// Id, e.g. `j-000042`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "j-000042"))]
+    pub id: JobId,
+    /// Name shown in listings.
+    pub name: String,
+    /// Derived state.
+    pub state: JobState,
+    /// Task counts by state.
+    pub tasks: TaskCounts,
+    /// Submission time (Unix ms).
+    pub created_at: UnixMs,
+    /// When the last task ended (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<UnixMs>,
+    /// A kill was requested.
+    #[serde(default)]
+    pub kill_requested: bool,
+    /// The submitted spec.
+    pub spec: JobSpec,
+}
+
+/// One page of jobs; pass `next` as `before` to get the following page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobPage {
+    /// Jobs, newest first.
+    pub jobs: Vec<JobView>,
+    /// Cursor for the next page, absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub next: Option<JobId>,
+}
+
+/// A job with (a page of) its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobDetail {
+    /// The job.
+    #[serde(flatten)]
+    pub job: JobView,
+    /// Tasks from index `tasks_from` (default 0), at most `tasks_limit` (default 1000).
+    pub task_list: Vec<TaskView>,
+}
+
+/// One task of a job with its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskView {
+    /// Array index.
+    pub index: u32,
+    /// Current state.
+    pub state: TaskState,
+    /// Attempts so far, oldest first.
+    pub attempts: Vec<AttemptView>,
+    /// When a pending retry becomes eligible (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<UnixMs>,
+}
+
+/// One try of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptView {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Node it ran on.
+    pub node: String,
+    /// State of this attempt (`assigned`, `running` or how it ended).
+    pub state: TaskState,
+    /// When its process started (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMs>,
+    /// When it ended (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<UnixMs>,
+    /// Exit status, if it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Why it ended, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Peak resident memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rss_bytes: Option<u64>,
+    /// CPU time used, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_secs: Option<f64>,
+    /// Output files kept (paths relative to the working directory).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+}
+
+/// A state transition, as stored and streamed by `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventView {
+    /// Increasing id; resume a stream with `?after=ID`.
+    pub id: u64,
+    /// Unix ms.
+    pub time: UnixMs,
+    /// The job.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub job: JobId,
+    /// Task index, absent for job-level events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u32>,
+    /// Attempt number, when the event is about an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Previous state (task or job state name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// New state, or a job-level event name (`submitted`, `kill_requested`, `removed`).
+    pub to: String,
+    /// Detail, e.g. the exit code or why a task was lost.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// A worker node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NodeView {
+    /// Node name.
+    pub name: String,
+    /// `ready` or `down`.
+    pub state: String,
+    /// CPUs it offers.
+    pub cpus_total: f64,
+    /// CPUs reserved by running tasks.
+    pub cpus_allocated: f64,
+    /// Memory it offers, bytes.
+    pub memory_total: u64,
+    /// Memory reserved by running tasks, bytes.
+    pub memory_allocated: u64,
+    /// Free memory the agent last measured, bytes.
+    pub memory_free: u64,
+    /// Tasks running there.
+    pub running_tasks: u32,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+}
+
+/// Answer to a successful submit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SubmitResponse {
+    /// Ids of the created jobs, in the order submitted.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub ids: Vec<JobId>,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// What went wrong, in one line.
+    pub error: String,
+    /// Per-field problems of a rejected spec or batch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// A file a task left in its outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OutputFile {
+    /// Task index.
+    pub task: u32,
+    /// Attempt it came from.
+    pub attempt: u32,
+    /// Path relative to the working directory.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}

@@ -1,0 +1,306 @@
+//! Placement: which node a task goes to. Pure and synchronous: capacities and demands in,
+//! placements out, no I/O and no clock.
+//!
+//! A node is *feasible* for a task when it is ready, accepts the kind of task (host process or
+//! container) and has the CPUs and memory the task reserves still unreserved. Among feasible
+//! nodes the [`Strategy`] picks one: the most free memory by default (spread load by memory
+//! headroom), `Binpack` (the fullest node that fits) or `Spread` (the node with fewest tasks).
+//! [`Scheduler::place`] reserves what it hands out, so one call per task in priority order gives
+//! a consistent round.
+#![deny(missing_docs)]
+
+use std::fmt;
+
+/// How to choose among feasible nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// The node with the most unreserved memory (ties: most free CPUs).
+    #[default]
+    MostFreeMemory,
+    /// The node with the least unreserved memory that still fits.
+    Binpack,
+    /// The node running the fewest tasks.
+    Spread,
+}
+
+/// A node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCapacity {
+    /// The node's name (for messages).
+    pub name: String,
+    /// Ready for new work.
+    pub ready: bool,
+    /// Accepts tasks without an image.
+    pub allow_host_tasks: bool,
+    /// CPUs not reserved.
+    pub cpus_free: f64,
+    /// Memory not reserved, bytes.
+    pub memory_free: u64,
+    /// Tasks placed there.
+    pub tasks: u32,
+}
+
+/// What a task needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Demand {
+    /// CPUs to reserve.
+    pub cpus: f64,
+    /// Memory to reserve, bytes.
+    pub memory: u64,
+    /// Runs as a host process (needs a node that allows them).
+    pub host: bool,
+}
+
+/// Why a task fits nowhere right now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unfit {
+    /// No node is ready.
+    NoReadyNode,
+    /// No ready node accepts host tasks.
+    NoHostNode,
+    /// Nodes exist but none has enough free CPUs and memory.
+    NoCapacity {
+        /// CPUs asked for.
+        cpus: f64,
+        /// Memory asked for.
+        memory: u64,
+        /// Whether any node could ever hold it (total capacity).
+        ever: bool,
+    },
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::NoReadyNode => write!(f, "no node is ready"),
+            Unfit::NoHostNode => write!(
+                f,
+                "no ready node allows host tasks (start an agent with --allow-host-tasks, or give an image)"
+            ),
+            Unfit::NoCapacity { cpus, memory, ever } => {
+                write!(f, "no node has {cpus} free cpus and {} free memory", human_bytes(*memory))?;
+                if !ever {
+                    write!(f, " (no node is that large)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < 4 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v}{}", U[i])
+    } else {
+        format!("{v:.1}{}", U[i])
+    }
+}
+
+/// Tolerance for floating-point CPU arithmetic.
+const EPS: f64 = 1e-9;
+
+/// One scheduling round over a set of nodes.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    nodes: Vec<NodeCapacity>,
+    totals: Vec<(f64, u64)>,
+    strategy: Strategy,
+    /// Demands that already failed this round; a task needing at least as much fails too.
+    failed: Vec<Demand>,
+}
+
+impl Scheduler {
+    /// Starts a round. `totals[i]` is node i's total (cpus, memory), used only for messages.
+    pub fn new(nodes: Vec<NodeCapacity>, totals: Vec<(f64, u64)>, strategy: Strategy) -> Self {
+        Scheduler {
+            nodes,
+            totals,
+            strategy,
+            failed: Vec::new(),
+        }
+    }
+
+    /// The nodes with what is left of them.
+    pub fn nodes(&self) -> &[NodeCapacity] {
+        &self.nodes
+    }
+
+    /// True once no node could take even the smallest possible task.
+    pub fn exhausted(&self) -> bool {
+        !self.nodes.iter().any(|n| n.ready && n.cpus_free > EPS)
+    }
+
+    /// Picks a node for `d` and reserves its resources there; returns the node's index.
+    pub fn place(&mut self, d: Demand) -> Result<usize, Unfit> {
+        if self.failed.iter().any(|f| dominates(&d, f)) {
+            return Err(self.why(d));
+        }
+        let mut best: Option<usize> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !fits(n, &d) {
+                continue;
+            }
+            best = match best {
+                None => Some(i),
+                Some(b) if self.better(n, &self.nodes[b]) => Some(i),
+                keep => keep,
+            };
+        }
+        match best {
+            Some(i) => {
+                let n = &mut self.nodes[i];
+                n.cpus_free -= d.cpus;
+                n.memory_free -= d.memory;
+                n.tasks += 1;
+                Ok(i)
+            }
+            None => {
+                self.failed.push(d);
+                Err(self.why(d))
+            }
+        }
+    }
+
+    fn better(&self, a: &NodeCapacity, b: &NodeCapacity) -> bool {
+        match self.strategy {
+            Strategy::MostFreeMemory => (a.memory_free, a.cpus_free) > (b.memory_free, b.cpus_free),
+            Strategy::Binpack => (a.memory_free, a.cpus_free) < (b.memory_free, b.cpus_free),
+            Strategy::Spread => {
+                (a.tasks, std::cmp::Reverse(a.memory_free))
+                    < (b.tasks, std::cmp::Reverse(b.memory_free))
+            }
+        }
+    }
+
+    fn why(&self, d: Demand) -> Unfit {
+        let ready: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].ready)
+            .collect();
+        if ready.is_empty() {
+            return Unfit::NoReadyNode;
+        }
+        let kind: Vec<usize> = ready
+            .into_iter()
+            .filter(|&i| !d.host || self.nodes[i].allow_host_tasks)
+            .collect();
+        if kind.is_empty() {
+            return Unfit::NoHostNode;
+        }
+        let ever = kind.iter().any(|&i| {
+            let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
+            c + EPS >= d.cpus && m >= d.memory
+        });
+        Unfit::NoCapacity {
+            cpus: d.cpus,
+            memory: d.memory,
+            ever,
+        }
+    }
+}
+
+fn fits(n: &NodeCapacity, d: &Demand) -> bool {
+    n.ready
+        && (!d.host || n.allow_host_tasks)
+        && n.cpus_free + EPS >= d.cpus
+        && n.memory_free >= d.memory
+}
+
+/// `a` needs at least what `b` needed (and `b` did not fit).
+fn dominates(a: &Demand, b: &Demand) -> bool {
+    a.cpus + EPS >= b.cpus && a.memory >= b.memory && (a.host || !b.host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    fn node(name: &str, cpus: f64, mem_gib: u64) -> NodeCapacity {
+        NodeCapacity {
+            name: name.into(),
+            ready: true,
+            allow_host_tasks: true,
+            cpus_free: cpus,
+            memory_free: mem_gib * G,
+            tasks: 0,
+        }
+    }
+
+    fn sched(nodes: Vec<NodeCapacity>, s: Strategy) -> Scheduler {
+        let totals = nodes.iter().map(|n| (n.cpus_free, n.memory_free)).collect();
+        Scheduler::new(nodes, totals, s)
+    }
+
+    fn d(cpus: f64, mem_gib: u64) -> Demand {
+        Demand {
+            cpus,
+            memory: mem_gib * G,
+            host: true,
+        }
+    }
+
+    #[test]
+    fn default_picks_most_free_memory_and_reserves() {
+        let mut s = sched(
+            vec![node("a", 8.0, 4), node("b", 8.0, 16), node("c", 8.0, 8)],
+            Strategy::MostFreeMemory,
+        );
+        assert_eq!(s.place(d(1.0, 6)), Ok(1)); // b: 16 -> 10
+        assert_eq!(s.place(d(1.0, 6)), Ok(1)); // b: 10 -> 4
+        assert_eq!(s.place(d(1.0, 6)), Ok(2)); // c: 8 -> 2
+        assert!(matches!(
+            s.place(d(1.0, 6)),
+            Err(Unfit::NoCapacity { ever: true, .. })
+        ));
+    }
+
+    #[test]
+    fn binpack_fills_the_fullest_node_that_fits() {
+        let mut s = sched(
+            vec![node("a", 8.0, 4), node("b", 8.0, 16)],
+            Strategy::Binpack,
+        );
+        assert_eq!(s.place(d(1.0, 2)), Ok(0));
+        assert_eq!(s.place(d(1.0, 2)), Ok(0));
+        assert_eq!(s.place(d(1.0, 2)), Ok(1));
+    }
+
+    #[test]
+    fn spread_balances_task_counts() {
+        let mut s = sched(
+            vec![node("a", 8.0, 4), node("b", 8.0, 16)],
+            Strategy::Spread,
+        );
+        let picks: Vec<_> = (0..4).map(|_| s.place(d(1.0, 1)).unwrap()).collect();
+        assert_eq!(picks, [1, 0, 1, 0]);
+    }
+
+    #[test]
+    fn cpus_limit_concurrency_and_reasons_are_specific() {
+        let mut s = sched(vec![node("a", 2.0, 4)], Strategy::MostFreeMemory);
+        assert!(s.place(d(1.0, 0)).is_ok());
+        assert!(s.place(d(1.0, 0)).is_ok());
+        assert!(s.exhausted());
+        let e = s.place(d(1.0, 0)).unwrap_err();
+        assert_eq!(e.to_string(), "no node has 1 free cpus and 0B free memory");
+        let e = s.place(d(1.0, 64)).unwrap_err();
+        assert!(
+            e.to_string().contains("64GiB") && e.to_string().contains("no node is that large"),
+            "{e}"
+        );
+        let mut s = sched(vec![], Strategy::MostFreeMemory);
+        assert_eq!(s.place(d(1.0, 0)), Err(Unfit::NoReadyNode));
+        let mut n = node("a", 2.0, 4);
+        n.allow_host_tasks = false;
+        let mut s = sched(vec![n], Strategy::MostFreeMemory);
+        assert_eq!(s.place(d(1.0, 0)), Err(Unfit::NoHostNode));
+    }
+}
