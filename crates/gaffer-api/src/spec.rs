@@ -267,38 +267,39 @@ fn check_output_glob(g: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses one spec or a list of specs from JSON, naming the failing field on error.
-pub fn parse_specs_json(body: &[u8]) -> Result<Vec<JobSpec>, FieldError> {
+/// Parses one spec or a list of specs from JSON and validates them; on error returns every
+/// problem of every spec, each naming its field (and its position in a list).
+pub fn parse_specs_json(body: &[u8]) -> Result<Vec<JobSpec>, Vec<FieldError>> {
     let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| FieldError::new("", format!("invalid JSON: {e}")))?;
+        .map_err(|e| vec![FieldError::new("", format!("invalid JSON: {e}"))])?;
     specs_from_value(v)
 }
 
-/// Converts a JSON value (one spec object, a list, or `{"jobs": [...]}`) into specs.
-pub fn specs_from_value(v: serde_json::Value) -> Result<Vec<JobSpec>, FieldError> {
+/// Converts a JSON value (one spec object, a list, or `{"jobs": [...]}`) into validated specs.
+pub fn specs_from_value(v: serde_json::Value) -> Result<Vec<JobSpec>, Vec<FieldError>> {
     let (items, listed) = match v {
         serde_json::Value::Array(a) => (a, true),
         serde_json::Value::Object(mut o) if o.len() == 1 && o.contains_key("jobs") => {
             match o.remove("jobs") {
                 Some(serde_json::Value::Array(a)) => (a, true),
-                _ => return Err(FieldError::new("jobs", "must be a list of job specs")),
+                _ => return Err(vec![FieldError::new("jobs", "must be a list of job specs")]),
             }
         }
         other @ serde_json::Value::Object(_) => (vec![other], false),
         _ => {
-            return Err(FieldError::new(
+            return Err(vec![FieldError::new(
                 "",
                 "expected a job spec object or a list of them",
-            ))
+            )])
         }
     };
     if items.is_empty() {
-        return Err(FieldError::new("", "the list of jobs is empty"));
+        return Err(vec![FieldError::new("", "the list of jobs is empty")]);
     }
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
+    let mut specs = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let parsed = {
             serde_path_to_error::deserialize::<_, JobSpec>(item).map_err(|e| {
                 let path = e.path().to_string();
                 let msg = e.inner().to_string();
@@ -313,8 +314,23 @@ pub fn specs_from_value(v: serde_json::Value) -> Result<Vec<JobSpec>, FieldError
                     message: msg,
                 }
             })
-        })
-        .collect()
+        };
+        match parsed {
+            Ok(spec) => match spec.validate() {
+                Ok(()) => specs.push(spec),
+                Err(errs) => errors.extend(errs.into_iter().map(|mut e| {
+                    e.index = listed.then_some(i);
+                    e
+                })),
+            },
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Best effort: pulls the field name out of serde's "unknown field `x`" style messages.
@@ -334,7 +350,17 @@ mod tests {
     use super::*;
 
     fn spec(json: &str) -> Result<Vec<JobSpec>, FieldError> {
-        parse_specs_json(json.as_bytes())
+        parse_specs_json(json.as_bytes()).map_err(|mut e| e.remove(0))
+    }
+
+    #[test]
+    fn a_batch_reports_every_error_of_every_spec() {
+        let errs = parse_specs_json(
+            br#"[{"command": ["ok"]}, {"command": [], "bogus": 1}, {"shell": "x", "array": 0}]"#,
+        )
+        .unwrap_err();
+        let got: Vec<_> = errs.iter().map(|e| (e.index, e.field.as_str())).collect();
+        assert_eq!(got, [(Some(1), "bogus"), (Some(2), "array")]);
     }
 
     #[test]

@@ -179,6 +179,7 @@ impl JobRow {
             created_at: self.created_at,
             finished_at: self.finished_at,
             kill_requested: self.kill_requested,
+            pending_reason: None,
             spec: self.spec.clone(),
         }
     }

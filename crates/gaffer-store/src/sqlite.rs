@@ -427,10 +427,16 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         self.read(|c| {
+            // Untouched tasks never ran: pending, or killed with their job.
+            let untouched = if job.kill_requested {
+                TaskState::Killed
+            } else {
+                TaskState::Pending
+            };
             let mut tasks: Vec<TaskView> = (from..end)
                 .map(|index| TaskView {
                     index,
-                    state: TaskState::Pending,
+                    state: untouched,
                     attempts: Vec::new(),
                     not_before: None,
                 })

@@ -1,0 +1,414 @@
+//! The gaffer agent: the node daemon that runs what the server assigns to this node.
+//!
+//! It speaks to the server over one message stream (an uplink of [`AgentMsg`], a downlink of
+//! [`ServerMsg`]); how that stream is carried (in-process channels in `gaffer dev`, a network
+//! connection otherwise) is the caller's business. For every attempt it starts a supervisor
+//! process (the shim, see `gaffer-runtime`) and reports `Started`/`Ended`. It never waits on
+//! the server: a slow server only delays reports, never tasks.
+//!
+//! Restart safety: each attempt the server has not yet confirmed is marked by a file in
+//! `<data>/active/`. At start-up the agent probes each marked attempt (its shim may still be
+//! running, or may have finished while the agent was down) and reports them all in `Register`;
+//! it deletes a marker only when the server says `Forget`, i.e. after the server has durably
+//! recorded the end.
+#![deny(missing_docs)]
+
+use gaffer_api::proto::{
+    AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,
+};
+use gaffer_api::{AttemptKey, JobId, UnixMs};
+use gaffer_runtime::{AttemptStatus, EndReason, LaunchSpec, Probe};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory is unusable.
+    #[error("agent data directory {path}: {source}")]
+    DataDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, AgentError>;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name (unique in the cluster).
+    pub name: String,
+    /// Where attempt directories live.
+    pub data_dir: PathBuf,
+    /// CPUs offered.
+    pub cpus: f64,
+    /// Memory offered, bytes.
+    pub memory: u64,
+    /// Run tasks without an image as host processes.
+    pub allow_host_tasks: bool,
+    /// The executable that contains `gaffer shim`.
+    pub shim_exe: PathBuf,
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+}
+
+impl AgentConfig {
+    /// Defaults for this machine: all CPUs and all memory.
+    pub fn for_this_host(name: String, data_dir: PathBuf, shim_exe: PathBuf) -> Self {
+        AgentConfig {
+            name,
+            data_dir,
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0),
+            memory: meminfo("MemTotal:").unwrap_or(1 << 30),
+            allow_host_tasks: false,
+            shim_exe,
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+
+    /// The directory of one attempt.
+    pub fn attempt_dir(&self, key: &AttemptKey) -> PathBuf {
+        attempt_dir(&self.data_dir, key.job, key.index, key.attempt)
+    }
+}
+
+/// `<data>/attempts/<job>/<index>/<attempt>`.
+pub fn attempt_dir(data_dir: &Path, job: JobId, index: u32, attempt: u32) -> PathBuf {
+    data_dir
+        .join("attempts")
+        .join(job.to_string())
+        .join(index.to_string())
+        .join(attempt.to_string())
+}
+
+/// Reads a field of /proc/meminfo, in bytes.
+pub fn meminfo(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn now_ms() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn marker_name(key: &AttemptKey) -> String {
+    format!("{}.{}.{}", key.job.0, key.index, key.attempt)
+}
+
+fn parse_marker(name: &str) -> Option<AttemptKey> {
+    let mut it = name.split('.');
+    let job = it.next()?.parse().ok()?;
+    let index = it.next()?.parse().ok()?;
+    let attempt = it.next()?.parse().ok()?;
+    it.next().is_none().then_some(AttemptKey {
+        job: JobId(job),
+        index,
+        attempt,
+    })
+}
+
+/// Converts the shim's status into the wire result.
+pub fn result_from_status(s: &AttemptStatus) -> AttemptResult {
+    AttemptResult {
+        kind: match s.reason {
+            EndReason::Exited => EndKind::Exited,
+            EndReason::TimedOut => EndKind::TimedOut,
+            EndReason::Killed => EndKind::Killed,
+            EndReason::SpawnFailed => EndKind::SpawnFailed,
+        },
+        exit_code: s.exit_code,
+        signal: s.signal,
+        started_at: Some(s.started_at_ms),
+        ended_at: s.ended_at_ms,
+        max_rss_bytes: s.max_rss_bytes,
+        cpu_secs: s.cpu_secs,
+        outputs: s.outputs.clone(),
+        message: s.message.clone(),
+    }
+}
+
+fn lost(message: String) -> AttemptResult {
+    AttemptResult {
+        kind: EndKind::Lost,
+        exit_code: None,
+        signal: None,
+        started_at: None,
+        ended_at: now_ms(),
+        max_rss_bytes: None,
+        cpu_secs: None,
+        outputs: Vec::new(),
+        message: Some(message),
+    }
+}
+
+/// The environment every task starts from, taken from the agent's own.
+fn base_env() -> Vec<(String, String)> {
+    const KEEP: [&str; 8] = [
+        "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+    ];
+    let mut env: Vec<(String, String)> = KEEP
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()));
+    }
+    env
+}
+
+struct Inner {
+    cfg: AgentConfig,
+    up: UnboundedSender<AgentMsg>,
+    base_env: Vec<(String, String)>,
+    /// Shim pids of attempts started by this process (for kills before `shim.pid` exists).
+    pids: Mutex<HashMap<AttemptKey, u32>>,
+}
+
+/// Runs the agent until the downlink closes.
+pub async fn run(
+    cfg: AgentConfig,
+    up: UnboundedSender<AgentMsg>,
+    mut down: UnboundedReceiver<ServerMsg>,
+) -> Result<()> {
+    let active = cfg.data_dir.join("active");
+    std::fs::create_dir_all(&active).map_err(|source| AgentError::DataDir {
+        path: active.clone(),
+        source,
+    })?;
+    let agent = Arc::new(Inner {
+        base_env: base_env(),
+        up,
+        pids: Mutex::new(HashMap::new()),
+        cfg,
+    });
+    let reports = agent.recover();
+    let _ = agent.up.send(AgentMsg::Register {
+        node: NodeInfo {
+            name: agent.cfg.name.clone(),
+            cpus: agent.cfg.cpus,
+            memory: agent.cfg.memory,
+            allow_host_tasks: agent.cfg.allow_host_tasks,
+        },
+        attempts: reports,
+    });
+    let hb = agent.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(hb.cfg.heartbeat);
+        loop {
+            tick.tick().await;
+            let memory_free = meminfo("MemAvailable:").unwrap_or(0);
+            if hb.up.send(AgentMsg::Heartbeat { memory_free }).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(msg) = down.recv().await {
+        match msg {
+            ServerMsg::Start(launch) => {
+                let a = agent.clone();
+                tokio::spawn(async move { a.start(*launch).await });
+            }
+            ServerMsg::Kill { key } => agent.kill(key),
+            ServerMsg::Forget { key } => {
+                let _ =
+                    std::fs::remove_file(agent.cfg.data_dir.join("active").join(marker_name(&key)));
+            }
+        }
+    }
+    heartbeat.abort();
+    Ok(())
+}
+
+impl Inner {
+    /// Finds attempts from a previous life of this agent.
+    fn recover(self: &Arc<Self>) -> Vec<AttemptReport> {
+        let active = self.cfg.data_dir.join("active");
+        let Ok(entries) = std::fs::read_dir(&active) else {
+            return Vec::new();
+        };
+        let mut reports = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(key) = parse_marker(&name) else {
+                continue;
+            };
+            let dir = self.cfg.attempt_dir(&key);
+            match gaffer_runtime::probe(&dir) {
+                Probe::Running { pid } => {
+                    tracing::info!(attempt = %key, pid, "re-attached to a running attempt");
+                    reports.push(AttemptReport::Running { key });
+                    let a = self.clone();
+                    tokio::spawn(async move { a.watch_orphan(key, dir).await });
+                }
+                Probe::Ended(status) => reports.push(AttemptReport::Ended {
+                    key,
+                    result: result_from_status(&status),
+                }),
+                Probe::Gone => reports.push(AttemptReport::Ended {
+                    key,
+                    result: lost("its supervisor disappeared while the agent was down".into()),
+                }),
+            }
+        }
+        reports
+    }
+
+    /// Polls a shim this process did not start until it ends.
+    async fn watch_orphan(self: Arc<Self>, key: AttemptKey, dir: PathBuf) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let d = dir.clone();
+            let probe = tokio::task::spawn_blocking(move || gaffer_runtime::probe(&d))
+                .await
+                .unwrap_or(Probe::Gone);
+            let result = match probe {
+                Probe::Running { .. } => continue,
+                Probe::Ended(s) => result_from_status(&s),
+                Probe::Gone => lost("its supervisor exited without a result".into()),
+            };
+            let _ = self.up.send(AgentMsg::Ended { key, result });
+            return;
+        }
+    }
+
+    async fn start(self: Arc<Self>, l: TaskLaunch) {
+        let key = l.key;
+        let dir = self.cfg.attempt_dir(&key);
+        if let Some(image) = &l.image {
+            let result = AttemptResult {
+                message: Some(format!(
+                    "this agent cannot run container images yet (image `{image}`)"
+                )),
+                kind: EndKind::SpawnFailed,
+                ..lost(String::new())
+            };
+            let _ = self.up.send(AgentMsg::Ended { key, result });
+            return;
+        }
+        let mut env = self.base_env.clone();
+        for (k, v) in l.env {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
+        }
+        let spec = LaunchSpec {
+            argv: l.argv,
+            env,
+            cwd: l.workdir.map(PathBuf::from),
+            timeout_ms: l.timeout_ms,
+            kill_grace_ms: l.kill_grace_ms,
+            outputs: l.outputs,
+        };
+        let marker = self.cfg.data_dir.join("active").join(marker_name(&key));
+        let d = dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+            std::fs::File::create(&marker)
+                .map_err(|e| format!("cannot create {}: {e}", marker.display()))?;
+            gaffer_runtime::prepare(&d, &spec).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(msg) = prepared {
+            let result = AttemptResult {
+                kind: EndKind::SpawnFailed,
+                ..lost(msg)
+            };
+            let _ = self.up.send(AgentMsg::Ended { key, result });
+            return;
+        }
+        let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
+        let mut child = match tokio::process::Command::from(cmd).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(format!(
+                        "cannot start the supervisor {}: {e}",
+                        self.cfg.shim_exe.display()
+                    ))
+                };
+                let _ = self.up.send(AgentMsg::Ended { key, result });
+                return;
+            }
+        };
+        if let Some(pid) = child.id() {
+            self.pids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, pid);
+        }
+        let _ = self.up.send(AgentMsg::Started { key, at: now_ms() });
+        let exit = child.wait().await;
+        self.pids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let d = dir.clone();
+        let status = tokio::task::spawn_blocking(move || gaffer_runtime::read_status(&d))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = match status {
+            Ok(Some(s)) => result_from_status(&s),
+            Ok(None) => lost(format!(
+                "the supervisor exited ({exit:?}) without a result; see {}",
+                dir.join("shim.log").display()
+            )),
+            Err(e) => lost(format!("cannot read the attempt's status: {e}")),
+        };
+        let _ = self.up.send(AgentMsg::Ended { key, result });
+    }
+
+    fn kill(&self, key: AttemptKey) {
+        let dir = self.cfg.attempt_dir(&key);
+        match gaffer_runtime::kill_shim(&dir) {
+            Ok(true) => {}
+            _ => {
+                // The shim may not have written its pid file yet: signal the pid we spawned.
+                if let Some(pid) = self
+                    .pids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_round_trip() {
+        let k = AttemptKey {
+            job: JobId(12),
+            index: 3,
+            attempt: 2,
+        };
+        assert_eq!(parse_marker(&marker_name(&k)), Some(k));
+        assert_eq!(parse_marker("x.1.2"), None);
+        assert_eq!(parse_marker("1.2.3.4"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! The seam between the shim's supervision loop and the mechanism that
+//! actually starts a task. Only the host-process driver exists today: it
+//! starts the task as a direct child of the shim in its own process group.
+//!
+//! A driver only starts a task and delivers signals to it. Reaping, timers,
+//! killing leftover descendants, output collection and status writing stay in
+//! the shim, so a future container driver (whose runtime process would also be
+//! a child of the shim) only has to implement this trait.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::spec::LaunchSpec;
+
+/// What a driver needs to start one task.
+pub(crate) struct Launch<'a> {
+    pub spec: &'a LaunchSpec,
+    pub cwd: &'a Path,
+    pub stdout: File,
+    pub stderr: File,
+}
+
+/// A started task, as seen by the supervision loop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Task {
+    /// The main process, a direct child of the shim; its exit ends the attempt.
+    pub pid: Pid,
+    /// The process group holding the task's processes.
+    pub pgid: Pid,
+}
+
+/// Starts tasks and signals them.
+pub(crate) trait Driver {
+    /// Start the task. The error is the human-readable message recorded in
+    /// the status (the reason becomes `SpawnFailed`).
+    fn start(&self, launch: Launch<'_>) -> Result<Task, String>;
+
+    /// Deliver `sig` to the task's process group. Errors (typically ESRCH
+    /// once the group is empty) are ignored.
+    fn signal(&self, task: &Task, sig: Signal);
+}
+
+/// Runs the task as a plain host process.
+pub(crate) struct HostDriver;
+
+impl Driver for HostDriver {
+    fn start(&self, launch: Launch<'_>) -> Result<Task, String> {
+        let spec = launch.spec;
+        let Some(argv0) = spec.argv.first() else {
+            return Err("launch spec has an empty argv".to_string());
+        };
+        let program = resolve_program(argv0, &spec.env, launch.cwd)
+            .map_err(|e| format!("failed to start `{argv0}`: {e}"))?;
+        let mut cmd = Command::new(&program);
+        // The shim blocks the signals it reads through its signalfd, and a
+        // blocked mask survives exec: clear it in the child so the task can
+        // be terminated normally. (std resets SIGPIPE itself.)
+        // SAFETY: the hook runs in the forked child before exec and only
+        // calls sigemptyset(3) on a stack variable and pthread_sigmask(3),
+        // both async-signal-safe; it allocates nothing and takes no locks.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+                libc::sigemptyset(empty.as_mut_ptr());
+                let rc =
+                    libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+                if rc != 0 {
+                    return Err(io::Error::from_raw_os_error(rc));
+                }
+                Ok(())
+            });
+        }
+        cmd.arg0(argv0)
+            .args(&spec.argv[1..])
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(launch.cwd)
+            .stdin(Stdio::null())
+            .stdout(launch.stdout)
+            .stderr(launch.stderr)
+            .process_group(0);
+        match cmd.spawn() {
+            Ok(child) => {
+                let pid = Pid::from_raw(child.id() as i32);
+                // The Child handle is dropped without waiting: the shim reaps
+                // with waitpid(-1) itself.
+                drop(child);
+                Ok(Task { pid, pgid: pid })
+            }
+            Err(e) => {
+                if let Err(cwd_err) = std::fs::metadata(launch.cwd) {
+                    Err(format!(
+                        "failed to start `{argv0}`: working directory {}: {cwd_err}",
+                        launch.cwd.display()
+                    ))
+                } else {
+                    Err(format!("failed to start `{argv0}`: {e}"))
+                }
+            }
+        }
+    }
+
+    fn signal(&self, task: &Task, sig: Signal) {
+        let _ = killpg(task.pgid, sig);
+    }
+}
+
+/// Find the executable for `argv0` the way execvp(3) would, but using the
+/// `PATH` of the task's environment (falling back to the shim's own `PATH`,
+/// then to a conventional default). Names containing `/` are used as given,
+/// relative ones being taken relative to the task's working directory.
+fn resolve_program(argv0: &str, env: &[(String, String)], cwd: &Path) -> io::Result<PathBuf> {
+    if argv0.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    if argv0.contains('/') {
+        let p = Path::new(argv0);
+        return Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        });
+    }
+    let path_var: OsString = match env.iter().rev().find(|(k, _)| k == "PATH") {
+        Some((_, v)) => v.into(),
+        None => std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()),
+    };
+    let mut saw_eacces = false;
+    for entry in path_var.as_bytes().split(|&b| b == b':') {
+        // An empty PATH entry means the current directory.
+        let base = if entry.is_empty() {
+            cwd.to_path_buf()
+        } else {
+            let dir = Path::new(std::ffi::OsStr::from_bytes(entry));
+            if dir.is_absolute() {
+                dir.to_path_buf()
+            } else {
+                cwd.join(dir)
+            }
+        };
+        let candidate = base.join(argv0);
+        match std::fs::metadata(&candidate) {
+            Ok(meta) if meta.is_file() => {
+                if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() {
+                    return Ok(candidate);
+                }
+                saw_eacces = true;
+            }
+            _ => {}
+        }
+    }
+    Err(io::Error::from_raw_os_error(if saw_eacces {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_via_env_path() {
+        let env = vec![("PATH".to_string(), "/nonexistent:/bin:/usr/bin".to_string())];
+        let p = resolve_program("sh", &env, Path::new("/")).unwrap();
+        assert!(p.ends_with("sh"), "{p:?}");
+        let err = resolve_program("no-such-cmd-gaffer", &env, Path::new("/")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn relative_names_with_slash_use_cwd() {
+        let p = resolve_program("./x/y", &[], Path::new("/tmp/w")).unwrap();
+        assert_eq!(p, Path::new("/tmp/w/./x/y"));
+    }
+}

@@ -1,0 +1,796 @@
+//! The REST API under `/v1` (JSON; errors as `{"error": "..."}`), `/healthz`, `/metrics` and
+//! the OpenAPI document. Writes go to the core through [`CoreHandle`]; reads go straight to the
+//! store (never through the core), so a busy scheduler never slows a listing.
+
+use crate::core::{CoreError, CoreHandle};
+use crate::shared::Shared;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::Stream;
+use gaffer_api::spec::parse_specs_json;
+use gaffer_api::views::{
+    ErrorBody, EventView, JobDetail, JobPage, JobView, NodeView, OutputFile, SubmitResponse,
+};
+use gaffer_api::{FieldError, JobId, JobState};
+use gaffer_store::{JobQuery, JobRow, Store};
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa::OpenApi;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Where the attempt directories of a node can be read from this process.
+pub trait AttemptFiles: Send + Sync {
+    /// The directory of one attempt, if this server can read it.
+    fn dir(&self, node: &str, job: JobId, index: u32, attempt: u32) -> Option<PathBuf>;
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Commands.
+    pub core: CoreHandle,
+    /// Reads.
+    pub store: Arc<dyn Store>,
+    /// Published state.
+    pub shared: Arc<Shared>,
+    /// Attempt files.
+    pub files: Arc<dyn AttemptFiles>,
+}
+
+/// An error answered as JSON.
+#[derive(Debug)]
+pub struct AppError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl AppError {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        AppError {
+            status,
+            body: ErrorBody {
+                error: msg.into(),
+                fields: Vec::new(),
+            },
+        }
+    }
+    fn bad(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, msg)
+    }
+    fn fields(fields: Vec<FieldError>) -> Self {
+        let first = fields.first().map(|f| f.to_string()).unwrap_or_default();
+        let more = if fields.len() > 1 {
+            format!(" (and {} more)", fields.len() - 1)
+        } else {
+            String::new()
+        };
+        AppError {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody {
+                error: format!("invalid job spec: {first}{more}"),
+                fields,
+            },
+        }
+    }
+    fn not_found(id: JobId) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, error = %self.body.error, "request failed");
+        }
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<CoreError> for AppError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::NotFound(id) => AppError::not_found(id),
+            CoreError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
+            CoreError::Invalid(f) => AppError::fields(f),
+            CoreError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+        }
+    }
+}
+
+impl From<gaffer_store::StoreError> for AppError {
+    fn from(e: gaffer_store::StoreError) -> Self {
+        AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, AppError>;
+
+fn parse_id(s: &str) -> ApiResult<JobId> {
+    s.parse()
+        .map_err(|e: gaffer_api::ids::BadJobId| AppError::bad(e.to_string()))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("worker failed: {e}"),
+        )
+    })?
+}
+
+async fn load_job(st: &AppState, id: JobId) -> ApiResult<JobRow> {
+    let store = st.store.clone();
+    blocking(move || store.get_job(id)?.ok_or_else(|| AppError::not_found(id))).await
+}
+
+fn with_reason(st: &AppState, mut v: JobView) -> JobView {
+    if !v.state.is_final() {
+        v.pending_reason = st
+            .shared
+            .reasons
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&v.id)
+            .cloned();
+    }
+    v
+}
+
+/// The router of the whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{id}/kill", post(kill_job))
+        .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/jobs/{id}/outputs", get(list_outputs))
+        .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
+        .route("/v1/events", get(events))
+        .route("/v1/nodes", get(nodes))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gaffer", description = "Distributed job manager API"),
+    paths(
+        submit,
+        list_jobs,
+        get_job,
+        delete_job,
+        kill_job,
+        logs,
+        list_outputs,
+        get_output,
+        events,
+        nodes,
+        healthz,
+        metrics
+    ),
+    components(schemas(
+        gaffer_api::JobSpec,
+        gaffer_api::Resources,
+        gaffer_api::FieldError,
+        gaffer_api::TaskState,
+        gaffer_api::JobState,
+        gaffer_api::state::TaskCounts,
+        JobView,
+        JobPage,
+        JobDetail,
+        gaffer_api::views::TaskView,
+        gaffer_api::views::AttemptView,
+        EventView,
+        NodeView,
+        SubmitResponse,
+        ErrorBody,
+        OutputFile,
+        KillResponse
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_doc())
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The server is up", body = String)))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", body = String)))]
+async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
+    let store = st.store.clone();
+    let counts = blocking(move || Ok(store.count_jobs()?)).await?;
+    let m = &st.shared.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP gaffer_jobs Jobs by state.\n# TYPE gaffer_jobs gauge\n");
+    for (s, n) in counts {
+        out.push_str(&format!("gaffer_jobs{{state=\"{s}\"}} {n}\n"));
+    }
+    let nodes = st
+        .shared
+        .nodes
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let ready = nodes.iter().filter(|n| n.state == "ready").count();
+    for (name, help, kind, v) in [
+        (
+            "gaffer_tasks_started_total",
+            "Attempts started.",
+            "counter",
+            m.tasks_started.load(Ordering::Relaxed),
+        ),
+        (
+            "gaffer_tasks_finished_total",
+            "Attempts ended.",
+            "counter",
+            m.tasks_finished.load(Ordering::Relaxed),
+        ),
+        (
+            "gaffer_jobs_submitted_total",
+            "Jobs submitted.",
+            "counter",
+            m.jobs_submitted.load(Ordering::Relaxed),
+        ),
+        (
+            "gaffer_queue_depth",
+            "Tasks waiting to be placed.",
+            "gauge",
+            m.queue_depth.load(Ordering::Relaxed),
+        ),
+        (
+            "gaffer_tasks_running",
+            "Tasks assigned or running.",
+            "gauge",
+            m.running.load(Ordering::Relaxed),
+        ),
+        ("gaffer_nodes_ready", "Nodes ready.", "gauge", ready as u64),
+        (
+            "gaffer_nodes_down",
+            "Nodes down.",
+            "gauge",
+            (nodes.len() - ready) as u64,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Submit one job spec, a list of them, or `{"jobs": [...]}`; all are stored or none.
+#[utoipa::path(post, path = "/v1/jobs", request_body = gaffer_api::JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the first submit's ids")),
+    responses(
+        (status = 201, description = "Stored durably", body = SubmitResponse),
+        (status = 400, description = "Invalid spec; every problem listed", body = ErrorBody),
+        (status = 413, description = "Body over 10 MiB", body = ErrorBody)))]
+async fn submit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+    let body = body.map_err(|e| AppError::new(e.status(), e.body_text()))?;
+    let specs = parse_specs_json(&body).map_err(AppError::fields)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| {
+                    AppError::bad("Idempotency-Key must be 1 to 200 visible ASCII characters")
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let n = specs.len() as u64;
+    let ids = st.core.submit(specs, key).await?;
+    st.shared
+        .metrics
+        .jobs_submitted
+        .fetch_add(n, Ordering::Relaxed);
+    Ok((StatusCode::CREATED, Json(SubmitResponse { ids })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    state: Option<String>,
+    name: Option<String>,
+    limit: Option<u32>,
+    before: Option<String>,
+}
+
+/// List jobs, newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs",
+    params(("state" = Option<String>, Query, description = "pending|running|succeeded|failed|killed"),
+           ("name" = Option<String>, Query, description = "substring of the name"),
+           ("limit" = Option<u32>, Query, description = "page size, default 50, at most 10000"),
+           ("before" = Option<String>, Query, description = "the previous page's `next`")),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody)))]
+async fn list_jobs(
+    State(st): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> ApiResult<Json<JobPage>> {
+    let state = match p.state.as_deref() {
+        None | Some("") | Some("all") => None,
+        Some(s) => Some(s.parse::<JobState>().map_err(AppError::bad)?),
+    };
+    let before = p.before.as_deref().map(parse_id).transpose()?;
+    let q = JobQuery {
+        state,
+        name: p.name.filter(|n| !n.is_empty()),
+        before,
+        limit: p.limit.unwrap_or(50).clamp(1, 10_000),
+    };
+    let store = st.store.clone();
+    let mut page = blocking(move || Ok(store.list_jobs(&q)?)).await?;
+    page.jobs = page.jobs.into_iter().map(|j| with_reason(&st, j)).collect();
+    Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize)]
+struct JobParams {
+    tasks_from: Option<u32>,
+    tasks_limit: Option<u32>,
+}
+
+/// One job with a page of its tasks and their attempts.
+#[utoipa::path(get, path = "/v1/jobs/{id}",
+    params(("id" = String, Path, description = "job id, e.g. j-000042"),
+           ("tasks_from" = Option<u32>, Query, description = "first task index, default 0"),
+           ("tasks_limit" = Option<u32>, Query, description = "number of tasks, default 1000")),
+    responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody)))]
+async fn get_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<JobParams>,
+) -> ApiResult<Json<JobDetail>> {
+    let id = parse_id(&id)?;
+    let row = load_job(&st, id).await?;
+    let store = st.store.clone();
+    let from = p.tasks_from.unwrap_or(0);
+    let limit = p.tasks_limit.unwrap_or(1000).min(100_000);
+    let (row, tasks) = blocking(move || {
+        let tasks = store.list_tasks(&row, from, limit)?;
+        Ok((row, tasks))
+    })
+    .await?;
+    Ok(Json(JobDetail {
+        job: with_reason(&st, row.view()),
+        task_list: tasks,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteParams {
+    force: Option<bool>,
+}
+
+/// Delete a finished job and its history (`force=true` kills an active one first).
+#[utoipa::path(delete, path = "/v1/jobs/{id}",
+    params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "still active", body = ErrorBody)))]
+async fn delete_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<DeleteParams>,
+) -> ApiResult<StatusCode> {
+    let id = parse_id(&id)?;
+    st.core.remove(id, p.force.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Answer to a kill.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct KillResponse {
+    #[schema(value_type = String)]
+    id: JobId,
+    state: JobState,
+}
+
+/// Kill every task of a job: pending ones at once, running ones by SIGTERM then SIGKILL.
+#[utoipa::path(post, path = "/v1/jobs/{id}/kill", params(("id" = String, Path)),
+    responses((status = 200, body = KillResponse), (status = 404, body = ErrorBody)))]
+async fn kill_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KillResponse>> {
+    let id = parse_id(&id)?;
+    let state = st.core.kill(id).await?;
+    Ok(Json(KillResponse { id, state }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogParams {
+    task: Option<u32>,
+    attempt: Option<u32>,
+    stream: Option<String>,
+    follow: Option<bool>,
+}
+
+/// Picks the attempt to read: the given one, else the latest.
+async fn pick_attempt(
+    st: &AppState,
+    job: JobId,
+    task: u32,
+    attempt: Option<u32>,
+) -> ApiResult<Option<gaffer_api::views::AttemptView>> {
+    let store = st.store.clone();
+    let attempts = blocking(move || Ok(store.attempts(job, task)?)).await?;
+    Ok(match attempt {
+        Some(n) => attempts.into_iter().find(|a| a.attempt == n),
+        None => attempts.into_iter().last(),
+    })
+}
+
+/// A task's stdout or stderr; with `follow=true` the body streams until the attempt ends.
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs",
+    params(("id" = String, Path), ("task" = Option<u32>, Query, description = "task index, default 0"),
+           ("attempt" = Option<u32>, Query, description = "default: the latest"),
+           ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
+           ("follow" = Option<bool>, Query, description = "keep streaming while the task runs")),
+    responses((status = 200, description = "log bytes", body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
+async fn logs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<LogParams>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let row = load_job(&st, id).await?;
+    let task = p.task.unwrap_or(0);
+    if task >= row.counts.total {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "job {id} has no task {task} (it has {} task(s))",
+                row.counts.total
+            ),
+        ));
+    }
+    let file = match p.stream.as_deref() {
+        None | Some("stdout") => "stdout",
+        Some("stderr") => "stderr",
+        Some(other) => {
+            return Err(AppError::bad(format!(
+                "stream `{other}` must be stdout or stderr"
+            )))
+        }
+    };
+    let follow = p.follow.unwrap_or(false);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let st2 = st.clone();
+    let want_attempt = p.attempt;
+    if !follow {
+        let Some(a) = pick_attempt(&st, id, task, want_attempt).await? else {
+            return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
+        };
+        let dir = st.files.dir(&a.node, id, task, a.attempt).ok_or_else(|| {
+            AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("logs of node {} are not reachable from this server", a.node),
+            )
+        })?;
+        let bytes = tokio::fs::read(dir.join(file)).await.unwrap_or_default();
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
+    }
+    tokio::spawn(async move {
+        let _ = follow_log(st2, id, task, want_attempt, file, tx).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// Streams a log file as it grows, until its attempt has ended and every byte was sent.
+async fn follow_log(
+    st: AppState,
+    job: JobId,
+    task: u32,
+    want: Option<u32>,
+    file: &'static str,
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), ()> {
+    let tick = Duration::from_millis(100);
+    // Wait for an attempt to exist (the task may still be pending).
+    let attempt = loop {
+        match pick_attempt(&st, job, task, want).await {
+            Ok(Some(a)) => break a,
+            Ok(None) => {}
+            Err(_) => return Err(()),
+        }
+        match st.store.get_job(job) {
+            Ok(Some(r)) if !r.state.is_final() => {}
+            _ => return Ok(()),
+        }
+        if tx.is_closed() {
+            return Err(());
+        }
+        tokio::time::sleep(tick).await;
+    };
+    let Some(dir) = st.files.dir(&attempt.node, job, task, attempt.attempt) else {
+        let _ = tx
+            .send(Ok(Bytes::from(format!(
+                "logs of node {} are not reachable from this server\n",
+                attempt.node
+            ))))
+            .await;
+        return Ok(());
+    };
+    let path = dir.join(file);
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Check for the end *before* reading, so bytes written just before the end are sent.
+        let ended =
+            dir.join("status.json").exists() || attempt_ended(&st, job, task, attempt.attempt);
+        let mut progressed = false;
+        if let Ok(mut f) = tokio::fs::File::open(&path).await {
+            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+                loop {
+                    match f.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            offset += n as u64;
+                            progressed = true;
+                            if tx
+                                .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                                .await
+                                .is_err()
+                            {
+                                return Err(());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if ended {
+            return Ok(());
+        }
+        if tx.is_closed() {
+            return Err(());
+        }
+        if !progressed {
+            tokio::time::sleep(tick).await;
+        }
+    }
+}
+
+fn attempt_ended(st: &AppState, job: JobId, task: u32, attempt: u32) -> bool {
+    match st.store.attempts(job, task) {
+        Ok(a) => a
+            .iter()
+            .find(|a| a.attempt == attempt)
+            .is_none_or(|a| a.state.is_end()),
+        Err(_) => true,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputParams {
+    task: Option<u32>,
+    attempt: Option<u32>,
+}
+
+/// Output files kept by a job's tasks (the latest attempt of each task unless `attempt` is given).
+#[utoipa::path(get, path = "/v1/jobs/{id}/outputs",
+    params(("id" = String, Path), ("task" = Option<u32>, Query), ("attempt" = Option<u32>, Query)),
+    responses((status = 200, body = Vec<OutputFile>), (status = 404, body = ErrorBody)))]
+async fn list_outputs(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Query(p): Query<OutputParams>,
+) -> ApiResult<Json<Vec<OutputFile>>> {
+    let id = parse_id(&id)?;
+    let row = load_job(&st, id).await?;
+    let store = st.store.clone();
+    let files = st.files.clone();
+    let out = blocking(move || {
+        let (from, limit) = match p.task {
+            Some(t) => (t, 1),
+            None => (0, row.counts.total.min(100_000)),
+        };
+        let mut out = Vec::new();
+        for t in store.list_tasks(&row, from, limit)? {
+            let a = match p.attempt {
+                Some(n) => t.attempts.iter().find(|a| a.attempt == n),
+                None => t
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find(|a| !a.outputs.is_empty())
+                    .or(t.attempts.last()),
+            };
+            let Some(a) = a else { continue };
+            let dir = files.dir(&a.node, id, t.index, a.attempt);
+            for path in &a.outputs {
+                let size = dir
+                    .as_ref()
+                    .and_then(|d| std::fs::metadata(d.join("outputs").join(path)).ok())
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                out.push(OutputFile {
+                    task: t.index,
+                    attempt: a.attempt,
+                    path: path.clone(),
+                    size,
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+/// Download one output file.
+#[utoipa::path(get, path = "/v1/jobs/{id}/outputs/{task}/{path}",
+    params(("id" = String, Path), ("task" = u32, Path), ("path" = String, Path, description = "relative path as listed"),
+           ("attempt" = Option<u32>, Query)),
+    responses((status = 200, description = "file bytes", content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+async fn get_output(
+    State(st): State<AppState>,
+    Path((id, task, path)): Path<(String, u32, String)>,
+    Query(p): Query<OutputParams>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    load_job(&st, id).await?;
+    if path.split('/').any(|c| c == ".." || c.is_empty()) || path.starts_with('/') {
+        return Err(AppError::bad(format!(
+            "`{path}` is not a relative output path"
+        )));
+    }
+    let store = st.store.clone();
+    let attempts = blocking(move || Ok(store.attempts(id, task)?)).await?;
+    let a = attempts
+        .iter()
+        .rev()
+        .find(|a| p.attempt.is_none_or(|n| n == a.attempt) && a.outputs.contains(&path))
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                format!("task {task} of job {id} has no output `{path}`"),
+            )
+        })?;
+    let dir = st.files.dir(&a.node, id, task, a.attempt).ok_or_else(|| {
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("outputs of node {} are not reachable", a.node),
+        )
+    })?;
+    let f = tokio::fs::File::open(dir.join("outputs").join(&path))
+        .await
+        .map_err(|e| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                format!("output `{path}` is gone: {e}"),
+            )
+        })?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventParams {
+    after: Option<u64>,
+    job: Option<String>,
+}
+
+/// Server-Sent Events of every state transition; resume with `after` (the last id seen).
+#[utoipa::path(get, path = "/v1/events",
+    params(("after" = Option<u64>, Query, description = "replay stored events after this id first"),
+           ("job" = Option<String>, Query, description = "only this job's events")),
+    responses((status = 200, description = "text/event-stream of EventView JSON", body = EventView)))]
+async fn events(
+    State(st): State<AppState>,
+    Query(p): Query<EventParams>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let job = p.job.as_deref().map(parse_id).transpose()?;
+    let mut live = st.shared.events.subscribe();
+    let store = st.store.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let mut last = p.after.unwrap_or(u64::MAX);
+        // Replay stored events first, when asked.
+        if last != u64::MAX {
+            loop {
+                let s = store.clone();
+                let batch =
+                    match tokio::task::spawn_blocking(move || s.events(last, job, 1000)).await {
+                        Ok(Ok(b)) => b,
+                        _ => return,
+                    };
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    last = e.id;
+                    if tx.send(sse(&e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    if (last != u64::MAX && e.id <= last) || job.is_some_and(|j| j != e.job) {
+                        continue;
+                    }
+                    last = e.id;
+                    if tx.send(sse(&e)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too slow for the live feed: catch up from the store.
+                    let s = store.clone();
+                    let from = if last == u64::MAX { 0 } else { last };
+                    let Ok(Ok(batch)) =
+                        tokio::task::spawn_blocking(move || s.events(from, job, 10_000)).await
+                    else {
+                        return;
+                    };
+                    for e in batch {
+                        last = e.id;
+                        if tx.send(sse(&e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn sse(e: &EventView) -> Event {
+    Event::default()
+        .id(e.id.to_string())
+        .event("transition")
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// Worker nodes.
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = Vec<NodeView>)))]
+async fn nodes(State(st): State<AppState>) -> Json<Vec<NodeView>> {
+    Json(
+        st.shared
+            .nodes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    )
+}

@@ -1,0 +1,105 @@
+//! The gaffer server: accepts jobs over REST, keeps them durable in a [`Store`], decides where
+//! their tasks run and tells agents to run them.
+//!
+//! Pieces: [`core`] is the single-threaded state machine and scheduling loop (the only writer);
+//! [`api`] is the axum router (reads go to the store directly); [`shared`] is what the core
+//! publishes for readers; [`gateway`] turns an agent's message stream into core commands. Only
+//! the binary wires a server to a listener and to agents.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod core;
+pub mod gateway;
+pub mod shared;
+
+use crate::api::{AppState, AttemptFiles};
+use crate::core::{Command, Core, CoreConfig, CoreHandle};
+use crate::shared::Shared;
+use gaffer_store::Store;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Errors starting a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened or loaded.
+    #[error("cannot load state: {0}")]
+    Store(#[from] gaffer_store::StoreError),
+    /// The core thread could not start.
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// A running server core with its API state.
+pub struct Server {
+    /// Send commands to the core.
+    pub core: CoreHandle,
+    /// Published state.
+    pub shared: Arc<Shared>,
+    store: Arc<dyn Store>,
+    files: Arc<dyn AttemptFiles>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+    gateway: gateway::Gateway,
+}
+
+impl Server {
+    /// Loads state from `store` and starts the core thread.
+    pub fn start(
+        store: Arc<dyn Store>,
+        files: Arc<dyn AttemptFiles>,
+        cfg: CoreConfig,
+    ) -> Result<Server, ServerError> {
+        let shared = Arc::new(Shared::new());
+        let core = Core::load(store.clone(), shared.clone(), cfg)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let thread = std::thread::Builder::new()
+            .name("gaffer-core".into())
+            .spawn(move || core::run(core, rx))
+            .map_err(ServerError::Thread)?;
+        let handle = CoreHandle::new(tx);
+        Ok(Server {
+            gateway: gateway::Gateway::new(handle.clone()),
+            core: handle,
+            shared,
+            store,
+            files,
+            thread: Some(thread),
+        })
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> axum::Router {
+        api::router(AppState {
+            core: self.core.clone(),
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            files: self.files.clone(),
+        })
+    }
+
+    /// Where agents connect.
+    pub fn gateway(&self) -> &gateway::Gateway {
+        &self.gateway
+    }
+
+    /// True while the core runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops the core after its current round and waits for it.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        self.core.send(Command::Shutdown);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err("the core thread panicked".into())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the core stops on its own (a store failure); returns its error.
+    pub fn take_thread(&mut self) -> Option<JoinHandle<Result<(), String>>> {
+        self.thread.take()
+    }
+}

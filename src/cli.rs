@@ -1,0 +1,283 @@
+//! Command-line definitions (clap). Parsing only: nothing here talks to a server.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gaffer_api::units::{parse_duration, parse_size};
+use gaffer_api::{ByteSize, DurationSpec};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// gaffer: a distributed job manager. Submit commands, watch them run, collect their output.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gaffer",
+    version,
+    after_help = "Start a local cluster with `gaffer dev`, then e.g.:\n  gaffer submit --name hello -- echo hello world\n  gaffer jobs\n  gaffer logs -f j-000001\n\nThe CLI finds the server through --addr or GAFFER_ADDR (default http://127.0.0.1:6464)."
+)]
+pub struct Cli {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "GAFFER_ADDR",
+        default_value = "http://127.0.0.1:6464"
+    )]
+    pub addr: String,
+    /// Output format of listings and status.
+    #[arg(short = 'o', long = "format", global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables for people.
+    Human,
+    /// JSON for scripts.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a server and one local agent in this process (SQLite state in ./.gaffer).
+    Dev(DevArgs),
+    /// Submit a job: `gaffer submit [OPTIONS] -- COMMAND [ARGS...]`, `--shell 'LINE'` or `-f FILE`.
+    Submit(Box<SubmitArgs>),
+    /// List jobs, newest first.
+    Jobs(JobsArgs),
+    /// Show a job: its tasks, attempts, exit codes and reasons.
+    Status(StatusArgs),
+    /// Print a task's stdout (or stderr); -f follows it while it runs.
+    Logs(LogsArgs),
+    /// Kill jobs: pending tasks never start, running ones get SIGTERM then SIGKILL.
+    Kill(JobsList),
+    /// Wait for jobs to finish; exit status 0 only if every task succeeded.
+    Wait(WaitArgs),
+    /// Delete finished jobs and their history.
+    Rm(RmArgs),
+    /// Download the output files of a job.
+    Output(OutputArgs),
+    /// List worker nodes.
+    Nodes,
+    /// Print state transitions (-f to follow them live).
+    Events(EventsArgs),
+    /// Internal: supervise one task attempt (started by the agent).
+    #[command(hide = true)]
+    Shim {
+        /// Attempt directory.
+        dir: PathBuf,
+    },
+}
+
+/// `gaffer dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the state database, logs and outputs.
+    #[arg(long, default_value = ".gaffer")]
+    pub data_dir: PathBuf,
+    /// Address to serve the API and UI on.
+    #[arg(long, default_value = "127.0.0.1:6464")]
+    pub listen: SocketAddr,
+    /// CPUs the local agent offers (default: all).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory the local agent offers, e.g. 8G (default: all).
+    #[arg(long, value_parser = size)]
+    pub memory: Option<ByteSize>,
+}
+
+fn size(s: &str) -> Result<ByteSize, String> {
+    parse_size(s)
+}
+
+fn duration(s: &str) -> Result<DurationSpec, String> {
+    parse_duration(s)
+}
+
+fn env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` must look like NAME=VALUE")),
+    }
+}
+
+/// `gaffer submit`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  gaffer submit --name hello -- echo hello world\n  gaffer submit --shell 'for i in 1 2 3; do echo $i; sleep 1; done'\n  gaffer submit --timeout 2s -- sleep 30\n  gaffer submit --retries 3 --shell 'exit 1'\n  gaffer submit --array 100 --shell 'echo $GAFFER_TASK_INDEX'\n  gaffer submit --output 'results/*.csv' --shell 'mkdir results; echo a,b > results/x.csv'\n  gaffer submit -f jobs.json      # one spec or a list; all or nothing"
+)]
+pub struct SubmitArgs {
+    /// The program and its arguments (after `--`).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+    /// A command line for /bin/sh -c instead of COMMAND.
+    #[arg(long, conflicts_with = "command")]
+    pub shell: Option<String>,
+    /// Job spec file (JSON or TOML): one spec, a list, or {"jobs": [...]}.
+    #[arg(short = 'f', long = "file", conflicts_with_all = ["command", "shell"])]
+    pub file: Option<PathBuf>,
+    /// Job name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment variable NAME=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Working directory (absolute); default: a fresh directory per attempt.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Container image (runs as a host process without one).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// CPUs to reserve (default 1).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory to reserve, e.g. 256M or 2G.
+    #[arg(long, value_parser = size)]
+    pub memory: Option<ByteSize>,
+    /// Process limit (containers).
+    #[arg(long)]
+    pub pids: Option<u32>,
+    /// Wall-clock limit per attempt, e.g. 30s, 5m, 2h.
+    #[arg(long, value_parser = duration)]
+    pub timeout: Option<DurationSpec>,
+    /// Time between SIGTERM and SIGKILL (default 5s).
+    #[arg(long, value_parser = duration)]
+    pub kill_grace: Option<DurationSpec>,
+    /// Retries after a failure or timeout (default 0).
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// Delay before the first retry, doubling after (default 1s).
+    #[arg(long, value_parser = duration)]
+    pub retry_backoff: Option<DurationSpec>,
+    /// Files to keep, as a glob relative to the working directory (repeatable).
+    #[arg(long = "output")]
+    pub outputs: Vec<String>,
+    /// Number of tasks; each gets GAFFER_TASK_INDEX.
+    #[arg(long)]
+    pub array: Option<u32>,
+    /// Priority: higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Print only the job id(s).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Wait for the job(s) to finish, as `gaffer wait` does.
+    #[arg(long)]
+    pub wait: bool,
+    /// Idempotency key: resubmitting with the same key returns the first submission's ids.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `gaffer jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs in this state: pending, running, succeeded, failed, killed.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs whose name contains this.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only jobs older than this id (for paging).
+    #[arg(long)]
+    pub before: Option<String>,
+}
+
+/// `gaffer status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Job id.
+    pub job: String,
+    /// Show tasks from this index.
+    #[arg(long, default_value_t = 0)]
+    pub tasks_from: u32,
+    /// Show at most this many tasks.
+    #[arg(long, default_value_t = 100)]
+    pub tasks_limit: u32,
+}
+
+/// `gaffer logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Job id.
+    pub job: String,
+    /// Task index.
+    #[arg(long, default_value_t = 0)]
+    pub task: u32,
+    /// Attempt number (default: the latest).
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep printing output while the task runs.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// Job ids.
+#[derive(Debug, Args)]
+pub struct JobsList {
+    /// Job ids.
+    #[arg(required = true)]
+    pub jobs: Vec<String>,
+}
+
+/// `gaffer wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Job ids.
+    #[arg(required = true)]
+    pub jobs: Vec<String>,
+    /// Give up after this long (exit status 124).
+    #[arg(long, value_parser = duration)]
+    pub timeout: Option<DurationSpec>,
+}
+
+/// `gaffer rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Job ids.
+    #[arg(required = true)]
+    pub jobs: Vec<String>,
+    /// Kill and delete jobs that are still active.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `gaffer output`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Job id.
+    pub job: String,
+    /// Only this task.
+    #[arg(long)]
+    pub task: Option<u32>,
+    /// Directory to write into (default: the current one).
+    #[arg(long, default_value = ".")]
+    pub dest: PathBuf,
+}
+
+/// `gaffer events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this job's events.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Start after this event id (default: from the beginning without -f, only new ones with -f).
+    #[arg(long)]
+    pub after: Option<u64>,
+}

@@ -1,0 +1,70 @@
+//! The `gaffer` binary: the CLI, `gaffer dev`, and the hidden `gaffer shim` task supervisor.
+//! It is the only place that wires the crates together.
+
+mod cli;
+mod client;
+mod commands;
+mod dev;
+
+use clap::Parser;
+use cli::{Cli, Command};
+
+fn main() {
+    // The shim must start before any thread exists (it blocks signals and forks): handle it
+    // before clap, logging or the async runtime.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "shim" {
+        std::process::exit(gaffer_runtime::shim_main(std::path::Path::new(&args[2])));
+    }
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Dev(_)) {
+        // A CLI piped into `head` should end quietly, as Unix tools do.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    if matches!(cli.command, Command::Dev(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("GAFFER_LOG")
+                    .unwrap_or_else(|_| "info".into()),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut msg = format!("{e}");
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            eprintln!("gaffer: {msg}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let c = client::Client::new(&cli.addr);
+    let fmt = cli.format;
+    match cli.command {
+        Command::Dev(a) => dev::run(a).map(|_| 0),
+        Command::Submit(a) => commands::submit(&c, fmt, *a),
+        Command::Jobs(a) => commands::jobs(&c, fmt, a),
+        Command::Status(a) => commands::status(&c, fmt, a),
+        Command::Logs(a) => commands::logs(&c, a),
+        Command::Kill(a) => commands::kill(&c, fmt, a),
+        Command::Wait(a) => commands::wait(&c, fmt, a),
+        Command::Rm(a) => commands::rm(&c, a),
+        Command::Output(a) => commands::output(&c, fmt, a),
+        Command::Nodes => commands::nodes(&c, fmt),
+        Command::Events(a) => commands::events(&c, fmt, a),
+        Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
+    }
+}
