@@ -6,12 +6,14 @@
 //! process (the shim, see `gaffer-runtime`) and reports `Started`/`Ended`. It never waits on
 //! the server: a slow server only delays reports, never tasks.
 //!
-//! Restart safety: each attempt the server has not yet confirmed is marked by a file in
-//! `<data>/active/`. At start-up the agent probes each marked attempt (its shim may still be
-//! running, or may have finished while the agent was down) and reports them all in `Register`;
-//! it deletes a marker only when the server says `Forget`, i.e. after the server has durably
-//! recorded the end.
+//! Restart safety: each attempt the server has not yet confirmed is recorded in a small
+//! append-only journal, `<data>/active.log` (see [`journal`]). At start-up the agent probes
+//! each recorded attempt (its shim may still be running, or may have finished while the agent
+//! was down) and reports them all in `Register`; it drops an attempt from the journal only when
+//! the server says `Forget`, i.e. after the server has durably recorded the end.
 #![deny(missing_docs)]
+
+pub mod journal;
 
 use gaffer_api::proto::{
     AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,
@@ -106,22 +108,6 @@ fn now_ms() -> UnixMs {
         .unwrap_or(0)
 }
 
-fn marker_name(key: &AttemptKey) -> String {
-    format!("{}.{}.{}", key.job.0, key.index, key.attempt)
-}
-
-fn parse_marker(name: &str) -> Option<AttemptKey> {
-    let mut it = name.split('.');
-    let job = it.next()?.parse().ok()?;
-    let index = it.next()?.parse().ok()?;
-    let attempt = it.next()?.parse().ok()?;
-    it.next().is_none().then_some(AttemptKey {
-        job: JobId(job),
-        index,
-        attempt,
-    })
-}
-
 /// Converts the shim's status into the wire result.
 pub fn result_from_status(s: &AttemptStatus) -> AttemptResult {
     AttemptResult {
@@ -177,6 +163,8 @@ struct Inner {
     base_env: Vec<(String, String)>,
     /// Shim pids of attempts started by this process (for kills before `shim.pid` exists).
     pids: Mutex<HashMap<AttemptKey, u32>>,
+    /// Attempts not yet forgotten by the server.
+    journal: journal::Journal,
 }
 
 /// Runs the agent until the downlink closes.
@@ -185,18 +173,25 @@ pub async fn run(
     up: UnboundedSender<AgentMsg>,
     mut down: UnboundedReceiver<ServerMsg>,
 ) -> Result<()> {
-    let active = cfg.data_dir.join("active");
-    std::fs::create_dir_all(&active).map_err(|source| AgentError::DataDir {
-        path: active.clone(),
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+        path: cfg.data_dir.clone(),
         source,
     })?;
+    let (journal, known) =
+        journal::Journal::open(&cfg.data_dir.join("active.log")).map_err(|source| {
+            AgentError::DataDir {
+                path: cfg.data_dir.join("active.log"),
+                source,
+            }
+        })?;
     let agent = Arc::new(Inner {
         base_env: base_env(),
         up,
         pids: Mutex::new(HashMap::new()),
+        journal,
         cfg,
     });
-    let reports = agent.recover();
+    let reports = agent.recover(known);
     let _ = agent.up.send(AgentMsg::Register {
         node: NodeInfo {
             name: agent.cfg.name.clone(),
@@ -225,8 +220,9 @@ pub async fn run(
             }
             ServerMsg::Kill { key } => agent.kill(key),
             ServerMsg::Forget { key } => {
-                let _ =
-                    std::fs::remove_file(agent.cfg.data_dir.join("active").join(marker_name(&key)));
+                if let Err(e) = agent.journal.remove(key) {
+                    tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");
+                }
             }
         }
     }
@@ -236,17 +232,9 @@ pub async fn run(
 
 impl Inner {
     /// Finds attempts from a previous life of this agent.
-    fn recover(self: &Arc<Self>) -> Vec<AttemptReport> {
-        let active = self.cfg.data_dir.join("active");
-        let Ok(entries) = std::fs::read_dir(&active) else {
-            return Vec::new();
-        };
+    fn recover(self: &Arc<Self>, known: Vec<AttemptKey>) -> Vec<AttemptReport> {
         let mut reports = Vec::new();
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(key) = parse_marker(&name) else {
-                continue;
-            };
+        for key in known {
             let dir = self.cfg.attempt_dir(&key);
             match gaffer_runtime::probe(&dir) {
                 Probe::Running { pid } => {
@@ -314,15 +302,12 @@ impl Inner {
             kill_grace_ms: l.kill_grace_ms,
             outputs: l.outputs,
         };
-        let marker = self.cfg.data_dir.join("active").join(marker_name(&key));
-        let d = dir.clone();
-        let prepared = tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
-            std::fs::File::create(&marker)
-                .map_err(|e| format!("cannot create {}: {e}", marker.display()))?;
-            gaffer_runtime::prepare(&d, &spec).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        // A few small file operations: cheaper inline than a hop to the blocking pool.
+        let prepared = self
+            .journal
+            .add(key)
+            .map_err(|e| format!("cannot record the attempt in the agent journal: {e}"))
+            .and_then(|()| gaffer_runtime::prepare(&dir, &spec).map_err(|e| e.to_string()));
         if let Err(msg) = prepared {
             let result = AttemptResult {
                 kind: EndKind::SpawnFailed,
@@ -393,22 +378,5 @@ impl Inner {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn markers_round_trip() {
-        let k = AttemptKey {
-            job: JobId(12),
-            index: 3,
-            attempt: 2,
-        };
-        assert_eq!(parse_marker(&marker_name(&k)), Some(k));
-        assert_eq!(parse_marker("x.1.2"), None);
-        assert_eq!(parse_marker("1.2.3.4"), None);
     }
 }

@@ -18,8 +18,7 @@
 //! |-----------------|------------|-------------------------------------------|
 //! | `spec.json`     | `prepare`  | [`LaunchSpec`]                            |
 //! | `work/`         | `prepare`  | default working directory of the task     |
-//! | `outputs/`      | `prepare`  | collected output files                    |
-//! | `shim.log`      | shim       | the shim's own stdout/stderr (appended)   |
+//! | `outputs/`      | shim       | collected output files (only if any)      |
 //! | `shim.pid`      | shim       | `<pid> <starttime>` of the shim           |
 //! | `stdout`,`stderr` | shim     | the task's output                         |
 //! | `status.json`   | shim       | [`AttemptStatus`], written last           |
@@ -32,9 +31,8 @@ mod procfs;
 mod shim;
 mod spec;
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -46,7 +44,7 @@ pub use error::{Error, Result};
 pub use shim::shim_main;
 pub use spec::{AttemptStatus, EndReason, LaunchSpec, Probe};
 
-use fsutil::{PID_FILE, SHIM_LOG_FILE, SPEC_FILE, STATUS_FILE};
+use fsutil::{PID_FILE, SPEC_FILE, STATUS_FILE};
 
 /// `<dir>/stdout`: the task's standard output.
 pub fn stdout_path(dir: &Path) -> PathBuf {
@@ -78,22 +76,17 @@ pub fn status_path(dir: &Path) -> PathBuf {
     dir.join(STATUS_FILE)
 }
 
-/// `<dir>/shim.log`: the shim's own diagnostics.
-pub fn shim_log_path(dir: &Path) -> PathBuf {
-    dir.join(SHIM_LOG_FILE)
-}
-
-/// Create `dir`, `dir/work` and `dir/outputs` (with parents) and write
-/// `dir/spec.json`.
+/// Create `dir` and `dir/work` (with parents) and write `dir/spec.json`.
+/// `dir/outputs` is created by the shim only when there is something to keep:
+/// every inode created here costs throughput on small tasks.
 pub fn prepare(dir: &Path, spec: &LaunchSpec) -> Result<()> {
     if spec.argv.is_empty() {
         return Err(Error::EmptyArgv {
             dir: dir.to_path_buf(),
         });
     }
-    for d in [work_dir(dir), outputs_dir(dir)] {
-        fs::create_dir_all(&d).map_err(|e| Error::io("create directory", d, e))?;
-    }
+    let work = work_dir(dir);
+    fs::create_dir_all(&work).map_err(|e| Error::io("create directory", work, e))?;
     let data = serde_json::to_vec(spec).map_err(|e| Error::Json {
         path: spec_path(dir),
         source: e,
@@ -102,38 +95,22 @@ pub fn prepare(dir: &Path, spec: &LaunchSpec) -> Result<()> {
 }
 
 /// The command that runs the shim for the attempt in `dir`: `exe shim <dir>`,
-/// with stdin from /dev/null, stdout and stderr appended to `<dir>/shim.log`
-/// (or /dev/null if that cannot be opened), and in a new session so that the
-/// agent's terminal signals never reach it and it outlives the agent.
+/// with stdin and stdout from/to /dev/null and stderr inherited (the shim's own
+/// rare diagnostics land in the agent's log). The shim moves itself into a new
+/// session first thing, so the agent's terminal signals never reach it and it
+/// outlives the agent.
+///
+/// No `pre_exec` hook is used so that std can spawn through `posix_spawn`
+/// (vfork-like): forking a large multi-threaded agent costs far more.
 ///
 /// `exe` must be a binary whose `shim <dir>` subcommand calls [`shim_main`]
 /// before starting any thread.
 pub fn shim_command(exe: &Path, dir: &Path) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.arg("shim").arg(dir).stdin(Stdio::null());
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(shim_log_path(dir));
-    match log.and_then(|f| Ok((f.try_clone()?, f))) {
-        Ok((out, err)) => {
-            cmd.stdout(out).stderr(err);
-        }
-        Err(_) => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
-    // SAFETY: the closure runs in the forked child before exec and only calls
-    // setsid(2), which is async-signal-safe; it allocates nothing and touches
-    // no locks or shared state.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    cmd.arg("shim")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     cmd
 }
 
