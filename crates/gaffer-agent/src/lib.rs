@@ -219,6 +219,16 @@ pub async fn run(
                 tokio::spawn(async move { a.start(*launch).await });
             }
             ServerMsg::Kill { key } => agent.kill(key),
+            ServerMsg::Purge { job } => {
+                let dir = agent.cfg.data_dir.join("attempts").join(job.to_string());
+                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted job's files")
+                    }
+                });
+            }
             ServerMsg::Forget { key } => {
                 if let Err(e) = agent.journal.remove(key) {
                     tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");

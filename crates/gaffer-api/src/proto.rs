@@ -126,6 +126,11 @@ pub enum ServerMsg {
         /// Which attempt.
         key: AttemptKey,
     },
+    /// The job was deleted: remove its attempt directories (logs, outputs).
+    Purge {
+        /// The job.
+        job: crate::JobId,
+    },
 }
 
 /// Everything an agent needs to run one attempt.

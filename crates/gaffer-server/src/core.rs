@@ -614,6 +614,10 @@ impl Core {
         self.batch.attempts.retain(|(j, _, _)| *j != id);
         self.batch.events.retain(|e| e.job != id);
         self.batch.delete_jobs.push(id);
+        for name in self.nodes.keys() {
+            self.outbox
+                .push((name.clone(), ServerMsg::Purge { job: id }));
+        }
         self.event(now, id, None, None, "removed", String::new());
         // The "removed" event is published but not stored: the job's events are gone.
         self.batch.events.retain(|e| e.job != id);
