@@ -165,6 +165,15 @@ pub struct SubmitArgs {
     /// Priority: higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
+    /// Run only on nodes with this label, NAME=VALUE (repeatable).
+    #[arg(long = "constraint", value_parser = env_pair)]
+    pub constraints: Vec<(String, String)>,
+    /// Placement strategy: most_free_memory (default), binpack or spread.
+    #[arg(long)]
+    pub strategy: Option<gaffer_api::Placement>,
+    /// Start only after these jobs succeeded (comma-separated ids); fail if one of them fails.
+    #[arg(long = "after", value_delimiter = ',')]
+    pub after: Vec<String>,
     /// Print only the job id(s).
     #[arg(short, long)]
     pub quiet: bool,

@@ -135,6 +135,9 @@ pub fn submit(c: &Client, fmt: Format, a: SubmitArgs) -> Result<i32> {
                 outputs: a.outputs,
                 array: a.array,
                 priority: a.priority,
+                constraints: a.constraints.into_iter().collect(),
+                strategy: a.strategy,
+                depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
             };
             serde_json::to_value(spec)?
         }

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub memory: u64,
     /// Run tasks without an image as host processes.
     pub allow_host_tasks: bool,
+    /// Labels task constraints match against.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The executable that contains `gaffer shim`.
     pub shim_exe: PathBuf,
     /// Heartbeat period.
@@ -73,6 +75,7 @@ impl AgentConfig {
                 .unwrap_or(1.0),
             memory: meminfo("MemTotal:").unwrap_or(1 << 30),
             allow_host_tasks: false,
+            labels: Default::default(),
             shim_exe,
             heartbeat: Duration::from_secs(2),
         }
@@ -198,6 +201,7 @@ pub async fn run(
             cpus: agent.cfg.cpus,
             memory: agent.cfg.memory,
             allow_host_tasks: agent.cfg.allow_host_tasks,
+            labels: agent.cfg.labels.clone(),
         },
         attempts: reports,
     });

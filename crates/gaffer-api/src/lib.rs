@@ -15,7 +15,7 @@ pub mod units;
 pub mod views;
 
 pub use ids::{AttemptKey, JobId};
-pub use spec::{FieldError, JobSpec, Resources};
+pub use spec::{FieldError, JobSpec, Placement, Resources};
 pub use state::{JobState, TaskState};
 pub use units::{ByteSize, DurationSpec};
 

@@ -49,6 +49,9 @@ pub struct NodeInfo {
     pub memory: u64,
     /// Whether tasks without an image may run as host processes.
     pub allow_host_tasks: bool,
+    /// Labels that task constraints match against.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// An attempt the agent found, e.g. after a restart.

@@ -70,6 +70,44 @@ pub struct JobSpec {
     /// Higher runs first; FIFO within a priority.
     #[serde(default)]
     pub priority: i32,
+    /// Node labels the task needs, e.g. `{"zone": "a"}`: placed only on nodes with all of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
+    /// Placement strategy for this job; default: the server's (most free memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Placement>,
+    /// Jobs that must succeed before this one starts; if one fails, this job fails as
+    /// `dependency_failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub depends_on: Vec<crate::JobId>,
+}
+
+/// How to choose among the nodes a task fits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The node with the most unreserved memory.
+    MostFreeMemory,
+    /// The fullest node that fits (keeps big holes free).
+    Binpack,
+    /// The node with the fewest tasks.
+    Spread,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "most_free_memory" | "most-free-memory" | "default" => Ok(Placement::MostFreeMemory),
+            "binpack" => Ok(Placement::Binpack),
+            "spread" => Ok(Placement::Spread),
+            _ => Err(format!(
+                "unknown strategy `{s}` (expected binpack, spread or most_free_memory)"
+            )),
+        }
+    }
 }
 
 /// Resources a task reserves on its node.
@@ -208,6 +246,17 @@ impl JobSpec {
                 err(&format!("outputs[{i}]"), m);
             }
         }
+        for (k, v) in &self.constraints {
+            if !valid_label(k) || v.len() > 200 || v.contains(['\0', ',', '=']) {
+                err(
+                    &format!("constraints.{k}"),
+                    "label names are letters, digits, `-`, `_`, `.`, `/`; values have no `,` or `=`".into(),
+                );
+            }
+        }
+        if self.depends_on.len() > 1000 {
+            err("depends_on", "at most 1000 dependencies".into());
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -244,6 +293,14 @@ impl JobSpec {
     pub fn cpus(&self) -> f64 {
         self.resources.cpus.unwrap_or(DEFAULT_CPUS)
     }
+}
+
+/// A node label name: 1 to 63 of letters, digits, `-`, `_`, `.`, `/`.
+pub fn valid_label(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
 }
 
 /// An output glob must be relative and must not climb out of the workspace.

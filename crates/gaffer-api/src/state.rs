@@ -31,11 +31,13 @@ pub enum TaskState {
     Killed,
     /// Its node or supervisor disappeared.
     Lost,
+    /// A job it depends on did not succeed; it never ran. Final.
+    DependencyFailed,
 }
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 9] = [
+    pub const ALL: [TaskState; 10] = [
         TaskState::Pending,
         TaskState::Assigned,
         TaskState::Running,
@@ -45,6 +47,7 @@ impl TaskState {
         TaskState::OomKilled,
         TaskState::Killed,
         TaskState::Lost,
+        TaskState::DependencyFailed,
     ];
 
     /// The snake_case name used on the wire and in the store.
@@ -59,6 +62,7 @@ impl TaskState {
             TaskState::OomKilled => "oom_killed",
             TaskState::Killed => "killed",
             TaskState::Lost => "lost",
+            TaskState::DependencyFailed => "dependency_failed",
         }
     }
 
@@ -71,7 +75,8 @@ impl TaskState {
             | TaskState::TimedOut
             | TaskState::OomKilled
             | TaskState::Killed
-            | TaskState::Lost => true,
+            | TaskState::Lost
+            | TaskState::DependencyFailed => true,
         }
     }
 
@@ -85,7 +90,8 @@ impl TaskState {
             | TaskState::Assigned
             | TaskState::Running
             | TaskState::Succeeded
-            | TaskState::Killed => false,
+            | TaskState::Killed
+            | TaskState::DependencyFailed => false,
         }
     }
 
@@ -93,14 +99,14 @@ impl TaskState {
     pub fn can_become(self, to: TaskState) -> bool {
         use TaskState::*;
         match self {
-            Pending => matches!(to, Assigned | Killed),
+            Pending => matches!(to, Assigned | Killed | DependencyFailed),
             Assigned => matches!(
                 to,
                 Running | Lost | Killed | Failed | Succeeded | TimedOut | OomKilled
             ),
             Running => to.is_end(),
             Failed | TimedOut | OomKilled | Lost => to == Pending,
-            Succeeded | Killed => false,
+            Succeeded | Killed | DependencyFailed => false,
         }
     }
 }

@@ -141,8 +141,14 @@ pub struct EventView {
 pub struct NodeView {
     /// Node name.
     pub name: String,
-    /// `ready` or `down`.
+    /// `ready`, `draining` (no new tasks) or `down` (not connected).
     pub state: String,
+    /// Address the agent connected from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// CPUs it offers.
     pub cpus_total: f64,
     /// CPUs reserved by running tasks.

@@ -2,13 +2,15 @@
 //! placements out, no I/O and no clock.
 //!
 //! A node is *feasible* for a task when it is ready, accepts the kind of task (host process or
-//! container) and has the CPUs and memory the task reserves still unreserved. Among feasible
+//! container), carries every label the task is constrained to, and has the CPUs and memory the
+//! task reserves still unreserved. Among feasible
 //! nodes the [`Strategy`] picks one: the most free memory by default (spread load by memory
 //! headroom), `Binpack` (the fullest node that fits) or `Spread` (the node with fewest tasks).
 //! [`Scheduler::place`] reserves what it hands out, so one call per task in priority order gives
 //! a consistent round.
 #![deny(missing_docs)]
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// How to choose among feasible nodes.
@@ -38,10 +40,12 @@ pub struct NodeCapacity {
     pub memory_free: u64,
     /// Tasks placed there.
     pub tasks: u32,
+    /// The node's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a task needs.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Demand {
     /// CPUs to reserve.
     pub cpus: f64,
@@ -49,6 +53,8 @@ pub struct Demand {
     pub memory: u64,
     /// Runs as a host process (needs a node that allows them).
     pub host: bool,
+    /// Labels the node must carry.
+    pub constraints: BTreeMap<String, String>,
 }
 
 /// Why a task fits nowhere right now.
@@ -58,6 +64,11 @@ pub enum Unfit {
     NoReadyNode,
     /// No ready node accepts host tasks.
     NoHostNode,
+    /// No ready node carries the labels.
+    NoMatchingNode {
+        /// The constraints, as `k=v,k=v`.
+        constraints: String,
+    },
     /// Nodes exist but none has enough free CPUs and memory.
     NoCapacity {
         /// CPUs asked for.
@@ -77,6 +88,9 @@ impl fmt::Display for Unfit {
                 f,
                 "no ready node allows host tasks (start an agent with --allow-host-tasks, or give an image)"
             ),
+            Unfit::NoMatchingNode { constraints } => {
+                write!(f, "no ready node has the labels {constraints}")
+            }
             Unfit::NoCapacity { cpus, memory, ever } => {
                 write!(f, "no node has {cpus} free cpus and {} free memory", human_bytes(*memory))?;
                 if !ever {
@@ -111,18 +125,16 @@ const EPS: f64 = 1e-9;
 pub struct Scheduler {
     nodes: Vec<NodeCapacity>,
     totals: Vec<(f64, u64)>,
-    strategy: Strategy,
     /// Demands that already failed this round; a task needing at least as much fails too.
     failed: Vec<Demand>,
 }
 
 impl Scheduler {
     /// Starts a round. `totals[i]` is node i's total (cpus, memory), used only for messages.
-    pub fn new(nodes: Vec<NodeCapacity>, totals: Vec<(f64, u64)>, strategy: Strategy) -> Self {
+    pub fn new(nodes: Vec<NodeCapacity>, totals: Vec<(f64, u64)>) -> Self {
         Scheduler {
             nodes,
             totals,
-            strategy,
             failed: Vec::new(),
         }
     }
@@ -138,18 +150,18 @@ impl Scheduler {
     }
 
     /// Picks a node for `d` and reserves its resources there; returns the node's index.
-    pub fn place(&mut self, d: Demand) -> Result<usize, Unfit> {
-        if self.failed.iter().any(|f| dominates(&d, f)) {
+    pub fn place(&mut self, d: &Demand, strategy: Strategy) -> Result<usize, Unfit> {
+        if self.failed.iter().any(|f| dominates(d, f)) {
             return Err(self.why(d));
         }
         let mut best: Option<usize> = None;
         for (i, n) in self.nodes.iter().enumerate() {
-            if !fits(n, &d) {
+            if !fits(n, d) {
                 continue;
             }
             best = match best {
                 None => Some(i),
-                Some(b) if self.better(n, &self.nodes[b]) => Some(i),
+                Some(b) if better(strategy, n, &self.nodes[b]) => Some(i),
                 keep => keep,
             };
         }
@@ -162,24 +174,13 @@ impl Scheduler {
                 Ok(i)
             }
             None => {
-                self.failed.push(d);
+                self.failed.push(d.clone());
                 Err(self.why(d))
             }
         }
     }
 
-    fn better(&self, a: &NodeCapacity, b: &NodeCapacity) -> bool {
-        match self.strategy {
-            Strategy::MostFreeMemory => (a.memory_free, a.cpus_free) > (b.memory_free, b.cpus_free),
-            Strategy::Binpack => (a.memory_free, a.cpus_free) < (b.memory_free, b.cpus_free),
-            Strategy::Spread => {
-                (a.tasks, std::cmp::Reverse(a.memory_free))
-                    < (b.tasks, std::cmp::Reverse(b.memory_free))
-            }
-        }
-    }
-
-    fn why(&self, d: Demand) -> Unfit {
+    fn why(&self, d: &Demand) -> Unfit {
         let ready: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].ready)
             .collect();
@@ -193,6 +194,20 @@ impl Scheduler {
         if kind.is_empty() {
             return Unfit::NoHostNode;
         }
+        let kind: Vec<usize> = kind
+            .into_iter()
+            .filter(|&i| has_labels(&self.nodes[i], &d.constraints))
+            .collect();
+        if kind.is_empty() {
+            let c: Vec<String> = d
+                .constraints
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            return Unfit::NoMatchingNode {
+                constraints: c.join(","),
+            };
+        }
         let ever = kind.iter().any(|&i| {
             let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
             c + EPS >= d.cpus && m >= d.memory
@@ -205,8 +220,24 @@ impl Scheduler {
     }
 }
 
+fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
+    match strategy {
+        Strategy::MostFreeMemory => (a.memory_free, a.cpus_free) > (b.memory_free, b.cpus_free),
+        Strategy::Binpack => (a.memory_free, a.cpus_free) < (b.memory_free, b.cpus_free),
+        Strategy::Spread => {
+            (a.tasks, std::cmp::Reverse(a.memory_free))
+                < (b.tasks, std::cmp::Reverse(b.memory_free))
+        }
+    }
+}
+
+fn has_labels(n: &NodeCapacity, want: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| n.labels.get(k) == Some(v))
+}
+
 fn fits(n: &NodeCapacity, d: &Demand) -> bool {
-    n.ready
+    has_labels(n, &d.constraints)
+        && n.ready
         && (!d.host || n.allow_host_tasks)
         && n.cpus_free + EPS >= d.cpus
         && n.memory_free >= d.memory
@@ -214,7 +245,12 @@ fn fits(n: &NodeCapacity, d: &Demand) -> bool {
 
 /// `a` needs at least what `b` needed (and `b` did not fit).
 fn dominates(a: &Demand, b: &Demand) -> bool {
-    a.cpus + EPS >= b.cpus && a.memory >= b.memory && (a.host || !b.host)
+    a.cpus + EPS >= b.cpus
+        && a.memory >= b.memory
+        && (a.host || !b.host)
+        && b.constraints
+            .iter()
+            .all(|(k, v)| a.constraints.get(k) == Some(v))
 }
 
 #[cfg(test)]
@@ -231,12 +267,24 @@ mod tests {
             cpus_free: cpus,
             memory_free: mem_gib * G,
             tasks: 0,
+            labels: BTreeMap::new(),
         }
     }
 
-    fn sched(nodes: Vec<NodeCapacity>, s: Strategy) -> Scheduler {
+    /// A scheduler with a fixed strategy, for short tests.
+    struct S(Scheduler, Strategy);
+    impl S {
+        fn place(&mut self, d: Demand) -> Result<usize, Unfit> {
+            self.0.place(&d, self.1)
+        }
+        fn exhausted(&self) -> bool {
+            self.0.exhausted()
+        }
+    }
+
+    fn sched(nodes: Vec<NodeCapacity>, s: Strategy) -> S {
         let totals = nodes.iter().map(|n| (n.cpus_free, n.memory_free)).collect();
-        Scheduler::new(nodes, totals, s)
+        S(Scheduler::new(nodes, totals), s)
     }
 
     fn d(cpus: f64, mem_gib: u64) -> Demand {
@@ -244,7 +292,27 @@ mod tests {
             cpus,
             memory: mem_gib * G,
             host: true,
+            constraints: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn constraints_select_labelled_nodes_and_explain_misses() {
+        let mut a = node("a", 8.0, 16);
+        a.labels.insert("zone".into(), "a".into());
+        let mut b = node("b", 8.0, 4);
+        b.labels.insert("zone".into(), "b".into());
+        let mut s = sched(vec![a, b], Strategy::MostFreeMemory);
+        let mut want = d(1.0, 1);
+        want.constraints.insert("zone".into(), "b".into());
+        assert_eq!(s.place(want.clone()), Ok(1));
+        want.constraints.insert("zone".into(), "c".into());
+        assert_eq!(
+            s.place(want.clone()).unwrap_err().to_string(),
+            "no ready node has the labels zone=c"
+        );
+        // A failed constrained demand does not block an unconstrained one.
+        assert_eq!(s.place(d(1.0, 1)), Ok(0));
     }
 
     #[test]

@@ -103,6 +103,9 @@ impl From<CoreError> for AppError {
     fn from(e: CoreError) -> Self {
         match e {
             CoreError::NotFound(id) => AppError::not_found(id),
+            CoreError::NoSuchNode(n) => {
+                AppError::new(StatusCode::NOT_FOUND, format!("node `{n}` not found"))
+            }
             CoreError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
             CoreError::Invalid(f) => AppError::fields(f),
             CoreError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),

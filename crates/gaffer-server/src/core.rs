@@ -17,7 +17,7 @@ use gaffer_api::proto::{
 use gaffer_api::spec::{DEFAULT_KILL_GRACE, DEFAULT_RETRY_BACKOFF, MAX_RETRY_BACKOFF};
 use gaffer_api::state::TaskCounts;
 use gaffer_api::views::{AttemptView, EventView, NodeView};
-use gaffer_api::{AttemptKey, FieldError, JobId, JobSpec, JobState, TaskState, UnixMs};
+use gaffer_api::{AttemptKey, FieldError, JobId, JobSpec, JobState, Placement, TaskState, UnixMs};
 use gaffer_sched::{Demand, NodeCapacity, Scheduler, Strategy};
 use gaffer_store::{Batch, JobRow, Store, TaskRow};
 use std::cmp::Reverse;
@@ -37,6 +37,9 @@ pub enum CoreError {
     /// No such job.
     #[error("job {0} not found")]
     NotFound(JobId),
+    /// No such node.
+    #[error("node `{0}` not found")]
+    NoSuchNode(String),
     /// The request conflicts with the job's state.
     #[error("{0}")]
     Conflict(String),
@@ -77,10 +80,28 @@ pub enum Command {
         /// Answer.
         reply: Reply<()>,
     },
+    /// Stop placing tasks on a node (and with `migrate`, move its running tasks away).
+    Drain {
+        /// Node name.
+        node: String,
+        /// Re-queue its running tasks.
+        migrate: bool,
+        /// Answer.
+        reply: Reply<()>,
+    },
+    /// Undo a drain.
+    Enable {
+        /// Node name.
+        node: String,
+        /// Answer.
+        reply: Reply<()>,
+    },
     /// An agent opened a stream.
     AgentConnected {
         /// Connection number, to tell reconnects apart.
         conn: u64,
+        /// Where it connected from.
+        address: String,
         /// The node.
         node: NodeInfo,
         /// Attempts it knows of.
@@ -176,6 +197,21 @@ impl CoreHandle {
         self.ask(|reply| Command::Remove { job, force, reply })
             .await
     }
+
+    /// Drains a node.
+    pub async fn drain(&self, node: String, migrate: bool) -> Result<(), CoreError> {
+        self.ask(|reply| Command::Drain {
+            node,
+            migrate,
+            reply,
+        })
+        .await
+    }
+
+    /// Re-enables a drained node.
+    pub async fn enable(&self, node: String) -> Result<(), CoreError> {
+        self.ask(|reply| Command::Enable { node, reply }).await
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -201,11 +237,23 @@ struct ActiveJob {
     tasks: HashMap<u32, TaskRt>,
     /// Retries whose back-off has passed, in order.
     ready: VecDeque<u32>,
+    /// Dependencies that have not succeeded yet.
+    waiting_on: BTreeSet<JobId>,
 }
 
 impl ActiveJob {
+    fn new(row: JobRow) -> Self {
+        ActiveJob {
+            row,
+            tasks: HashMap::new(),
+            ready: VecDeque::new(),
+            waiting_on: BTreeSet::new(),
+        }
+    }
+
     fn has_work(&self) -> bool {
         !self.row.kill_requested
+            && self.waiting_on.is_empty()
             && (!self.ready.is_empty() || self.row.next_fresh < self.row.counts.total)
     }
 
@@ -214,12 +262,24 @@ impl ActiveJob {
             cpus: self.row.spec.cpus(),
             memory: self.row.spec.resources.memory.map(|m| m.0).unwrap_or(0),
             host: self.row.spec.image.is_none(),
+            constraints: self.row.spec.constraints.clone(),
         }
+    }
+}
+
+fn strategy_of(p: Option<Placement>, default: Strategy) -> Strategy {
+    match p {
+        None => default,
+        Some(Placement::MostFreeMemory) => Strategy::MostFreeMemory,
+        Some(Placement::Binpack) => Strategy::Binpack,
+        Some(Placement::Spread) => Strategy::Spread,
     }
 }
 
 struct Node {
     info: NodeInfo,
+    address: String,
+    draining: bool,
     conn: u64,
     tx: Option<UnboundedSender<ServerMsg>>,
     cpus_alloc: f64,
@@ -249,6 +309,10 @@ pub struct Core {
     deferred: Vec<Deferred>,
     events: Vec<EventView>,
     reasons_changed: bool,
+    /// Active jobs waiting on each job.
+    dependents: HashMap<JobId, Vec<JobId>>,
+    /// Attempts being killed to move them off a draining node.
+    migrating: HashSet<AttemptKey>,
 }
 
 impl Core {
@@ -275,16 +339,11 @@ impl Core {
             deferred: Vec::new(),
             events: Vec::new(),
             reasons_changed: false,
+            dependents: HashMap::new(),
+            migrating: HashSet::new(),
         };
         for row in active.jobs {
-            core.jobs.insert(
-                row.id,
-                ActiveJob {
-                    row,
-                    tasks: HashMap::new(),
-                    ready: VecDeque::new(),
-                },
-            );
+            core.jobs.insert(row.id, ActiveJob::new(row));
         }
         for t in active.tasks {
             let Some(job) = core.jobs.get_mut(&t.job) else {
@@ -293,6 +352,34 @@ impl Core {
             if t.state == TaskState::Pending {
                 core.timers
                     .push(Reverse((t.not_before.unwrap_or(0), t.job, t.index)));
+            }
+            if let (TaskState::Assigned | TaskState::Running, Some(n)) = (t.state, &t.node) {
+                // Until its agent reconnects, the node is known only by these attempts; if it
+                // never does, the heartbeat timeout declares them lost.
+                let now = now_ms();
+                let node = core.nodes.entry(n.clone()).or_insert_with(|| Node {
+                    info: NodeInfo {
+                        name: n.clone(),
+                        cpus: 0.0,
+                        memory: 0,
+                        allow_host_tasks: false,
+                        labels: Default::default(),
+                    },
+                    address: String::new(),
+                    draining: false,
+                    conn: 0,
+                    tx: None,
+                    cpus_alloc: 0.0,
+                    mem_alloc: 0,
+                    memory_free: 0,
+                    last_seen: now,
+                    running: HashSet::new(),
+                });
+                node.running.insert(AttemptKey {
+                    job: t.job,
+                    index: t.index,
+                    attempt: t.attempts,
+                });
             }
             job.tasks.insert(
                 t.index,
@@ -306,7 +393,14 @@ impl Core {
                 },
             );
         }
-        let ids: Vec<JobId> = core.jobs.keys().copied().collect();
+        let mut ids: Vec<JobId> = core.jobs.keys().copied().collect();
+        ids.sort();
+        let now = now_ms();
+        for id in &ids {
+            if let Err(e) = core.link_dependencies(*id, now) {
+                tracing::warn!(job = %id, error = %e, "cannot resolve dependencies");
+            }
+        }
         for id in ids {
             core.requeue(id);
         }
@@ -377,6 +471,18 @@ impl Core {
             self.queue.remove(&(Reverse(job.row.spec.priority), id));
             self.batch.update_jobs.push(job.row);
             self.dirty_jobs.remove(&id);
+            for dependent in self.dependents.remove(&id).unwrap_or_default() {
+                if new == JobState::Succeeded {
+                    if let Some(d) = self.jobs.get_mut(&dependent) {
+                        d.waiting_on.remove(&id);
+                        let reason = waiting_reason(&d.waiting_on);
+                        self.set_reason(dependent, reason);
+                        self.requeue(dependent);
+                    }
+                } else {
+                    self.fail_dependency(dependent, id, new, now);
+                }
+            }
             if self
                 .shared
                 .reasons
@@ -390,6 +496,86 @@ impl Core {
         } else {
             self.requeue(id);
         }
+    }
+
+    fn set_reason(&mut self, id: JobId, reason: Option<String>) {
+        let mut map = self
+            .shared
+            .reasons
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => map.insert(id, r),
+            None => map.remove(&id),
+        };
+    }
+
+    /// Records what job `id` waits for; fails it at once if a dependency already failed.
+    fn link_dependencies(&mut self, id: JobId, now: UnixMs) -> Result<(), CoreError> {
+        let deps = match self.jobs.get(&id) {
+            Some(j) => j.row.spec.depends_on.clone(),
+            None => return Ok(()),
+        };
+        let mut failed = None;
+        for d in deps {
+            if d == id {
+                continue;
+            }
+            if self.jobs.contains_key(&d) {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.waiting_on.insert(d);
+                }
+                self.dependents.entry(d).or_default().push(id);
+                continue;
+            }
+            match self.store.get_job(d) {
+                Ok(Some(r)) if r.state == JobState::Succeeded => {}
+                Ok(Some(r)) => failed = Some((d, r.state)),
+                Ok(None) => failed = Some((d, JobState::Killed)),
+                Err(e) => return Err(CoreError::Unavailable(e.to_string())),
+            }
+        }
+        if let Some((d, st)) = failed {
+            self.fail_dependency(id, d, st, now);
+        } else if let Some(j) = self.jobs.get(&id) {
+            let reason = waiting_reason(&j.waiting_on);
+            self.set_reason(id, reason);
+        }
+        Ok(())
+    }
+
+    /// A dependency of `id` ended without success: its tasks that never ran fail.
+    fn fail_dependency(&mut self, id: JobId, dep: JobId, dep_state: JobState, now: UnixMs) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let mut rows = Vec::new();
+        for (&idx, t) in job.tasks.iter_mut() {
+            if t.state == TaskState::Pending {
+                t.state = TaskState::DependencyFailed;
+                t.not_before = None;
+                rows.push(Self::task_row(id, idx, t));
+            }
+        }
+        job.tasks.retain(|_, t| !t.state.is_end());
+        job.ready.clear();
+        job.waiting_on.clear();
+        let n = job.row.counts.pending;
+        job.row.counts.pending = 0;
+        job.row.counts.failed += n;
+        // Untouched tasks read as dependency_failed once the job is final.
+        job.row.next_fresh = job.row.counts.total.max(job.row.next_fresh);
+        self.batch.tasks.extend(rows);
+        self.event(
+            now,
+            id,
+            None,
+            None,
+            "dependency_failed",
+            format!("{dep} ended {dep_state}"),
+        );
+        self.set_reason(id, None);
+        self.touch_job(id, now);
     }
 
     fn task_row(job: JobId, index: u32, t: &TaskRt) -> TaskRow {
@@ -422,10 +608,29 @@ impl Core {
             }
             Command::AgentConnected {
                 conn,
+                address,
                 node,
                 attempts,
                 tx,
-            } => self.agent_connected(conn, node, attempts, tx, now),
+            } => self.agent_connected(conn, address, node, attempts, tx, now),
+            Command::Drain {
+                node,
+                migrate,
+                reply,
+            } => {
+                let r = self.drain(&node, migrate);
+                self.defer(reply, r);
+            }
+            Command::Enable { node, reply } => {
+                let r = match self.nodes.get_mut(&node) {
+                    Some(n) => {
+                        n.draining = false;
+                        Ok(())
+                    }
+                    None => Err(CoreError::NoSuchNode(node)),
+                };
+                self.defer(reply, r);
+            }
             Command::Agent { conn, node, msg } => self.agent_msg(conn, &node, msg, now),
             Command::AgentGone { conn, node } => {
                 if let Some(n) = self.nodes.get_mut(&node) {
@@ -468,6 +673,29 @@ impl Core {
                 return self.defer(reply, Ok(ids));
             }
         }
+        // Every dependency must exist (all or nothing, like the rest of the batch).
+        let mut errors = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            for (k, d) in spec.depends_on.iter().enumerate() {
+                let known = self.jobs.contains_key(d)
+                    || match self.store.get_job(*d) {
+                        Ok(r) => r.is_some(),
+                        Err(e) => {
+                            return self.defer(reply, Err(CoreError::Unavailable(e.to_string())))
+                        }
+                    };
+                if !known {
+                    errors.push(FieldError {
+                        index: (specs.len() > 1).then_some(i),
+                        field: format!("depends_on[{k}]"),
+                        message: format!("job {d} not found"),
+                    });
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return self.defer(reply, Err(CoreError::Invalid(errors)));
+        }
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             let id = JobId(self.next_job_id);
@@ -490,16 +718,14 @@ impl Core {
             };
             self.batch.insert_jobs.push(row.clone());
             self.event(now, id, None, None, "submitted", format!("{total} task(s)"));
-            self.jobs.insert(
-                id,
-                ActiveJob {
-                    row,
-                    tasks: HashMap::new(),
-                    ready: VecDeque::new(),
-                },
-            );
-            self.requeue(id);
+            self.jobs.insert(id, ActiveJob::new(row));
             ids.push(id);
+        }
+        for id in &ids {
+            if let Err(e) = self.link_dependencies(*id, now) {
+                tracing::warn!(job = %id, error = %e, "cannot resolve dependencies");
+            }
+            self.requeue(*id);
         }
         self.batch.next_job_id = Some(self.next_job_id);
         if let Some(k) = key {
@@ -627,6 +853,7 @@ impl Core {
     fn agent_connected(
         &mut self,
         conn: u64,
+        address: String,
         info: NodeInfo,
         reports: Vec<AttemptReport>,
         tx: UnboundedSender<ServerMsg>,
@@ -636,6 +863,8 @@ impl Core {
         tracing::info!(node = %name, cpus = info.cpus, memory = info.memory, "agent registered");
         let node = self.nodes.entry(name.clone()).or_insert_with(|| Node {
             info: info.clone(),
+            address: String::new(),
+            draining: false,
             conn,
             tx: None,
             cpus_alloc: 0.0,
@@ -645,6 +874,7 @@ impl Core {
             running: HashSet::new(),
         });
         node.info = info;
+        node.address = address;
         node.conn = conn;
         node.tx = Some(tx);
         node.last_seen = now;
@@ -706,6 +936,53 @@ impl Core {
                 AttemptReport::Ended { .. } => {
                     self.outbox.push((name.clone(), ServerMsg::Forget { key }))
                 }
+            }
+        }
+    }
+
+    fn drain(&mut self, name: &str, migrate: bool) -> Result<(), CoreError> {
+        let n = self
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| CoreError::NoSuchNode(name.to_string()))?;
+        n.draining = true;
+        if migrate {
+            let keys: Vec<AttemptKey> = n.running.iter().copied().collect();
+            for key in keys {
+                self.migrating.insert(key);
+                self.outbox
+                    .push((name.to_string(), ServerMsg::Kill { key }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares nodes silent for longer than the heartbeat timeout `down`; their attempts are
+    /// lost (and retried by the usual rules).
+    fn check_nodes(&mut self, now: UnixMs) {
+        let timeout = self.cfg.heartbeat_timeout.as_millis() as u64;
+        let dead: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                (n.tx.is_some() || !n.running.is_empty())
+                    && now.saturating_sub(n.last_seen) > timeout
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in dead {
+            let Some(n) = self.nodes.get_mut(&name) else {
+                continue;
+            };
+            tracing::warn!(node = %name, silent_ms = now.saturating_sub(n.last_seen), "node is down");
+            n.tx = None;
+            let keys: Vec<AttemptKey> = n.running.iter().copied().collect();
+            let why = format!(
+                "node {name} stopped responding (no heartbeat for {})",
+                gaffer_api::DurationSpec(timeout)
+            );
+            for key in keys {
+                self.attempt_ended(&name, key, lost_result(now, &why), now);
             }
         }
     }
@@ -794,9 +1071,13 @@ impl Core {
                 n.mem_alloc = n.mem_alloc.saturating_sub(mem);
             }
         }
-        let (mut end, message) = classify(&result);
+        let (mut end, mut message) = classify(&result);
+        let migrated = self.migrating.remove(&key);
         if job.row.kill_requested && end != TaskState::Succeeded {
             end = TaskState::Killed;
+        } else if migrated && end != TaskState::Succeeded {
+            end = TaskState::Lost;
+            message = format!("moved off draining node {node}");
         }
         let from = t.state;
         let attempt = AttemptView {
@@ -821,7 +1102,9 @@ impl Core {
         // Retry?
         let spec = &job.row.spec;
         let mut retry_in = None;
-        if end.is_retryable() && !job.row.kill_requested {
+        if migrated && end == TaskState::Lost {
+            retry_in = Some(0);
+        } else if end.is_retryable() && !job.row.kill_requested {
             if end == TaskState::Lost && t.lost < MAX_FREE_LOST {
                 t.lost += 1;
                 retry_in = Some(0);
@@ -918,18 +1201,20 @@ impl Core {
         if self.queue.is_empty() {
             return;
         }
-        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        let mut names: Vec<String> = self.nodes.keys().cloned().collect();
+        names.sort();
         let caps: Vec<NodeCapacity> = names
             .iter()
             .map(|n| {
                 let node = &self.nodes[n];
                 NodeCapacity {
                     name: n.clone(),
-                    ready: node.tx.is_some(),
+                    ready: node.tx.is_some() && !node.draining,
                     allow_host_tasks: node.info.allow_host_tasks,
                     cpus_free: node.info.cpus - node.cpus_alloc,
                     memory_free: node.info.memory.saturating_sub(node.mem_alloc),
                     tasks: node.running.len() as u32,
+                    labels: node.info.labels.clone(),
                 }
             })
             .collect();
@@ -937,7 +1222,7 @@ impl Core {
             .iter()
             .map(|n| (self.nodes[n].info.cpus, self.nodes[n].info.memory))
             .collect();
-        let mut sched = Scheduler::new(caps, totals, self.cfg.strategy);
+        let mut sched = Scheduler::new(caps, totals);
         let mut reasons: Vec<(JobId, Option<String>)> = Vec::new();
         let mut cursor: Option<(Reverse<i32>, JobId)> = None;
         loop {
@@ -956,13 +1241,14 @@ impl Core {
             cursor = Some(entry);
             let jid = entry.1;
             let demand = self.jobs[&jid].demand();
+            let strategy = strategy_of(self.jobs[&jid].row.spec.strategy, self.cfg.strategy);
             let mut placed_any = false;
             loop {
                 let job = &self.jobs[&jid];
                 if !job.has_work() {
                     break;
                 }
-                match sched.place(demand) {
+                match sched.place(&demand, strategy) {
                     Ok(i) => {
                         placed_any = true;
                         self.assign(jid, &names[i], now);
@@ -1122,7 +1408,14 @@ impl Core {
             .iter()
             .map(|(name, n)| NodeView {
                 name: name.clone(),
-                state: if n.tx.is_some() { "ready" } else { "down" }.into(),
+                state: match (n.tx.is_some(), n.draining) {
+                    (false, _) => "down",
+                    (true, true) => "draining",
+                    (true, false) => "ready",
+                }
+                .into(),
+                address: n.address.clone(),
+                labels: n.info.labels.clone(),
                 cpus_total: n.info.cpus,
                 cpus_allocated: n.cpus_alloc,
                 memory_total: n.info.memory,
@@ -1173,6 +1466,14 @@ impl Core {
         self.publish_gauges();
         ok
     }
+}
+
+fn waiting_reason(deps: &BTreeSet<JobId>) -> Option<String> {
+    if deps.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = deps.iter().map(|d| d.to_string()).collect();
+    Some(format!("waiting for {} to succeed", ids.join(", ")))
 }
 
 fn lost_result(now: UnixMs, why: &str) -> AttemptResult {
@@ -1247,6 +1548,7 @@ pub fn run(mut core: Core, rx: Receiver<Command>) -> Result<(), String> {
             next = if n < 20_000 { rx.try_recv().ok() } else { None };
         }
         core.fire_timers(now);
+        core.check_nodes(now);
         core.schedule(now);
         if !core.finish_round() {
             return Err("the state store failed; see the log above".into());

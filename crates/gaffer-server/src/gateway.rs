@@ -28,13 +28,14 @@ impl Gateway {
     pub fn connect_local(&self) -> (UnboundedSender<AgentMsg>, UnboundedReceiver<ServerMsg>) {
         let (up_tx, up_rx) = unbounded_channel::<AgentMsg>();
         let (down_tx, down_rx) = unbounded_channel::<ServerMsg>();
-        tokio::spawn(self.clone().attach(up_rx, down_tx));
+        tokio::spawn(self.clone().attach("local".into(), up_rx, down_tx));
         (up_tx, down_rx)
     }
 
     /// Serves one agent stream until it closes. The first message must be `Register`.
     pub async fn attach(
         self,
+        address: String,
         mut up: UnboundedReceiver<AgentMsg>,
         down: UnboundedSender<ServerMsg>,
     ) {
@@ -44,6 +45,7 @@ impl Gateway {
                 let name = node.name.clone();
                 self.core.send(Command::AgentConnected {
                     conn,
+                    address,
                     node,
                     attempts,
                     tx: down,

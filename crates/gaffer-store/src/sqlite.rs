@@ -430,6 +430,8 @@ impl Store for SqliteStore {
             // Untouched tasks never ran: pending, or killed with their job.
             let untouched = if job.kill_requested {
                 TaskState::Killed
+            } else if job.state.is_final() {
+                TaskState::DependencyFailed
             } else {
                 TaskState::Pending
             };
