@@ -89,6 +89,12 @@ impl Journal {
         ))
     }
 
+    /// The attempts recorded and not yet forgotten.
+    pub fn keys(&self) -> Vec<AttemptKey> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.live.iter().copied().collect()
+    }
+
     /// Records a new attempt.
     pub fn add(&self, key: AttemptKey) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,7 +20,7 @@ use gaffer_api::proto::{
 };
 use gaffer_api::{AttemptKey, JobId, UnixMs};
 use gaffer_runtime::{AttemptStatus, EndReason, LaunchSpec, Probe};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -162,98 +162,168 @@ fn base_env() -> Vec<(String, String)> {
 
 struct Inner {
     cfg: AgentConfig,
-    up: UnboundedSender<AgentMsg>,
     base_env: Vec<(String, String)>,
+    /// The uplink of the current session, if connected.
+    up: Mutex<Option<UnboundedSender<AgentMsg>>>,
     /// Shim pids of attempts started by this process (for kills before `shim.pid` exists).
     pids: Mutex<HashMap<AttemptKey, u32>>,
+    /// Attempts something in this process is waiting on (a child or an orphan watcher).
+    watched: Mutex<HashSet<AttemptKey>>,
     /// Attempts not yet forgotten by the server.
     journal: journal::Journal,
 }
 
-/// Runs the agent until the downlink closes.
+/// A node agent. Open it once; run one [`Agent::session`] per connection to the server.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+/// Runs an agent over one in-process stream until the downlink closes (`gaffer dev`).
 pub async fn run(
     cfg: AgentConfig,
     up: UnboundedSender<AgentMsg>,
-    mut down: UnboundedReceiver<ServerMsg>,
+    down: UnboundedReceiver<ServerMsg>,
 ) -> Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
-        path: cfg.data_dir.clone(),
-        source,
-    })?;
-    let (journal, known) =
-        journal::Journal::open(&cfg.data_dir.join("active.log")).map_err(|source| {
-            AgentError::DataDir {
-                path: cfg.data_dir.join("active.log"),
-                source,
-            }
-        })?;
-    let agent = Arc::new(Inner {
-        base_env: base_env(),
-        up,
-        pids: Mutex::new(HashMap::new()),
-        journal,
-        cfg,
-    });
-    let reports = agent.recover(known);
-    let _ = agent.up.send(AgentMsg::Register {
-        node: NodeInfo {
-            name: agent.cfg.name.clone(),
-            cpus: agent.cfg.cpus,
-            memory: agent.cfg.memory,
-            allow_host_tasks: agent.cfg.allow_host_tasks,
-            labels: agent.cfg.labels.clone(),
-        },
-        attempts: reports,
-    });
-    let hb = agent.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(hb.cfg.heartbeat);
-        loop {
-            tick.tick().await;
-            let memory_free = meminfo("MemAvailable:").unwrap_or(0);
-            if hb.up.send(AgentMsg::Heartbeat { memory_free }).is_err() {
-                return;
-            }
-        }
-    });
-    while let Some(msg) = down.recv().await {
-        match msg {
-            ServerMsg::Start(launch) => {
-                let a = agent.clone();
-                tokio::spawn(async move { a.start(*launch).await });
-            }
-            ServerMsg::Kill { key } => agent.kill(key),
-            ServerMsg::Purge { job } => {
-                let dir = agent.cfg.data_dir.join("attempts").join(job.to_string());
-                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted job's files")
-                    }
-                });
-            }
-            ServerMsg::Forget { key } => {
-                if let Err(e) = agent.journal.remove(key) {
-                    tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");
-                }
-            }
-        }
-    }
-    heartbeat.abort();
+    Agent::open(cfg)?.session(up, down).await;
     Ok(())
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Opens the agent's data directory and journal.
+    pub fn open(cfg: AgentConfig) -> Result<Agent> {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+        let path = cfg.data_dir.join("active.log");
+        let (journal, _) =
+            journal::Journal::open(&path).map_err(|source| AgentError::DataDir { path, source })?;
+        Ok(Agent {
+            inner: Arc::new(Inner {
+                base_env: base_env(),
+                up: Mutex::new(None),
+                pids: Mutex::new(HashMap::new()),
+                watched: Mutex::new(HashSet::new()),
+                journal,
+                cfg,
+            }),
+        })
+    }
+
+    /// The agent's settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.inner.cfg
+    }
+
+    /// Serves one connection: registers (reporting every attempt the server has not yet
+    /// forgotten), heartbeats, and obeys the server until the downlink closes.
+    pub async fn session(
+        &self,
+        up: UnboundedSender<AgentMsg>,
+        mut down: UnboundedReceiver<ServerMsg>,
+    ) {
+        let agent = self.inner.clone();
+        {
+            // Hold the uplink lock while registering so that no other message can overtake
+            // `Register` on the new stream.
+            let mut slot = lock(&agent.up);
+            let reports = agent.reports();
+            let _ = up.send(AgentMsg::Register {
+                node: NodeInfo {
+                    name: agent.cfg.name.clone(),
+                    cpus: agent.cfg.cpus,
+                    memory: agent.cfg.memory,
+                    allow_host_tasks: agent.cfg.allow_host_tasks,
+                    labels: agent.cfg.labels.clone(),
+                },
+                attempts: reports,
+            });
+            *slot = Some(up.clone());
+        }
+        let period = agent.cfg.heartbeat;
+        let hb_up = up.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let memory_free = meminfo("MemAvailable:").unwrap_or(0);
+                if hb_up.send(AgentMsg::Heartbeat { memory_free }).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(msg) = down.recv().await {
+            match msg {
+                ServerMsg::Start(launch) => {
+                    let a = agent.clone();
+                    tokio::spawn(async move { a.start(*launch).await });
+                }
+                ServerMsg::Kill { key } => agent.kill(key),
+                ServerMsg::Purge { job } => {
+                    let dir = agent.cfg.data_dir.join("attempts").join(job.to_string());
+                    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted job's files")
+                        }
+                    });
+                }
+                ServerMsg::Forget { key } => {
+                    if let Err(e) = agent.journal.remove(key) {
+                        tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");
+                    }
+                }
+                ServerMsg::ReadFile {
+                    req,
+                    key,
+                    path,
+                    offset,
+                    max,
+                } => {
+                    let a = agent.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let msg = a.read_file(req, key, &path, offset, max);
+                        a.send(msg);
+                    });
+                }
+            }
+        }
+        heartbeat.abort();
+        let mut slot = lock(&agent.up);
+        if slot.as_ref().is_some_and(|s| s.same_channel(&up)) {
+            *slot = None;
+        }
+    }
+}
+
 impl Inner {
-    /// Finds attempts from a previous life of this agent.
-    fn recover(self: &Arc<Self>, known: Vec<AttemptKey>) -> Vec<AttemptReport> {
+    fn send(&self, msg: AgentMsg) {
+        if let Some(up) = lock(&self.up).as_ref() {
+            let _ = up.send(msg);
+        }
+    }
+
+    /// What to tell the server about every attempt it has not forgotten. Attempts whose
+    /// supervisor is alive but unwatched (from a previous life of the agent) get a watcher.
+    fn reports(self: &Arc<Self>) -> Vec<AttemptReport> {
         let mut reports = Vec::new();
-        for key in known {
+        for key in self.journal.keys() {
+            if lock(&self.watched).contains(&key) {
+                reports.push(AttemptReport::Running { key });
+                continue;
+            }
             let dir = self.cfg.attempt_dir(&key);
             match gaffer_runtime::probe(&dir) {
                 Probe::Running { pid } => {
                     tracing::info!(attempt = %key, pid, "re-attached to a running attempt");
                     reports.push(AttemptReport::Running { key });
+                    lock(&self.watched).insert(key);
                     let a = self.clone();
                     tokio::spawn(async move { a.watch_orphan(key, dir).await });
                 }
@@ -270,6 +340,53 @@ impl Inner {
         reports
     }
 
+    /// Reads part of an attempt file for the server (remote `logs -f`, output downloads).
+    fn read_file(&self, req: u64, key: AttemptKey, path: &str, offset: u64, max: u32) -> AgentMsg {
+        use base64::Engine as _;
+        use std::io::{Read, Seek, SeekFrom};
+        let dir = self.cfg.attempt_dir(&key);
+        let ended = dir.join("status.json").exists() || !lock(&self.watched).contains(&key);
+        let allowed = path == "stdout"
+            || path == "stderr"
+            || (path.starts_with("outputs/")
+                && !path.split('/').any(|c| c == ".." || c.is_empty()));
+        let fail = |e: String| AgentMsg::FileData {
+            req,
+            data: String::new(),
+            ended,
+            error: Some(e),
+        };
+        if !allowed {
+            return fail(format!("`{path}` is not an attempt file"));
+        }
+        let mut f = match std::fs::File::open(dir.join(path)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.starts_with("outputs/") => {
+                // The task has not written anything yet.
+                return AgentMsg::FileData {
+                    req,
+                    data: String::new(),
+                    ended,
+                    error: None,
+                };
+            }
+            Err(e) => return fail(format!("{key} {path}: {e}")),
+        };
+        let mut buf = vec![0u8; max.min(1 << 20) as usize];
+        let n = f
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read(&mut buf));
+        match n {
+            Ok(n) => AgentMsg::FileData {
+                req,
+                data: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+                ended,
+                error: None,
+            },
+            Err(e) => fail(format!("{key} {path}: {e}")),
+        }
+    }
+
     /// Polls a shim this process did not start until it ends.
     async fn watch_orphan(self: Arc<Self>, key: AttemptKey, dir: PathBuf) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -284,7 +401,8 @@ impl Inner {
                 Probe::Ended(s) => result_from_status(&s),
                 Probe::Gone => lost("its supervisor exited without a result".into()),
             };
-            let _ = self.up.send(AgentMsg::Ended { key, result });
+            lock(&self.watched).remove(&key);
+            self.send(AgentMsg::Ended { key, result });
             return;
         }
     }
@@ -300,7 +418,7 @@ impl Inner {
                 kind: EndKind::SpawnFailed,
                 ..lost(String::new())
             };
-            let _ = self.up.send(AgentMsg::Ended { key, result });
+            self.send(AgentMsg::Ended { key, result });
             return;
         }
         let mut env = self.base_env.clone();
@@ -327,13 +445,15 @@ impl Inner {
                 kind: EndKind::SpawnFailed,
                 ..lost(msg)
             };
-            let _ = self.up.send(AgentMsg::Ended { key, result });
+            self.send(AgentMsg::Ended { key, result });
             return;
         }
         let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
+        lock(&self.watched).insert(key);
         let mut child = match tokio::process::Command::from(cmd).spawn() {
             Ok(c) => c,
             Err(e) => {
+                lock(&self.watched).remove(&key);
                 let result = AttemptResult {
                     kind: EndKind::SpawnFailed,
                     ..lost(format!(
@@ -341,36 +461,25 @@ impl Inner {
                         self.cfg.shim_exe.display()
                     ))
                 };
-                let _ = self.up.send(AgentMsg::Ended { key, result });
+                self.send(AgentMsg::Ended { key, result });
                 return;
             }
         };
         if let Some(pid) = child.id() {
-            self.pids
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, pid);
+            lock(&self.pids).insert(key, pid);
         }
-        let _ = self.up.send(AgentMsg::Started { key, at: now_ms() });
+        self.send(AgentMsg::Started { key, at: now_ms() });
         let exit = child.wait().await;
-        self.pids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        let d = dir.clone();
-        let status = tokio::task::spawn_blocking(move || gaffer_runtime::read_status(&d))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let result = match status {
+        lock(&self.pids).remove(&key);
+        let result = match gaffer_runtime::read_status(&dir) {
             Ok(Some(s)) => result_from_status(&s),
             Ok(None) => lost(format!(
-                "the supervisor exited ({exit:?}) without a result; see {}",
-                dir.join("shim.log").display()
+                "the supervisor exited ({exit:?}) without a result; see the agent's log"
             )),
             Err(e) => lost(format!("cannot read the attempt's status: {e}")),
         };
-        let _ = self.up.send(AgentMsg::Ended { key, result });
+        lock(&self.watched).remove(&key);
+        self.send(AgentMsg::Ended { key, result });
     }
 
     fn kill(&self, key: AttemptKey) {
@@ -379,12 +488,7 @@ impl Inner {
             Ok(true) => {}
             _ => {
                 // The shim may not have written its pid file yet: signal the pid we spawned.
-                if let Some(pid) = self
-                    .pids
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&key)
-                {
+                if let Some(pid) = lock(&self.pids).get(&key) {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(*pid as i32),
                         nix::sys::signal::Signal::SIGTERM,

@@ -36,6 +36,17 @@ pub enum AgentMsg {
         /// How.
         result: AttemptResult,
     },
+    /// Answer to [`ServerMsg::ReadFile`].
+    FileData {
+        /// The request's id.
+        req: u64,
+        /// Bytes read, base64 (standard alphabet).
+        data: String,
+        /// The attempt has ended (its logs will not grow).
+        ended: bool,
+        /// Why nothing could be read (no such attempt or file).
+        error: Option<String>,
+    },
 }
 
 /// A node's identity and capacity.
@@ -128,6 +139,19 @@ pub enum ServerMsg {
     Forget {
         /// Which attempt.
         key: AttemptKey,
+    },
+    /// Read part of one of an attempt's files: `stdout`, `stderr` or `outputs/<path>`.
+    ReadFile {
+        /// Request id, echoed in [`AgentMsg::FileData`].
+        req: u64,
+        /// Which attempt.
+        key: AttemptKey,
+        /// Relative path inside the attempt directory.
+        path: String,
+        /// Byte offset to start at.
+        offset: u64,
+        /// At most this many bytes.
+        max: u32,
     },
     /// The job was deleted: remove its attempt directories (logs, outputs).
     Purge {

@@ -121,6 +121,30 @@ impl From<gaffer_store::StoreError> for AppError {
 
 type ApiResult<T> = Result<T, AppError>;
 
+/// `Query` whose rejection is a JSON 400 like every other API error.
+struct Q<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Q<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Q(v)),
+            Err(e) => Err(AppError::bad(format!(
+                "bad query parameter: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 fn parse_id(s: &str) -> ApiResult<JobId> {
     s.parse()
         .map_err(|e: gaffer_api::ids::BadJobId| AppError::bad(e.to_string()))
@@ -317,12 +341,7 @@ async fn submit(
         ),
         None => None,
     };
-    let n = specs.len() as u64;
     let ids = st.core.submit(specs, key).await?;
-    st.shared
-        .metrics
-        .jobs_submitted
-        .fetch_add(n, Ordering::Relaxed);
     Ok((StatusCode::CREATED, Json(SubmitResponse { ids })))
 }
 
@@ -341,10 +360,7 @@ struct ListParams {
            ("limit" = Option<u32>, Query, description = "page size, default 50, at most 10000"),
            ("before" = Option<String>, Query, description = "the previous page's `next`")),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody)))]
-async fn list_jobs(
-    State(st): State<AppState>,
-    Query(p): Query<ListParams>,
-) -> ApiResult<Json<JobPage>> {
+async fn list_jobs(State(st): State<AppState>, Q(p): Q<ListParams>) -> ApiResult<Json<JobPage>> {
     let state = match p.state.as_deref() {
         None | Some("") | Some("all") => None,
         Some(s) => Some(s.parse::<JobState>().map_err(AppError::bad)?),
@@ -377,7 +393,7 @@ struct JobParams {
 async fn get_job(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<JobParams>,
+    Q(p): Q<JobParams>,
 ) -> ApiResult<Json<JobDetail>> {
     let id = parse_id(&id)?;
     let row = load_job(&st, id).await?;
@@ -407,7 +423,7 @@ struct DeleteParams {
 async fn delete_job(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<DeleteParams>,
+    Q(p): Q<DeleteParams>,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id)?;
     st.core.remove(id, p.force.unwrap_or(false)).await?;
@@ -467,7 +483,7 @@ async fn pick_attempt(
 async fn logs(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<LogParams>,
+    Q(p): Q<LogParams>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let row = load_job(&st, id).await?;
@@ -612,7 +628,7 @@ struct OutputParams {
 async fn list_outputs(
     State(st): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<OutputParams>,
+    Q(p): Q<OutputParams>,
 ) -> ApiResult<Json<Vec<OutputFile>>> {
     let id = parse_id(&id)?;
     let row = load_job(&st, id).await?;
@@ -664,7 +680,7 @@ async fn list_outputs(
 async fn get_output(
     State(st): State<AppState>,
     Path((id, task, path)): Path<(String, u32, String)>,
-    Query(p): Query<OutputParams>,
+    Q(p): Q<OutputParams>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     load_job(&st, id).await?;
@@ -716,7 +732,7 @@ struct EventParams {
     responses((status = 200, description = "text/event-stream of EventView JSON", body = EventView)))]
 async fn events(
     State(st): State<AppState>,
-    Query(p): Query<EventParams>,
+    Q(p): Q<EventParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = p.job.as_deref().map(parse_id).transpose()?;
     let mut live = st.shared.events.subscribe();

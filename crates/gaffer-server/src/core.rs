@@ -721,6 +721,10 @@ impl Core {
             self.jobs.insert(id, ActiveJob::new(row));
             ids.push(id);
         }
+        self.shared
+            .metrics
+            .jobs_submitted
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
         for id in &ids {
             if let Err(e) = self.link_dependencies(*id, now) {
                 tracing::warn!(job = %id, error = %e, "cannot resolve dependencies");
@@ -1001,6 +1005,8 @@ impl Core {
             }
             AgentMsg::Started { key, at } => self.mark_running(key, at, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now),
+            // File reads are answered to the gateway, never to the core.
+            AgentMsg::FileData { .. } => {}
         }
     }
 
