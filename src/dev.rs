@@ -3,25 +3,10 @@
 use crate::cli::DevArgs;
 use anyhow::{anyhow, Context, Result};
 use gaffer_agent::AgentConfig;
-use gaffer_api::JobId;
-use gaffer_server::api::AttemptFiles;
 use gaffer_server::core::CoreConfig;
-use gaffer_server::Server;
+use gaffer_server::{Server, ServerOptions};
 use gaffer_store::sqlite::SqliteStore;
-use std::path::PathBuf;
 use std::sync::Arc;
-
-/// Attempt directories of the local agent, readable by the server in the same process.
-struct LocalFiles {
-    node: String,
-    root: PathBuf,
-}
-
-impl AttemptFiles for LocalFiles {
-    fn dir(&self, node: &str, job: JobId, index: u32, attempt: u32) -> Option<PathBuf> {
-        (node == self.node).then(|| gaffer_agent::attempt_dir(&self.root, job, index, attempt))
-    }
-}
 
 fn node_name() -> String {
     nix::unistd::gethostname()
@@ -63,16 +48,18 @@ pub fn run(args: DevArgs) -> Result<()> {
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
     let node = node_name();
     let agent_dir = data_dir.join("agent");
-    let files = Arc::new(LocalFiles {
-        node: node.clone(),
-        root: agent_dir.clone(),
-    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let mut server = Server::start(store, files, CoreConfig::default())?;
+        let mut server = Server::start(ServerOptions {
+            store,
+            data_dir: data_dir.clone(),
+            local_node: Some((node.clone(), agent_dir.clone())),
+            storage_dir: None,
+            core: CoreConfig::default(),
+        })?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| {

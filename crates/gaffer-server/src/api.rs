@@ -21,21 +21,13 @@ use gaffer_api::{FieldError, JobId, JobState};
 use gaffer_store::{JobQuery, JobRow, Store};
 use serde::Deserialize;
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::OpenApi;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
-
-/// Where the attempt directories of a node can be read from this process.
-pub trait AttemptFiles: Send + Sync {
-    /// The directory of one attempt, if this server can read it.
-    fn dir(&self, node: &str, job: JobId, index: u32, attempt: u32) -> Option<PathBuf>;
-}
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -47,7 +39,7 @@ pub struct AppState {
     /// Published state.
     pub shared: Arc<Shared>,
     /// Attempt files.
-    pub files: Arc<dyn AttemptFiles>,
+    pub files: crate::files::Files,
 }
 
 /// An error answered as JSON.
@@ -508,35 +500,42 @@ async fn logs(
     };
     let follow = p.follow.unwrap_or(false);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    let st2 = st.clone();
-    let want_attempt = p.attempt;
     if !follow {
-        let Some(a) = pick_attempt(&st, id, task, want_attempt).await? else {
-            return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
-        };
-        let dir = st.files.dir(&a.node, id, task, a.attempt).ok_or_else(|| {
-            AppError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("logs of node {} are not reachable from this server", a.node),
-            )
-        })?;
-        let bytes = tokio::fs::read(dir.join(file)).await.unwrap_or_default();
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response());
+        // Check that there is something to read before answering 200.
+        if let Some(a) = pick_attempt(&st, id, task, p.attempt).await? {
+            st.files
+                .read(&a.node, attempt_key(id, task, a.attempt), file, 0, 1)
+                .await
+                .map_err(|e| {
+                    AppError::new(StatusCode::BAD_GATEWAY, format!("cannot read the log: {e}"))
+                })?;
+        }
     }
+    let st2 = st.clone();
     tokio::spawn(async move {
-        let _ = follow_log(st2, id, task, want_attempt, file, tx).await;
+        let _ = stream_log(st2, id, task, p.attempt, file, follow, tx).await;
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-/// Streams a log file as it grows, until its attempt has ended and every byte was sent.
-async fn follow_log(
+fn attempt_key(job: JobId, index: u32, attempt: u32) -> gaffer_api::AttemptKey {
+    gaffer_api::AttemptKey {
+        job,
+        index,
+        attempt,
+    }
+}
+
+/// Streams a log file; with `follow`, keeps streaming as it grows until its attempt has ended
+/// and every byte was sent.
+async fn stream_log(
     st: AppState,
     job: JobId,
     task: u32,
     want: Option<u32>,
     file: &'static str,
+    follow: bool,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), ()> {
     let tick = Duration::from_millis(100);
@@ -544,6 +543,7 @@ async fn follow_log(
     let attempt = loop {
         match pick_attempt(&st, job, task, want).await {
             Ok(Some(a)) => break a,
+            Ok(None) if !follow => return Ok(()),
             Ok(None) => {}
             Err(_) => return Err(()),
         }
@@ -556,52 +556,55 @@ async fn follow_log(
         }
         tokio::time::sleep(tick).await;
     };
-    let Some(dir) = st.files.dir(&attempt.node, job, task, attempt.attempt) else {
-        let _ = tx
-            .send(Ok(Bytes::from(format!(
-                "logs of node {} are not reachable from this server\n",
-                attempt.node
-            ))))
-            .await;
-        return Ok(());
-    };
-    let path = dir.join(file);
+    let key = attempt_key(job, task, attempt.attempt);
     let mut offset = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // Check for the end *before* reading, so bytes written just before the end are sent.
-        let ended =
-            dir.join("status.json").exists() || attempt_ended(&st, job, task, attempt.attempt);
-        let mut progressed = false;
-        if let Ok(mut f) = tokio::fs::File::open(&path).await {
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                loop {
-                    match f.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            offset += n as u64;
-                            progressed = true;
-                            if tx
-                                .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                                .await
-                                .is_err()
-                            {
-                                return Err(());
-                            }
+        let chunk = match st
+            .files
+            .read(&attempt.node, key, file, offset, crate::files::CHUNK)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e))).await;
+                return Err(());
+            }
+        };
+        let n = chunk.data.len();
+        if n > 0 {
+            offset += n as u64;
+            if tx.send(Ok(chunk.data)).await.is_err() {
+                return Err(());
+            }
+            continue;
+        }
+        // At the current end of the file.
+        if !follow
+            || chunk.ended
+            || attempt_ended(&st, job, task, attempt.attempt) && {
+                // The store says it ended: read once more, then stop.
+                let last = st
+                    .files
+                    .read(&attempt.node, key, file, offset, crate::files::CHUNK)
+                    .await;
+                match last {
+                    Ok(c) if !c.data.is_empty() => {
+                        offset += c.data.len() as u64;
+                        if tx.send(Ok(c.data)).await.is_err() {
+                            return Err(());
                         }
+                        false
                     }
+                    _ => true,
                 }
             }
-        }
-        if ended {
+        {
             return Ok(());
         }
         if tx.is_closed() {
             return Err(());
         }
-        if !progressed {
-            tokio::time::sleep(tick).await;
-        }
+        tokio::time::sleep(tick).await;
     }
 }
 
@@ -651,13 +654,9 @@ async fn list_outputs(
                     .or(t.attempts.last()),
             };
             let Some(a) = a else { continue };
-            let dir = files.dir(&a.node, id, t.index, a.attempt);
+            let key = attempt_key(id, t.index, a.attempt);
             for path in &a.outputs {
-                let size = dir
-                    .as_ref()
-                    .and_then(|d| std::fs::metadata(d.join("outputs").join(path)).ok())
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                let size = files.output_size(&a.node, &key, path).unwrap_or(0);
                 out.push(OutputFile {
                     task: t.index,
                     attempt: a.attempt,
@@ -701,21 +700,54 @@ async fn get_output(
                 format!("task {task} of job {id} has no output `{path}`"),
             )
         })?;
-    let dir = st.files.dir(&a.node, id, task, a.attempt).ok_or_else(|| {
-        AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("outputs of node {} are not reachable", a.node),
+    let key = attempt_key(id, task, a.attempt);
+    let node = a.node.clone();
+    // The first piece answers "is it there?" before the 200.
+    let first = st
+        .files
+        .read(
+            &node,
+            key,
+            &format!("outputs/{path}"),
+            0,
+            crate::files::CHUNK,
         )
-    })?;
-    let f = tokio::fs::File::open(dir.join("outputs").join(&path))
         .await
         .map_err(|e| {
             AppError::new(
-                StatusCode::NOT_FOUND,
-                format!("output `{path}` is gone: {e}"),
+                StatusCode::BAD_GATEWAY,
+                format!("cannot read output `{path}`: {e}"),
             )
         })?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let files = st.files.clone();
+    tokio::spawn(async move {
+        let mut offset = first.data.len() as u64;
+        let mut chunk = first.data;
+        while !chunk.is_empty() {
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            chunk = match files
+                .read(
+                    &node,
+                    key,
+                    &format!("outputs/{path}"),
+                    offset,
+                    crate::files::CHUNK,
+                )
+                .await
+            {
+                Ok(c) => c.data,
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e))).await;
+                    return;
+                }
+            };
+            offset += chunk.len() as u64;
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

@@ -313,7 +313,13 @@ pub struct Core {
     dependents: HashMap<JobId, Vec<JobId>>,
     /// Attempts being killed to move them off a draining node.
     migrating: HashSet<AttemptKey>,
+    /// Ended attempts whose outputs should be copied to the server (after commit).
+    pulls: Vec<OutputPull>,
+    pull_tx: UnboundedSender<OutputPull>,
 }
+
+/// Outputs of an ended attempt to copy from its node: (node, attempt, paths).
+pub type OutputPull = (String, AttemptKey, Vec<String>);
 
 impl Core {
     /// Loads active state from the store.
@@ -321,6 +327,7 @@ impl Core {
         store: Arc<dyn Store>,
         shared: Arc<Shared>,
         cfg: CoreConfig,
+        pull_tx: UnboundedSender<OutputPull>,
     ) -> gaffer_store::Result<Self> {
         let active = store.load_active()?;
         let mut core = Core {
@@ -341,6 +348,8 @@ impl Core {
             reasons_changed: false,
             dependents: HashMap::new(),
             migrating: HashSet::new(),
+            pulls: Vec::new(),
+            pull_tx,
         };
         for row in active.jobs {
             core.jobs.insert(row.id, ActiveJob::new(row));
@@ -1100,6 +1109,10 @@ impl Core {
             outputs: result.outputs.clone(),
         };
         self.batch.attempts.push((key.job, key.index, attempt));
+        if !result.outputs.is_empty() {
+            self.pulls
+                .push((node.to_string(), key, result.outputs.clone()));
+        }
         self.shared
             .metrics
             .tasks_finished
@@ -1467,6 +1480,9 @@ impl Core {
             }
             for e in self.events.drain(..) {
                 let _ = self.shared.events.send(e);
+            }
+            for p in self.pulls.drain(..) {
+                let _ = self.pull_tx.send(p);
             }
         }
         self.publish_gauges();

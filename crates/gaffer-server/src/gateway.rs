@@ -1,18 +1,42 @@
 //! Agent gateway: turns one agent's message stream into core commands and gives the core a
 //! sender for messages to that agent. In `gaffer dev` the stream is a pair of in-process
-//! channels ([`Gateway::connect_local`]); remote transports feed the same [`Gateway::attach`].
+//! channels ([`Gateway::connect_local`]); the WebSocket endpoint feeds the same
+//! [`Gateway::attach`]. It also answers file reads (remote logs, outputs) itself: those are
+//! request/response exchanges with one agent that the core never sees.
 
 use crate::core::{Command, CoreHandle};
 use gaffer_api::proto::{AgentMsg, ServerMsg};
+use gaffer_api::AttemptKey;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
 
 /// Accepts agent streams.
 #[derive(Clone)]
 pub struct Gateway {
     core: CoreHandle,
     next_conn: Arc<AtomicU64>,
+    next_req: Arc<AtomicU64>,
+    /// The current stream of each connected node.
+    conns: Arc<Mutex<HashMap<String, UnboundedSender<ServerMsg>>>>,
+    /// File reads waiting for their answer.
+    reads: Arc<Mutex<HashMap<u64, oneshot::Sender<AgentMsg>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Bytes read from an attempt file on an agent.
+#[derive(Debug, Clone)]
+pub struct RemoteChunk {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The attempt has ended.
+    pub ended: bool,
 }
 
 impl Gateway {
@@ -21,6 +45,53 @@ impl Gateway {
         Gateway {
             core,
             next_conn: Arc::new(AtomicU64::new(1)),
+            next_req: Arc::new(AtomicU64::new(1)),
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            reads: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Reads part of an attempt file from the agent of `node`.
+    pub async fn read_file(
+        &self,
+        node: &str,
+        key: AttemptKey,
+        path: &str,
+        offset: u64,
+        max: u32,
+    ) -> Result<RemoteChunk, String> {
+        use base64::Engine as _;
+        let Some(conn) = lock(&self.conns).get(node).cloned() else {
+            return Err(format!("node {node} is not connected"));
+        };
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.reads).insert(req, tx);
+        let sent = conn.send(ServerMsg::ReadFile {
+            req,
+            key,
+            path: path.to_string(),
+            offset,
+            max,
+        });
+        if sent.is_err() {
+            lock(&self.reads).remove(&req);
+            return Err(format!("node {node} is not connected"));
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(15), rx).await;
+        lock(&self.reads).remove(&req);
+        match answer {
+            Ok(Ok(AgentMsg::FileData {
+                data, ended, error, ..
+            })) => match error {
+                Some(e) => Err(e),
+                None => base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map(|data| RemoteChunk { data, ended })
+                    .map_err(|e| format!("node {node} sent undecodable data: {e}")),
+            },
+            Ok(_) => Err(format!("node {node} disconnected")),
+            Err(_) => Err(format!("node {node} did not answer within 15s")),
         }
     }
 
@@ -40,9 +111,11 @@ impl Gateway {
         down: UnboundedSender<ServerMsg>,
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let mine = down.clone();
         let node = match up.recv().await {
             Some(AgentMsg::Register { node, attempts }) => {
                 let name = node.name.clone();
+                lock(&self.conns).insert(name.clone(), down.clone());
                 self.core.send(Command::AgentConnected {
                     conn,
                     address,
@@ -59,12 +132,24 @@ impl Gateway {
             None => return,
         };
         while let Some(msg) = up.recv().await {
+            if let AgentMsg::FileData { req, .. } = &msg {
+                if let Some(waiter) = lock(&self.reads).remove(req) {
+                    let _ = waiter.send(msg);
+                }
+                continue;
+            }
             if !self.core.send(Command::Agent {
                 conn,
                 node: node.clone(),
                 msg,
             }) {
                 return;
+            }
+        }
+        {
+            let mut conns = lock(&self.conns);
+            if conns.get(&node).is_some_and(|c| c.same_channel(&mine)) {
+                conns.remove(&node);
             }
         }
         self.core.send(Command::AgentGone { conn, node });

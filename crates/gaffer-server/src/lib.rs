@@ -9,11 +9,13 @@
 
 pub mod api;
 pub mod core;
+pub mod files;
 pub mod gateway;
 pub mod shared;
 
-use crate::api::{AppState, AttemptFiles};
+use crate::api::AppState;
 use crate::core::{Command, Core, CoreConfig, CoreHandle};
+use crate::files::Files;
 use crate::shared::Shared;
 use gaffer_store::Store;
 use std::sync::Arc;
@@ -30,6 +32,20 @@ pub enum ServerError {
     Thread(#[source] std::io::Error),
 }
 
+/// What a server is made of.
+pub struct ServerOptions {
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// The server's data directory (outputs copied from agents live under it).
+    pub data_dir: std::path::PathBuf,
+    /// A node whose data directory is on this machine, and that directory (`gaffer dev`).
+    pub local_node: Option<(String, std::path::PathBuf)>,
+    /// A directory shared by all agents (`--storage-dir`), holding `<node>/attempts/...`.
+    pub storage_dir: Option<std::path::PathBuf>,
+    /// Core settings.
+    pub core: CoreConfig,
+}
+
 /// A running server core with its API state.
 pub struct Server {
     /// Send commands to the core.
@@ -37,31 +53,42 @@ pub struct Server {
     /// Published state.
     pub shared: Arc<Shared>,
     store: Arc<dyn Store>,
-    files: Arc<dyn AttemptFiles>,
+    files: Files,
     thread: Option<JoinHandle<Result<(), String>>>,
     gateway: gateway::Gateway,
 }
 
 impl Server {
-    /// Loads state from `store` and starts the core thread.
-    pub fn start(
-        store: Arc<dyn Store>,
-        files: Arc<dyn AttemptFiles>,
-        cfg: CoreConfig,
-    ) -> Result<Server, ServerError> {
+    /// Loads state from `opts.store` and starts the core thread. Must be called inside a
+    /// tokio runtime (it starts the task that copies outputs from remote nodes).
+    pub fn start(opts: ServerOptions) -> Result<Server, ServerError> {
         let shared = Arc::new(Shared::new());
-        let core = Core::load(store.clone(), shared.clone(), cfg)?;
+        let (pull_tx, mut pull_rx) = tokio::sync::mpsc::unbounded_channel::<core::OutputPull>();
+        let core = Core::load(opts.store.clone(), shared.clone(), opts.core, pull_tx)?;
         let (tx, rx) = std::sync::mpsc::channel::<Command>();
         let thread = std::thread::Builder::new()
             .name("gaffer-core".into())
             .spawn(move || core::run(core, rx))
             .map_err(ServerError::Thread)?;
         let handle = CoreHandle::new(tx);
+        let gateway = gateway::Gateway::new(handle.clone());
+        let files = Files::new(
+            opts.data_dir.join("outputs"),
+            opts.local_node,
+            opts.storage_dir,
+            gateway.clone(),
+        );
+        let puller = files.clone();
+        tokio::spawn(async move {
+            while let Some((node, key, outputs)) = pull_rx.recv().await {
+                puller.pull_outputs(&node, key, &outputs).await;
+            }
+        });
         Ok(Server {
-            gateway: gateway::Gateway::new(handle.clone()),
+            gateway,
             core: handle,
             shared,
-            store,
+            store: opts.store,
             files,
             thread: Some(thread),
         })
