@@ -22,6 +22,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:6464"
     )]
     pub addr: String,
+    /// API token, when the server was started with --token-file.
+    #[arg(long, global = true, env = "GAFFER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output format of listings and status.
     #[arg(short = 'o', long = "format", global = true, value_enum, default_value_t = Format::Human)]
     pub format: Format,
@@ -44,6 +47,13 @@ pub enum Format {
 pub enum Command {
     /// Run a server and one local agent in this process (SQLite state in ./.gaffer).
     Dev(DevArgs),
+    /// Run the server: API, scheduler and the endpoint agents connect to.
+    Server(ServerArgs),
+    /// Run an agent on a worker node: it connects to the server and runs the tasks placed here.
+    Agent(AgentArgs),
+    /// Drain or re-enable a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Submit a job: `gaffer submit [OPTIONS] -- COMMAND [ARGS...]`, `--shell 'LINE'` or `-f FILE`.
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
@@ -102,6 +112,98 @@ fn env_pair(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` must look like NAME=VALUE")),
     }
+}
+
+/// `gaffer server`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  gaffer server --data-dir /var/lib/gaffer --listen 0.0.0.0:6464 --token-file api.token --join-token-file join.token"
+)]
+pub struct ServerArgs {
+    /// Directory for the state database and the outputs copied from agents.
+    #[arg(long, default_value = ".gaffer-server")]
+    pub data_dir: PathBuf,
+    /// Address to serve the API, UI and agent endpoint on.
+    #[arg(long, default_value = "127.0.0.1:6464")]
+    pub listen: SocketAddr,
+    /// File holding the API token clients must present (GAFFER_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// File holding the token agents must present to join.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// A node silent this long is declared down and its tasks lost.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub heartbeat_timeout: DurationSpec,
+    /// Default placement strategy: most_free_memory, binpack or spread.
+    #[arg(long, default_value = "most_free_memory")]
+    pub strategy: gaffer_api::Placement,
+    /// Shared directory (NFS, GlusterFS, CephFS) every agent also writes its attempts into.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
+}
+
+fn label_pair(s: &str) -> Result<(String, String), String> {
+    let (k, v) = env_pair(s)?;
+    if !gaffer_api::spec::valid_label(&k) {
+        return Err(format!(
+            "label name `{k}` may hold only letters, digits, `-`, `_`, `.`, `/`"
+        ));
+    }
+    Ok((k, v))
+}
+
+/// `gaffer agent`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  gaffer agent --server http://10.0.0.1:6464 --name n1 --labels zone=a,gpu=0 --allow-host-tasks"
+)]
+pub struct AgentArgs {
+    /// Server URL(s), tried in turn (comma-separated).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub server: Vec<String>,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory for attempt logs, outputs and the agent's journal.
+    #[arg(long, default_value = ".gaffer-agent")]
+    pub data_dir: PathBuf,
+    /// Labels for task constraints, NAME=VALUE (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = label_pair)]
+    pub labels: Vec<(String, String)>,
+    /// CPUs to offer (default: all).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory to offer, e.g. 8G (default: all).
+    #[arg(long, value_parser = size)]
+    pub memory: Option<ByteSize>,
+    /// Run tasks without an image as plain host processes.
+    #[arg(long)]
+    pub allow_host_tasks: bool,
+    /// File holding the cluster's join token.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// Shared directory to write attempts into (as `<dir>/<node name>`), as the server's --storage-dir.
+    #[arg(long)]
+    pub storage_dir: Option<PathBuf>,
+}
+
+/// `gaffer node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Stop placing new tasks on a node.
+    Drain {
+        /// Node name.
+        node: String,
+        /// Also move its running tasks elsewhere (they are killed and re-queued).
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Place tasks on a drained node again.
+    Enable {
+        /// Node name.
+        node: String,
+    },
 }
 
 /// `gaffer submit`.

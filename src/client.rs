@@ -10,11 +10,12 @@ use std::time::Duration;
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl Client {
     /// A client for `addr` (`http://host:port`; the scheme may be omitted).
-    pub fn new(addr: &str) -> Self {
+    pub fn new(addr: &str, token: Option<String>) -> Self {
         let addr = addr.trim_end_matches('/');
         let base = if addr.contains("://") {
             addr.to_string()
@@ -24,11 +25,19 @@ impl Client {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             .build();
-        Client { base, agent }
+        Client { base, agent, token }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    fn req(&self, method: &str, path: &str) -> ureq::Request {
+        let r = self.agent.request(method, &self.url(path));
+        match &self.token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
     }
 
     fn fail(&self, e: ureq::Error) -> anyhow::Error {
@@ -57,22 +66,14 @@ impl Client {
 
     /// GET and decode JSON.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self
-            .agent
-            .get(&self.url(path))
-            .call()
-            .map_err(|e| self.fail(e))?;
+        let resp = self.req("GET", path).call().map_err(|e| self.fail(e))?;
         resp.into_json()
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
     /// GET a streaming body.
     pub fn get_reader(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
-        let resp = self
-            .agent
-            .get(&self.url(path))
-            .call()
-            .map_err(|e| self.fail(e))?;
+        let resp = self.req("GET", path).call().map_err(|e| self.fail(e))?;
         Ok(resp.into_reader())
     }
 
@@ -83,7 +84,7 @@ impl Client {
         body: &serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Result<T> {
-        let mut req = self.agent.post(&self.url(path));
+        let mut req = self.req("POST", path);
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -92,12 +93,19 @@ impl Client {
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
+    /// POST without a body; a 204 decodes as `null`.
+    pub fn post_empty<T: DeserializeOwned + Default>(&self, path: &str) -> Result<T> {
+        let resp = self.req("POST", path).call().map_err(|e| self.fail(e))?;
+        if resp.status() == 204 {
+            return Ok(T::default());
+        }
+        resp.into_json()
+            .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
+    }
+
     /// DELETE.
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.agent
-            .delete(&self.url(path))
-            .call()
-            .map_err(|e| self.fail(e))?;
+        self.req("DELETE", path).call().map_err(|e| self.fail(e))?;
         Ok(())
     }
 }

@@ -2,8 +2,8 @@
 //! people (tables) or scripts (`-o json`).
 
 use crate::cli::{
-    EventsArgs, Format, JobsArgs, JobsList, LogsArgs, OutputArgs, RmArgs, StatusArgs, SubmitArgs,
-    WaitArgs,
+    EventsArgs, Format, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs, RmArgs, StatusArgs,
+    SubmitArgs, WaitArgs,
 };
 use crate::client::{enc, Client};
 use anyhow::{anyhow, bail, Context, Result};
@@ -651,4 +651,24 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
             print_event(&e, fmt)?;
         }
     }
+}
+
+/// `gaffer node drain|enable`.
+pub fn node(c: &Client, cmd: NodeCommand) -> Result<i32> {
+    match cmd {
+        NodeCommand::Drain { node, migrate } => {
+            let _: serde_json::Value =
+                c.post_empty(&format!("/v1/nodes/{}/drain?migrate={migrate}", enc(&node)))?;
+            if migrate {
+                println!("{node} drained; its running tasks are being moved elsewhere");
+            } else {
+                println!("{node} drained: no new tasks will be placed there");
+            }
+        }
+        NodeCommand::Enable { node } => {
+            let _: serde_json::Value = c.post_empty(&format!("/v1/nodes/{}/enable", enc(&node)))?;
+            println!("{node} enabled");
+        }
+    }
+    Ok(0)
 }

@@ -4,7 +4,7 @@
 mod cli;
 mod client;
 mod commands;
-mod dev;
+mod daemon;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -17,14 +17,18 @@ fn main() {
         std::process::exit(gaffer_runtime::shim_main(std::path::Path::new(&args[2])));
     }
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Dev(_)) {
+    let daemon = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Server(_) | Command::Agent(_)
+    );
+    if !daemon {
         // A CLI piped into `head` should end quietly, as Unix tools do.
         // SAFETY: restoring the default disposition of SIGPIPE before any thread is started.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    if matches!(cli.command, Command::Dev(_)) {
+    if daemon {
         tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_env("GAFFER_LOG")
@@ -51,10 +55,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let c = client::Client::new(&cli.addr);
+    let c = client::Client::new(&cli.addr, cli.token.clone());
     let fmt = cli.format;
     match cli.command {
-        Command::Dev(a) => dev::run(a).map(|_| 0),
+        Command::Dev(a) => daemon::dev(a).map(|_| 0),
+        Command::Server(a) => daemon::server(a).map(|_| 0),
+        Command::Agent(a) => daemon::agent(a).map(|_| 0),
+        Command::Node(n) => commands::node(&c, n),
         Command::Submit(a) => commands::submit(&c, fmt, *a),
         Command::Jobs(a) => commands::jobs(&c, fmt, a),
         Command::Status(a) => commands::status(&c, fmt, a),

@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod journal;
+pub mod remote;
 
 use gaffer_api::proto::{
     AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,

@@ -40,6 +40,51 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     /// Attempt files.
     pub files: crate::files::Files,
+    /// Agent streams.
+    pub gateway: crate::gateway::Gateway,
+    /// Tokens.
+    pub auth: Auth,
+}
+
+/// Shared secrets: API clients present `api_token`, agents `join_token` (as bearer tokens).
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// Required on every API call except `/healthz` when set.
+    pub api_token: Option<String>,
+    /// Required from agents when set.
+    pub join_token: Option<String>,
+}
+
+/// Whether the request carries `Authorization: Bearer <want>` (compared in constant time).
+pub fn bearer_matches(headers: &HeaderMap, want: &str) -> bool {
+    let Some(got) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (got.as_bytes(), want.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let open = path == "/healthz" || path.starts_with("/v1/agent/");
+    if let (Some(want), false) = (&st.auth.api_token, open) {
+        if !bearer_matches(req.headers(), want) {
+            return AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "this server requires an API token: set GAFFER_TOKEN (header `Authorization: Bearer <token>`)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// An error answered as JSON.
@@ -185,7 +230,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
         .route("/v1/events", get(events))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{name}/drain", post(drain_node))
+        .route("/v1/nodes/{name}/enable", post(enable_node))
+        .route("/v1/agent/connect", get(crate::agent_link::connect))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
 }
 
@@ -203,6 +255,8 @@ pub fn router(state: AppState) -> Router {
         get_output,
         events,
         nodes,
+        drain_node,
+        enable_node,
         healthz,
         metrics
     ),
@@ -844,4 +898,33 @@ async fn nodes(State(st): State<AppState>) -> Json<Vec<NodeView>> {
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
     )
+}
+
+#[derive(Debug, Deserialize)]
+struct DrainParams {
+    migrate: Option<bool>,
+}
+
+/// Stop placing tasks on a node; with `migrate=true` its running tasks are re-queued elsewhere.
+#[utoipa::path(post, path = "/v1/nodes/{name}/drain",
+    params(("name" = String, Path), ("migrate" = Option<bool>, Query)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn drain_node(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Q(p): Q<DrainParams>,
+) -> ApiResult<StatusCode> {
+    st.core.drain(name, p.migrate.unwrap_or(false)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Place tasks on a drained node again.
+#[utoipa::path(post, path = "/v1/nodes/{name}/enable", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn enable_node(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    st.core.enable(name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

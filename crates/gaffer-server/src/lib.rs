@@ -7,6 +7,7 @@
 //! the binary wires a server to a listener and to agents.
 #![deny(missing_docs)]
 
+pub mod agent_link;
 pub mod api;
 pub mod core;
 pub mod files;
@@ -44,6 +45,8 @@ pub struct ServerOptions {
     pub storage_dir: Option<std::path::PathBuf>,
     /// Core settings.
     pub core: CoreConfig,
+    /// Tokens.
+    pub auth: api::Auth,
 }
 
 /// A running server core with its API state.
@@ -54,6 +57,7 @@ pub struct Server {
     pub shared: Arc<Shared>,
     store: Arc<dyn Store>,
     files: Files,
+    auth: api::Auth,
     thread: Option<JoinHandle<Result<(), String>>>,
     gateway: gateway::Gateway,
 }
@@ -90,6 +94,7 @@ impl Server {
             shared,
             store: opts.store,
             files,
+            auth: opts.auth,
             thread: Some(thread),
         })
     }
@@ -101,6 +106,8 @@ impl Server {
             store: self.store.clone(),
             shared: self.shared.clone(),
             files: self.files.clone(),
+            gateway: self.gateway.clone(),
+            auth: self.auth.clone(),
         })
     }
 
