@@ -64,6 +64,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Kill jobs: pending tasks never start, running ones get SIGTERM then SIGKILL.
     Kill(JobsList),
+    /// Give every task that failed, timed out or was lost a new attempt.
+    Retry(JobsList),
     /// Wait for jobs to finish; exit status 0 only if every task succeeded.
     Wait(WaitArgs),
     /// Delete finished jobs and their history.

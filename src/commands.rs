@@ -401,6 +401,27 @@ pub fn kill(c: &Client, fmt: Format, a: JobsList) -> Result<i32> {
     Ok(0)
 }
 
+/// `gaffer retry`.
+pub fn retry(c: &Client, fmt: Format, a: JobsList) -> Result<i32> {
+    let mut out = Vec::new();
+    for j in &a.jobs {
+        let id = job_id(j)?;
+        let v: serde_json::Value =
+            c.post(&format!("/v1/jobs/{id}/retry"), &serde_json::json!({}), &[])?;
+        if fmt == Format::Human {
+            match v["retried"].as_u64().unwrap_or(0) {
+                0 => println!("{id}: no failed task to retry"),
+                n => println!("{id}: {n} task(s) queued again"),
+            }
+        }
+        out.push(v);
+    }
+    if fmt == Format::Json {
+        print_json(&out)?;
+    }
+    Ok(0)
+}
+
 /// `gaffer rm`.
 pub fn rm(c: &Client, a: RmArgs) -> Result<i32> {
     for j in &a.jobs {

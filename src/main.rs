@@ -68,6 +68,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(a) => commands::logs(&c, a),
         Command::Kill(a) => commands::kill(&c, fmt, a),
         Command::Wait(a) => commands::wait(&c, fmt, a),
+        Command::Retry(a) => commands::retry(&c, fmt, a),
         Command::Rm(a) => commands::rm(&c, a),
         Command::Output(a) => commands::output(&c, fmt, a),
         Command::Nodes => commands::nodes(&c, fmt),

@@ -225,6 +225,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/kill", post(kill_job))
+        .route("/v1/jobs/{id}/retry", post(retry_job))
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/outputs", get(list_outputs))
         .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
@@ -250,6 +251,7 @@ pub fn router(state: AppState) -> Router {
         get_job,
         delete_job,
         kill_job,
+        retry_job,
         logs,
         list_outputs,
         get_output,
@@ -277,7 +279,8 @@ pub fn router(state: AppState) -> Router {
         SubmitResponse,
         ErrorBody,
         OutputFile,
-        KillResponse
+        KillResponse,
+        RetryResponse
     ))
 )]
 struct ApiDoc;
@@ -494,6 +497,27 @@ async fn kill_job(
     let id = parse_id(&id)?;
     let state = st.core.kill(id).await?;
     Ok(Json(KillResponse { id, state }))
+}
+
+/// Answer to a retry.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct RetryResponse {
+    #[schema(value_type = String)]
+    id: JobId,
+    /// Tasks given a new attempt.
+    retried: u32,
+}
+
+/// Give every task that ended failed, timed out, OOM-killed or lost a new attempt.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", params(("id" = String, Path)),
+    responses((status = 200, body = RetryResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn retry_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RetryResponse>> {
+    let id = parse_id(&id)?;
+    let retried = st.core.retry(id).await?;
+    Ok(Json(RetryResponse { id, retried }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,13 @@ pub enum Command {
         /// Answer.
         reply: Reply<()>,
     },
+    /// Give every task of a job that ended failed, timed out, OOM-killed or lost a new attempt.
+    Retry {
+        /// Job.
+        job: JobId,
+        /// Answer: how many tasks were re-queued.
+        reply: Reply<u32>,
+    },
     /// Stop placing tasks on a node (and with `migrate`, move its running tasks away).
     Drain {
         /// Node name.
@@ -196,6 +203,11 @@ impl CoreHandle {
     pub async fn remove(&self, job: JobId, force: bool) -> Result<(), CoreError> {
         self.ask(|reply| Command::Remove { job, force, reply })
             .await
+    }
+
+    /// Retries a job's failed tasks.
+    pub async fn retry(&self, job: JobId) -> Result<u32, CoreError> {
+        self.ask(|reply| Command::Retry { job, reply }).await
     }
 
     /// Drains a node.
@@ -622,6 +634,10 @@ impl Core {
                 attempts,
                 tx,
             } => self.agent_connected(conn, address, node, attempts, tx, now),
+            Command::Retry { job, reply } => {
+                let r = self.retry(job, now);
+                self.defer(reply, r);
+            }
             Command::Drain {
                 node,
                 migrate,
@@ -951,6 +967,84 @@ impl Core {
                 }
             }
         }
+    }
+
+    fn retry(&mut self, id: JobId, now: UnixMs) -> Result<u32, CoreError> {
+        let unavailable = |e: gaffer_store::StoreError| CoreError::Unavailable(e.to_string());
+        if !self.jobs.contains_key(&id) {
+            let row = self
+                .store
+                .get_job(id)
+                .map_err(unavailable)?
+                .ok_or(CoreError::NotFound(id))?;
+            if self.batch.delete_jobs.contains(&id) {
+                return Err(CoreError::NotFound(id));
+            }
+            self.jobs.insert(id, ActiveJob::new(row));
+        }
+        let job = self.jobs.get(&id).expect("inserted above");
+        if job.row.kill_requested {
+            return Err(CoreError::Conflict(format!(
+                "job {id} was killed; submit it again instead"
+            )));
+        }
+        let failed = [
+            TaskState::Failed,
+            TaskState::TimedOut,
+            TaskState::OomKilled,
+            TaskState::Lost,
+        ];
+        let rows = self
+            .store
+            .tasks_in_states(id, &failed)
+            .map_err(unavailable)?;
+        // Rows written earlier in this round are newer than the store's.
+        let job = self.jobs.get_mut(&id).expect("inserted above");
+        let mut n = 0;
+        let mut events = Vec::new();
+        for r in rows {
+            if job.tasks.contains_key(&r.index) {
+                continue;
+            }
+            let t = TaskRt {
+                state: TaskState::Pending,
+                attempt: r.attempts,
+                lost: r.lost,
+                node: r.node.clone(),
+                not_before: None,
+                started_at: None,
+            };
+            self.batch.tasks.push(Self::task_row(id, r.index, &t));
+            job.tasks.insert(r.index, t);
+            job.ready.push_back(r.index);
+            events.push((r.index, r.attempts, r.state));
+            n += 1;
+        }
+        job.row.counts.failed -= n.min(job.row.counts.failed);
+        job.row.counts.pending += n;
+        if n > 0 {
+            job.row.finished_at = None;
+        }
+        for (idx, attempt, from) in events {
+            self.event(
+                now,
+                id,
+                Some((idx, attempt)),
+                Some(from.as_str()),
+                "pending",
+                "retry requested".into(),
+            );
+        }
+        self.touch_job(id, now);
+        if n == 0
+            && self
+                .jobs
+                .get(&id)
+                .is_some_and(|j| j.tasks.is_empty() && j.row.state.is_final())
+        {
+            self.jobs.remove(&id);
+        }
+        Ok(n)
     }
 
     fn drain(&mut self, name: &str, migrate: bool) -> Result<(), CoreError> {

@@ -164,6 +164,8 @@ pub trait Store: Send + Sync {
     fn events(&self, after: u64, job: Option<JobId>, limit: u32) -> Result<Vec<EventView>>;
     /// Number of jobs in each state.
     fn count_jobs(&self) -> Result<Vec<(JobState, u64)>>;
+    /// Task rows of a job in any of `states`.
+    fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>>;
     /// Jobs created by an earlier submit with this idempotency key.
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>>;
 }

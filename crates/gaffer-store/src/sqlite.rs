@@ -534,6 +534,35 @@ impl Store for SqliteStore {
         })
     }
 
+    fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>> {
+        let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        self.read(|c| {
+            let mut q = c.prepare_cached(
+                "SELECT job_id, idx, state, attempts, lost, node, not_before FROM tasks \
+                 WHERE job_id = ?1 ORDER BY idx",
+            )?;
+            let rows = q.query_map([job.0 as i64], |r| {
+                Ok(TaskRow {
+                    job: JobId(r.get::<_, i64>(0)? as u64),
+                    index: r.get::<_, i64>(1)? as u32,
+                    state: task_state(2, r.get(2)?)?,
+                    attempts: r.get::<_, i64>(3)? as u32,
+                    lost: r.get::<_, i64>(4)? as u32,
+                    node: r.get(5)?,
+                    not_before: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                })
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let row = row?;
+                if names.contains(&row.state.as_str()) {
+                    out.push(row);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>> {
         let ids: Option<String> = self.read(|c| {
             c.query_row("SELECT ids FROM idempotency WHERE key = ?1", [key], |r| {
