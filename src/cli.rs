@@ -22,6 +22,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:6464"
     )]
     pub addr: String,
+    /// CA certificate (PEM) to trust for an https:// server.
+    #[arg(long, global = true, env = "GAFFER_CA")]
+    pub ca: Option<PathBuf>,
     /// API token, when the server was started with --token-file.
     #[arg(long, global = true, env = "GAFFER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -143,6 +146,12 @@ pub struct ServerArgs {
     /// Shared directory (NFS, GlusterFS, CephFS) every agent also writes its attempts into.
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn label_pair(s: &str) -> Result<(String, String), String> {
@@ -188,6 +197,9 @@ pub struct AgentArgs {
     /// Shared directory to write attempts into (as `<dir>/<node name>`), as the server's --storage-dir.
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's TLS certificate.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 /// `gaffer node ...`.

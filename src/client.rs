@@ -15,17 +15,22 @@ pub struct Client {
 
 impl Client {
     /// A client for `addr` (`http://host:port`; the scheme may be omitted).
-    pub fn new(addr: &str, token: Option<String>) -> Self {
+    pub fn new(addr: &str, token: Option<String>, ca: Option<&std::path::Path>) -> Result<Self> {
         let addr = addr.trim_end_matches('/');
         let base = if addr.contains("://") {
             addr.to_string()
         } else {
             format!("http://{addr}")
         };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(5))
-            .build();
-        Client { base, agent, token }
+        let mut builder = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
+        if ca.is_some() || base.starts_with("https://") {
+            builder = builder.tls_config(crate::tls::client_config(ca)?);
+        }
+        Ok(Client {
+            base,
+            agent: builder.build(),
+            token,
+        })
     }
 
     fn url(&self, path: &str) -> String {

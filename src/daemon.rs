@@ -75,7 +75,11 @@ async fn shutdown_signal() {
 }
 
 /// Serves the API until a signal, or until the core stops on its own (a store failure).
-async fn serve(mut server: Server, listener: tokio::net::TcpListener) -> Result<()> {
+async fn serve(
+    mut server: Server,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<()> {
     let core_thread = server.take_thread();
     let core_done = async move {
         match core_thread {
@@ -88,13 +92,20 @@ async fn serve(mut server: Server, listener: tokio::net::TcpListener) -> Result<
         }
     };
     let app = server.router();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal());
+    let serve = async move {
+        match tls {
+            Some(cfg) => crate::tls::serve(listener, app, cfg, shutdown_signal()).await,
+            None => axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("the HTTP server failed"),
+        }
+    };
     tokio::select! {
-        r = serve => r.context("the HTTP server failed")?,
+        r = serve => r?,
         r = core_done => {
             r.map_err(|e| anyhow!("the scheduler stopped: {e}"))?;
         }
@@ -154,7 +165,7 @@ pub fn dev(args: DevArgs) -> Result<()> {
         println!(
             "Stop with Ctrl-C. Running tasks keep running and are picked up again on restart."
         );
-        let r = serve(server, listener).await;
+        let r = serve(server, listener, None).await;
         agent.abort();
         r
     })?;
@@ -177,6 +188,12 @@ pub fn server(args: ServerArgs) -> Result<()> {
     let db = data_dir.join("state.db");
     let store =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
+        (None, None) => None,
+        _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let rt = runtime()?;
     rt.block_on(async move {
         let server = Server::start(ServerOptions {
@@ -197,7 +214,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
         let listener = bind(args.listen).await?;
         let addr = listener.local_addr()?;
         println!(
-            "gaffer server: listening on http://{addr} (data in {})",
+            "gaffer server: listening on {scheme}://{addr} (data in {})",
             data_dir.display()
         );
         if auth.api_token.is_none() {
@@ -208,7 +225,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
         if auth.join_token.is_none() {
             println!("  warning: no --join-token-file: any agent that can reach {addr} may join");
         }
-        serve(server, listener).await
+        serve(server, listener, tls).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
@@ -244,6 +261,16 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         .as_deref()
         .map(read_token)
         .transpose()?;
+    let wants_tls = args.ca.is_some()
+        || args
+            .server
+            .iter()
+            .any(|s| s.starts_with("https://") || s.starts_with("wss://"));
+    let tls = if wants_tls {
+        Some(crate::tls::client_config(args.ca.as_deref())?)
+    } else {
+        None
+    };
     let agent = Agent::open(cfg.clone())?;
     let servers = args.server.clone();
     let rt = runtime()?;
@@ -256,7 +283,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
             servers.join(", ")
         );
         tokio::select! {
-            _ = gaffer_agent::remote::run_remote(agent, servers, token) => {}
+            _ = gaffer_agent::remote::run_remote(agent, servers, token, tls) => {}
             _ = shutdown_signal() => {
                 eprintln!("gaffer agent: stopping; running tasks keep running and are re-attached on restart");
             }

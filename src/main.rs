@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod tls;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -55,7 +56,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
-    let c = client::Client::new(&cli.addr, cli.token.clone());
+    let c = client::Client::new(&cli.addr, cli.token.clone(), cli.ca.as_deref())?;
     let fmt = cli.format;
     match cli.command {
         Command::Dev(a) => daemon::dev(a).map(|_| 0),

@@ -29,12 +29,17 @@ pub fn ws_url(server: &str) -> String {
 }
 
 /// Keeps the agent connected to one of `servers` forever.
-pub async fn run_remote(agent: Agent, servers: Vec<String>, join_token: Option<String>) {
+pub async fn run_remote(
+    agent: Agent,
+    servers: Vec<String>,
+    join_token: Option<String>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) {
     let mut backoff = Duration::from_millis(200);
     let mut i = 0usize;
     loop {
         let url = ws_url(&servers[i % servers.len().max(1)]);
-        match connect(&url, join_token.as_deref()).await {
+        match connect(&url, join_token.as_deref(), tls.clone()).await {
             Ok(ws) => {
                 tracing::info!(%url, "connected to the server");
                 backoff = Duration::from_millis(200);
@@ -54,7 +59,11 @@ pub async fn run_remote(agent: Agent, servers: Vec<String>, join_token: Option<S
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str, token: Option<&str>) -> Result<Ws, String> {
+async fn connect(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Ws, String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     if let Some(t) = token {
         let v = format!("Bearer {t}")
@@ -62,9 +71,10 @@ async fn connect(url: &str, token: Option<&str>) -> Result<Ws, String> {
             .map_err(|_| "the join token has characters not allowed in a header".to_string())?;
         req.headers_mut().insert("Authorization", v);
     }
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(req),
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector),
     )
     .await
     .map_err(|_| "timed out".to_string())?
