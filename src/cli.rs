@@ -140,6 +140,9 @@ pub struct ServerArgs {
     /// A node silent this long is declared down and its tasks lost.
     #[arg(long, value_parser = duration, default_value = "10s")]
     pub heartbeat_timeout: DurationSpec,
+    /// Lost attempts per task (node down, supervisor gone) that do not consume its retries.
+    #[arg(long, default_value_t = 3)]
+    pub max_lost: u32,
     /// Default placement strategy: most_free_memory, binpack or spread.
     #[arg(long, default_value = "most_free_memory")]
     pub strategy: gaffer_api::Placement,

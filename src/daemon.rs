@@ -208,6 +208,7 @@ pub fn server(args: ServerArgs) -> Result<()> {
                     gaffer_api::Placement::Spread => gaffer_sched::Strategy::Spread,
                 },
                 heartbeat_timeout: args.heartbeat_timeout.as_std(),
+                max_lost: args.max_lost,
             },
             auth: auth.clone(),
         })?;

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
-/// Lost attempts that do not consume the retry budget.
+/// Default number of lost attempts per task that do not consume the retry budget.
 pub const MAX_FREE_LOST: u32 = 3;
 
 /// Errors the core answers API calls with.
@@ -143,6 +143,8 @@ pub struct CoreConfig {
     pub strategy: Strategy,
     /// A node silent this long is down.
     pub heartbeat_timeout: Duration,
+    /// Lost attempts per task that do not consume its retries.
+    pub max_lost: u32,
 }
 
 impl Default for CoreConfig {
@@ -150,6 +152,7 @@ impl Default for CoreConfig {
         CoreConfig {
             strategy: Strategy::MostFreeMemory,
             heartbeat_timeout: Duration::from_secs(10),
+            max_lost: MAX_FREE_LOST,
         }
     }
 }
@@ -1218,7 +1221,7 @@ impl Core {
         if migrated && end == TaskState::Lost {
             retry_in = Some(0);
         } else if end.is_retryable() && !job.row.kill_requested {
-            if end == TaskState::Lost && t.lost < MAX_FREE_LOST {
+            if end == TaskState::Lost && t.lost < self.cfg.max_lost {
                 t.lost += 1;
                 retry_in = Some(0);
             } else {
