@@ -10,7 +10,7 @@
 //! a consistent round.
 #![deny(missing_docs)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 /// How to choose among feasible nodes.
@@ -125,6 +125,10 @@ const EPS: f64 = 1e-9;
 pub struct Scheduler {
     nodes: Vec<NodeCapacity>,
     totals: Vec<(f64, u64)>,
+    /// Each distinct label pair `(k, v)` of the nodes gets a bit (when there are at most 64).
+    bits: HashMap<(String, String), u32>,
+    /// Label bits of each node; `None` when there are too many distinct pairs for a mask.
+    masks: Option<Vec<u64>>,
     /// Demands that already failed this round; a task needing at least as much fails too.
     failed: Vec<Demand>,
 }
@@ -132,9 +136,28 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts a round. `totals[i]` is node i's total (cpus, memory), used only for messages.
     pub fn new(nodes: Vec<NodeCapacity>, totals: Vec<(f64, u64)>) -> Self {
+        let mut bits: HashMap<(String, String), u32> = HashMap::new();
+        for n in &nodes {
+            for (k, v) in &n.labels {
+                let next = bits.len() as u32;
+                bits.entry((k.clone(), v.clone())).or_insert(next);
+            }
+        }
+        let masks = (bits.len() <= 64).then(|| {
+            nodes
+                .iter()
+                .map(|n| {
+                    n.labels
+                        .iter()
+                        .fold(0u64, |m, (k, v)| m | 1 << bits[&(k.clone(), v.clone())])
+                })
+                .collect()
+        });
         Scheduler {
             nodes,
             totals,
+            bits,
+            masks,
             failed: Vec::new(),
         }
     }
@@ -151,12 +174,19 @@ impl Scheduler {
 
     /// Picks a node for `d` and reserves its resources there; returns the node's index.
     pub fn place(&mut self, d: &Demand, strategy: Strategy) -> Result<usize, Unfit> {
+        let want = self.want(d);
         if self.failed.iter().any(|f| dominates(d, f)) {
-            return Err(self.why(d));
+            return Err(self.why(d, &want));
         }
         let mut best: Option<usize> = None;
         for (i, n) in self.nodes.iter().enumerate() {
-            if !fits(n, d) {
+            // Cheap numeric checks first; labels last.
+            if !(n.ready
+                && n.cpus_free + EPS >= d.cpus
+                && n.memory_free >= d.memory
+                && (!d.host || n.allow_host_tasks)
+                && self.has_labels(i, &want, d))
+            {
                 continue;
             }
             best = match best {
@@ -175,47 +205,81 @@ impl Scheduler {
             }
             None => {
                 self.failed.push(d.clone());
-                Err(self.why(d))
+                Err(self.why(d, &want))
             }
         }
     }
 
-    fn why(&self, d: &Demand) -> Unfit {
-        let ready: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].ready)
-            .collect();
-        if ready.is_empty() {
-            return Unfit::NoReadyNode;
+    /// The demand's constraints as a label mask: `Some(None)` when some constraint names a
+    /// label no node has, `None` when masks are not in use.
+    fn want(&self, d: &Demand) -> Option<Option<u64>> {
+        if d.constraints.is_empty() {
+            return Some(Some(0));
         }
-        let kind: Vec<usize> = ready
-            .into_iter()
-            .filter(|&i| !d.host || self.nodes[i].allow_host_tasks)
-            .collect();
-        if kind.is_empty() {
-            return Unfit::NoHostNode;
+        self.masks.as_ref()?;
+        let mut m = 0u64;
+        for (k, v) in &d.constraints {
+            match self.bits.get(&(k.clone(), v.clone())) {
+                Some(b) => m |= 1 << b,
+                None => return Some(None),
+            }
         }
-        let kind: Vec<usize> = kind
-            .into_iter()
-            .filter(|&i| has_labels(&self.nodes[i], &d.constraints))
-            .collect();
-        if kind.is_empty() {
+        Some(Some(m))
+    }
+
+    fn has_labels(&self, i: usize, want: &Option<Option<u64>>, d: &Demand) -> bool {
+        match (want, &self.masks) {
+            (Some(Some(w)), Some(masks)) => masks[i] & w == *w,
+            (Some(Some(0)), None) => true,
+            (Some(None), _) => false,
+            _ => d
+                .constraints
+                .iter()
+                .all(|(k, v)| self.nodes[i].labels.get(k) == Some(v)),
+        }
+    }
+
+    /// Explains a miss in one pass over the nodes, without allocating.
+    fn why(&self, d: &Demand, want: &Option<Option<u64>>) -> Unfit {
+        let (mut ready, mut kind, mut labelled, mut ever) = (false, false, false, false);
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.ready {
+                continue;
+            }
+            ready = true;
+            if d.host && !n.allow_host_tasks {
+                continue;
+            }
+            kind = true;
+            if !self.has_labels(i, want, d) {
+                continue;
+            }
+            labelled = true;
+            let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
+            if c + EPS >= d.cpus && m >= d.memory {
+                ever = true;
+                break;
+            }
+        }
+        if !ready {
+            Unfit::NoReadyNode
+        } else if !kind {
+            Unfit::NoHostNode
+        } else if !labelled {
             let c: Vec<String> = d
                 .constraints
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            return Unfit::NoMatchingNode {
+            Unfit::NoMatchingNode {
                 constraints: c.join(","),
-            };
-        }
-        let ever = kind.iter().any(|&i| {
-            let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
-            c + EPS >= d.cpus && m >= d.memory
-        });
-        Unfit::NoCapacity {
-            cpus: d.cpus,
-            memory: d.memory,
-            ever,
+            }
+        } else {
+            Unfit::NoCapacity {
+                cpus: d.cpus,
+                memory: d.memory,
+                ever,
+            }
         }
     }
 }
@@ -229,18 +293,6 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
                 < (b.tasks, std::cmp::Reverse(b.memory_free))
         }
     }
-}
-
-fn has_labels(n: &NodeCapacity, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| n.labels.get(k) == Some(v))
-}
-
-fn fits(n: &NodeCapacity, d: &Demand) -> bool {
-    has_labels(n, &d.constraints)
-        && n.ready
-        && (!d.host || n.allow_host_tasks)
-        && n.cpus_free + EPS >= d.cpus
-        && n.memory_free >= d.memory
 }
 
 /// `a` needs at least what `b` needed (and `b` did not fit).
@@ -294,6 +346,24 @@ mod tests {
             host: true,
             constraints: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn constraints_work_beyond_64_distinct_labels() {
+        // 100 nodes with a unique label each: too many pairs for one mask word.
+        let nodes: Vec<NodeCapacity> = (0..100)
+            .map(|i| {
+                let mut n = node(&format!("n{i}"), 4.0, 4);
+                n.labels.insert("host".into(), format!("h{i}"));
+                n
+            })
+            .collect();
+        let mut s = sched(nodes, Strategy::MostFreeMemory);
+        let mut want = d(1.0, 1);
+        want.constraints.insert("host".into(), "h77".into());
+        assert_eq!(s.place(want.clone()), Ok(77));
+        want.constraints.insert("host".into(), "nope".into());
+        assert!(matches!(s.place(want), Err(Unfit::NoMatchingNode { .. })));
     }
 
     #[test]
