@@ -263,6 +263,12 @@ pub struct SubmitArgs {
     /// Process limit (containers).
     #[arg(long)]
     pub pids: Option<u32>,
+    /// Run as UID[:GID] inside the container (default: the image's user, else 65534).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Container network: host (default) or none (loopback only).
+    #[arg(long)]
+    pub network: Option<gaffer_api::Network>,
     /// Wall-clock limit per attempt, e.g. 30s, 5m, 2h.
     #[arg(long, value_parser = duration)]
     pub timeout: Option<DurationSpec>,

@@ -137,6 +137,8 @@ pub fn submit(c: &Client, fmt: Format, a: SubmitArgs) -> Result<i32> {
                 priority: a.priority,
                 constraints: a.constraints.into_iter().collect(),
                 strategy: a.strategy,
+                user: a.user,
+                network: a.network,
                 depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
             };
             serde_json::to_value(spec)?

@@ -241,6 +241,8 @@ impl Agent {
                     memory: agent.cfg.memory,
                     allow_host_tasks: agent.cfg.allow_host_tasks,
                     labels: agent.cfg.labels.clone(),
+                    images: agent.images(),
+                    containers: agent.containers(),
                 },
                 attempts: reports,
             });
@@ -248,12 +250,20 @@ impl Agent {
         }
         let period = agent.cfg.heartbeat;
         let hb_up = up.clone();
+        let hb = agent.clone();
         let heartbeat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
                 let memory_free = meminfo("MemAvailable:").unwrap_or(0);
-                if hb_up.send(AgentMsg::Heartbeat { memory_free }).is_err() {
+                let images = hb.images();
+                if hb_up
+                    .send(AgentMsg::Heartbeat {
+                        memory_free,
+                        images,
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -304,6 +314,27 @@ impl Agent {
 }
 
 impl Inner {
+    /// Names of the images in `<data>/images` (each a directory with an `image.json`).
+    fn images(&self) -> Vec<String> {
+        let root = self.cfg.data_dir.join("images");
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            if e.path().join("image.json").is_file() {
+                out.push(e.file_name().to_string_lossy().to_string());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Whether this agent can run container tasks.
+    fn containers(&self) -> bool {
+        false
+    }
+
     fn send(&self, msg: AgentMsg) {
         if let Some(up) = lock(&self.up).as_ref() {
             let _ = up.send(msg);

@@ -15,7 +15,7 @@ pub mod units;
 pub mod views;
 
 pub use ids::{AttemptKey, JobId};
-pub use spec::{FieldError, JobSpec, Placement, Resources};
+pub use spec::{FieldError, JobSpec, Network, Placement, Resources};
 pub use state::{JobState, TaskState};
 pub use units::{ByteSize, DurationSpec};
 

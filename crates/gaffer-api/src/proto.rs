@@ -21,6 +21,9 @@ pub enum AgentMsg {
     Heartbeat {
         /// Free memory measured on the node, bytes.
         memory_free: u64,
+        /// Images the node has now.
+        #[serde(default)]
+        images: Vec<String>,
     },
     /// The attempt's supervisor started.
     Started {
@@ -63,6 +66,12 @@ pub struct NodeInfo {
     /// Labels that task constraints match against.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Container images the node has.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Whether the node can run containers at all.
+    #[serde(default)]
+    pub containers: bool,
 }
 
 /// An attempt the agent found, e.g. after a restart.
@@ -187,4 +196,10 @@ pub struct TaskLaunch {
     pub memory: Option<u64>,
     /// Process limit.
     pub pids: Option<u32>,
+    /// `UID[:GID]` to run as in a container.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Container network: `none` or `host`.
+    #[serde(default)]
+    pub network: Option<crate::spec::Network>,
 }

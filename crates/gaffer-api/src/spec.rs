@@ -76,11 +76,51 @@ pub struct JobSpec {
     /// Placement strategy for this job; default: the server's (most free memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Placement>,
+    /// In a container: run as `UID[:GID]` (default: the image's user, else 65534).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Container network: `host` (default) or `none` (loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
     /// Jobs that must succeed before this one starts; if one fails, this job fails as
     /// `dependency_failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub depends_on: Vec<crate::JobId>,
+}
+
+/// A container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// The host's network.
+    Host,
+    /// A private network namespace with only loopback.
+    None,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "host" => Ok(Network::Host),
+            "none" => Ok(Network::None),
+            _ => Err(format!("unknown network `{s}` (expected host or none)")),
+        }
+    }
+}
+
+/// Parses `UID[:GID]`.
+pub fn parse_user(s: &str) -> Result<(u32, Option<u32>), String> {
+    let bad = || format!("`{s}` must be UID or UID:GID (numbers)");
+    let (u, g) = match s.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (s, None),
+    };
+    let uid = u.parse().map_err(|_| bad())?;
+    let gid = g.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
 }
 
 /// How to choose among the nodes a task fits on.
@@ -254,6 +294,34 @@ impl JobSpec {
                 );
             }
         }
+        if let Some(u) = &self.user {
+            if let Err(m) = parse_user(u) {
+                err("user", m);
+            }
+            if self.image.is_none() {
+                err(
+                    "user",
+                    "only applies to container tasks (give an image)".into(),
+                );
+            }
+        }
+        if self.network.is_some() && self.image.is_none() {
+            err(
+                "network",
+                "only applies to container tasks (give an image)".into(),
+            );
+        }
+        if let Some(i) = &self.image {
+            if !valid_image_name(i) {
+                err("image", format!("`{i}` is not an image name (letters, digits, `.`, `_`, `-`, `/`, `:`; at most 128)"));
+            }
+        }
+        if self.pids_without_image() {
+            err(
+                "resources.pids",
+                "only applies to container tasks (give an image)".into(),
+            );
+        }
         if self.depends_on.len() > 1000 {
             err("depends_on", "at most 1000 dependencies".into());
         }
@@ -289,10 +357,24 @@ impl JobSpec {
         }
     }
 
+    fn pids_without_image(&self) -> bool {
+        self.resources.pids.is_some() && self.image.is_none()
+    }
+
     /// CPUs reserved (default 1).
     pub fn cpus(&self) -> f64 {
         self.resources.cpus.unwrap_or(DEFAULT_CPUS)
     }
+}
+
+/// An image name as stored on nodes.
+pub fn valid_image_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && !n.starts_with(['.', '-', '/'])
+        && !n.contains("..")
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:".contains(&b))
 }
 
 /// A node label name: 1 to 63 of letters, digits, `-`, `_`, `.`, `/`.

@@ -149,6 +149,9 @@ pub struct NodeView {
     /// Labels.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Container images the node has.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     /// CPUs it offers.
     pub cpus_total: f64,
     /// CPUs reserved by running tasks.

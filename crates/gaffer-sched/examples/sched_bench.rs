@@ -69,6 +69,7 @@ fn nodes(n: usize, rng: &mut Rng) -> (Vec<NodeCapacity>, Vec<(f64, u64)>) {
             memory_free: mem,
             tasks: 0,
             labels,
+            images: Default::default(),
         });
     }
     let totals = caps.iter().map(|c| (c.cpus_free, c.memory_free)).collect();
@@ -95,6 +96,7 @@ fn tasks(n: usize, rng: &mut Rng) -> Vec<Demand> {
                 memory: rng.below(8 * 16 + 1) * (GIB / 16),
                 host: !rng.chance(10),
                 constraints,
+                image: None,
             }
         })
         .collect()

@@ -10,7 +10,7 @@
 //! a consistent round.
 #![deny(missing_docs)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 /// How to choose among feasible nodes.
@@ -42,6 +42,8 @@ pub struct NodeCapacity {
     pub tasks: u32,
     /// The node's labels.
     pub labels: BTreeMap<String, String>,
+    /// Container images the node has (empty when it cannot run containers).
+    pub images: HashSet<String>,
 }
 
 /// What a task needs.
@@ -55,6 +57,8 @@ pub struct Demand {
     pub host: bool,
     /// Labels the node must carry.
     pub constraints: BTreeMap<String, String>,
+    /// Container image the node must have.
+    pub image: Option<String>,
 }
 
 /// Why a task fits nowhere right now.
@@ -64,6 +68,11 @@ pub enum Unfit {
     NoReadyNode,
     /// No ready node accepts host tasks.
     NoHostNode,
+    /// No ready node (with the labels) has the image.
+    NoImage {
+        /// The image.
+        image: String,
+    },
     /// No ready node carries the labels.
     NoMatchingNode {
         /// The constraints, as `k=v,k=v`.
@@ -87,6 +96,10 @@ impl fmt::Display for Unfit {
             Unfit::NoHostNode => write!(
                 f,
                 "no ready node allows host tasks (start an agent with --allow-host-tasks, or give an image)"
+            ),
+            Unfit::NoImage { image } => write!(
+                f,
+                "no ready node has the image `{image}` (import it with `gaffer image import`)"
             ),
             Unfit::NoMatchingNode { constraints } => {
                 write!(f, "no ready node has the labels {constraints}")
@@ -185,7 +198,8 @@ impl Scheduler {
                 && n.cpus_free + EPS >= d.cpus
                 && n.memory_free >= d.memory
                 && (!d.host || n.allow_host_tasks)
-                && self.has_labels(i, &want, d))
+                && self.has_labels(i, &want, d)
+                && d.image.as_ref().is_none_or(|im| n.images.contains(im)))
             {
                 continue;
             }
@@ -241,7 +255,8 @@ impl Scheduler {
 
     /// Explains a miss in one pass over the nodes, without allocating.
     fn why(&self, d: &Demand, want: &Option<Option<u64>>) -> Unfit {
-        let (mut ready, mut kind, mut labelled, mut ever) = (false, false, false, false);
+        let (mut ready, mut kind, mut labelled, mut imaged, mut ever) =
+            (false, false, false, false, false);
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.ready {
                 continue;
@@ -255,6 +270,10 @@ impl Scheduler {
                 continue;
             }
             labelled = true;
+            if d.image.as_ref().is_some_and(|im| !n.images.contains(im)) {
+                continue;
+            }
+            imaged = true;
             let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
             if c + EPS >= d.cpus && m >= d.memory {
                 ever = true;
@@ -273,6 +292,10 @@ impl Scheduler {
                 .collect();
             Unfit::NoMatchingNode {
                 constraints: c.join(","),
+            }
+        } else if !imaged {
+            Unfit::NoImage {
+                image: d.image.clone().unwrap_or_default(),
             }
         } else {
             Unfit::NoCapacity {
@@ -297,7 +320,8 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
 
 /// `a` needs at least what `b` needed (and `b` did not fit).
 fn dominates(a: &Demand, b: &Demand) -> bool {
-    a.cpus + EPS >= b.cpus
+    a.image == b.image
+        && a.cpus + EPS >= b.cpus
         && a.memory >= b.memory
         && (a.host || !b.host)
         && b.constraints
@@ -320,6 +344,7 @@ mod tests {
             memory_free: mem_gib * G,
             tasks: 0,
             labels: BTreeMap::new(),
+            images: HashSet::new(),
         }
     }
 
@@ -345,7 +370,28 @@ mod tests {
             memory: mem_gib * G,
             host: true,
             constraints: BTreeMap::new(),
+            image: None,
         }
+    }
+
+    #[test]
+    fn container_tasks_go_only_to_nodes_with_their_image() {
+        let mut a = node("a", 8.0, 16);
+        a.allow_host_tasks = false;
+        let mut b = node("b", 8.0, 4);
+        b.images.insert("busybox".into());
+        let mut s = sched(vec![a, b], Strategy::MostFreeMemory);
+        let mut want = d(1.0, 1);
+        want.host = false;
+        want.image = Some("busybox".into());
+        assert_eq!(s.place(want.clone()), Ok(1));
+        want.image = Some("alpine".into());
+        assert_eq!(
+            s.place(want).unwrap_err(),
+            Unfit::NoImage {
+                image: "alpine".into()
+            }
+        );
     }
 
     #[test]

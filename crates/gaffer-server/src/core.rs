@@ -278,6 +278,7 @@ impl ActiveJob {
             memory: self.row.spec.resources.memory.map(|m| m.0).unwrap_or(0),
             host: self.row.spec.image.is_none(),
             constraints: self.row.spec.constraints.clone(),
+            image: self.row.spec.image.clone(),
         }
     }
 }
@@ -388,6 +389,8 @@ impl Core {
                         memory: 0,
                         allow_host_tasks: false,
                         labels: Default::default(),
+                        images: Vec::new(),
+                        containers: false,
                     },
                     address: String::new(),
                     draining: false,
@@ -1104,9 +1107,13 @@ impl Core {
         }
         match msg {
             AgentMsg::Register { .. } => {}
-            AgentMsg::Heartbeat { memory_free } => {
+            AgentMsg::Heartbeat {
+                memory_free,
+                images,
+            } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.memory_free = memory_free;
+                    n.info.images = images;
                 }
             }
             AgentMsg::Started { key, at } => self.mark_running(key, at, now),
@@ -1331,6 +1338,11 @@ impl Core {
                     memory_free: node.info.memory.saturating_sub(node.mem_alloc),
                     tasks: node.running.len() as u32,
                     labels: node.info.labels.clone(),
+                    images: if node.info.containers {
+                        node.info.images.iter().cloned().collect()
+                    } else {
+                        Default::default()
+                    },
                 }
             })
             .collect();
@@ -1464,6 +1476,8 @@ impl Core {
             cpus: spec.cpus(),
             memory: spec.resources.memory.map(|m| m.0),
             pids: spec.resources.pids,
+            user: spec.user.clone(),
+            network: spec.network,
         };
         let demand = job.demand();
         self.batch.tasks.push(row);
@@ -1532,6 +1546,7 @@ impl Core {
                 .into(),
                 address: n.address.clone(),
                 labels: n.info.labels.clone(),
+                images: n.info.images.clone(),
                 cpus_total: n.info.cpus,
                 cpus_allocated: n.cpus_alloc,
                 memory_total: n.info.memory,
