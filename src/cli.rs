@@ -57,6 +57,9 @@ pub enum Command {
     /// Drain or re-enable a node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage the container images of the agent on this machine.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Submit a job: `gaffer submit [OPTIONS] -- COMMAND [ARGS...]`, `--shell 'LINE'` or `-f FILE`.
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
@@ -203,6 +206,37 @@ pub struct AgentArgs {
     /// CA certificate (PEM) that signed the server's TLS certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+}
+
+/// `gaffer image ...`: images live in each agent's data directory (`<dir>/images/<name>`);
+/// the agent reports them to the server within one heartbeat.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import a rootfs tarball (.tar, .tar.gz, .tar.zst), a `docker save` tarball or an OCI
+    /// image layout (directory or tar) as NAME.
+    Import {
+        /// Image name, e.g. busybox or tools/python:3.
+        name: String,
+        /// The file or directory to import.
+        path: PathBuf,
+        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
+        #[arg(long, default_value = ".gaffer/agent")]
+        data_dir: PathBuf,
+    },
+    /// List the images of the agent on this machine.
+    Ls {
+        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
+        #[arg(long, default_value = ".gaffer/agent")]
+        data_dir: PathBuf,
+    },
+    /// Remove an image.
+    Rm {
+        /// Image name.
+        name: String,
+        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
+        #[arg(long, default_value = ".gaffer/agent")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `gaffer node ...`.

@@ -2,8 +2,8 @@
 //! people (tables) or scripts (`-o json`).
 
 use crate::cli::{
-    EventsArgs, Format, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs, RmArgs, StatusArgs,
-    SubmitArgs, WaitArgs,
+    EventsArgs, Format, ImageCommand, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs,
+    RmArgs, StatusArgs, SubmitArgs, WaitArgs,
 };
 use crate::client::{enc, Client};
 use anyhow::{anyhow, bail, Context, Result};
@@ -691,6 +691,67 @@ pub fn node(c: &Client, cmd: NodeCommand) -> Result<i32> {
         NodeCommand::Enable { node } => {
             let _: serde_json::Value = c.post_empty(&format!("/v1/nodes/{}/enable", enc(&node)))?;
             println!("{node} enabled");
+        }
+    }
+    Ok(0)
+}
+
+/// `gaffer image import|ls|rm` on this machine's agent data directory.
+pub fn image(fmt: Format, cmd: ImageCommand) -> Result<i32> {
+    match cmd {
+        ImageCommand::Import {
+            name,
+            path,
+            data_dir,
+        } => {
+            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let t0 = Instant::now();
+            let img = store
+                .import(&name, &path)
+                .with_context(|| format!("cannot import {} as `{name}`", path.display()))?;
+            if fmt == Format::Json {
+                print_json(&serde_json::json!({"name": img.name, "rootfs": img.rootfs}))?;
+            } else {
+                println!(
+                    "imported {} as `{}` in {} ({}); agents report it within a heartbeat",
+                    path.display(),
+                    img.name,
+                    short_duration(t0.elapsed().as_millis() as u64),
+                    img.rootfs.display()
+                );
+            }
+        }
+        ImageCommand::Ls { data_dir } => {
+            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let images = store
+                .list()
+                .with_context(|| format!("cannot list images in {}", data_dir.display()))?;
+            if fmt == Format::Json {
+                let v: Vec<_> = images
+                    .iter()
+                    .map(|i| serde_json::json!({"name": i.name, "source": i.source, "imported_at": i.imported_at_ms, "user": i.config.user, "cmd": i.config.cmd}))
+                    .collect();
+                print_json(&v)?;
+            } else if images.is_empty() {
+                println!(
+                    "no images in {} (add one with gaffer image import NAME FILE)",
+                    data_dir.display()
+                );
+            } else {
+                let rows: Vec<Vec<String>> = images
+                    .iter()
+                    .map(|i| vec![i.name.clone(), ago(i.imported_at_ms), i.source.clone()])
+                    .collect();
+                table(&["NAME", "IMPORTED", "SOURCE"], &rows);
+            }
+        }
+        ImageCommand::Rm { name, data_dir } => {
+            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            if store.remove(&name)? {
+                println!("removed image `{name}`");
+            } else {
+                bail!("no image `{name}` in {}", data_dir.display());
+            }
         }
     }
     Ok(0)

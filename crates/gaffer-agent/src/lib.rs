@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub allow_host_tasks: bool,
     /// Labels task constraints match against.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Run container tasks (needs root and overlayfs).
+    pub containers: bool,
     /// The executable that contains `gaffer shim`.
     pub shim_exe: PathBuf,
     /// Heartbeat period.
@@ -77,6 +79,7 @@ impl AgentConfig {
             memory: meminfo("MemTotal:").unwrap_or(1 << 30),
             allow_host_tasks: false,
             labels: Default::default(),
+            containers: can_run_containers(),
             shim_exe,
             heartbeat: Duration::from_secs(2),
         }
@@ -95,6 +98,12 @@ pub fn attempt_dir(data_dir: &Path, job: JobId, index: u32, attempt: u32) -> Pat
         .join(job.to_string())
         .join(index.to_string())
         .join(attempt.to_string())
+}
+
+/// Whether this host can run containers: root, and overlayfs available.
+pub fn can_run_containers() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"))
 }
 
 /// Reads a field of /proc/meminfo, in bytes.
@@ -120,6 +129,7 @@ pub fn result_from_status(s: &AttemptStatus) -> AttemptResult {
             EndReason::TimedOut => EndKind::TimedOut,
             EndReason::Killed => EndKind::Killed,
             EndReason::SpawnFailed => EndKind::SpawnFailed,
+            EndReason::OomKilled => EndKind::OomKilled,
         },
         exit_code: s.exit_code,
         signal: s.signal,
@@ -316,23 +326,87 @@ impl Agent {
 impl Inner {
     /// Names of the images in `<data>/images` (each a directory with an `image.json`).
     fn images(&self) -> Vec<String> {
-        let root = self.cfg.data_dir.join("images");
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&root) else {
-            return out;
-        };
-        for e in entries.flatten() {
-            if e.path().join("image.json").is_file() {
-                out.push(e.file_name().to_string_lossy().to_string());
+        let store = gaffer_runtime::ImageStore::new(&self.cfg.data_dir);
+        match store.list() {
+            Ok(images) => images.into_iter().map(|i| i.name).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list images");
+                Vec::new()
             }
         }
-        out.sort();
-        out
     }
 
     /// Whether this agent can run container tasks.
     fn containers(&self) -> bool {
-        false
+        self.cfg.containers
+    }
+
+    /// Builds the launch spec of a container task from its image.
+    fn container_spec(
+        &self,
+        l: &TaskLaunch,
+        image: &str,
+    ) -> std::result::Result<LaunchSpec, String> {
+        let store = gaffer_runtime::ImageStore::new(&self.cfg.data_dir);
+        let img = store
+            .get(image)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("image `{image}` is not on node {}", self.cfg.name))?;
+        let (uid, gid) = match &l.user {
+            Some(u) => {
+                let (uid, gid) = gaffer_api::spec::parse_user(u)?;
+                (uid, gid.unwrap_or(uid))
+            }
+            None => img
+                .config
+                .resolve_user(&img.rootfs)
+                .map_err(|e| e.to_string())?
+                .unwrap_or((65534, 65534)),
+        };
+        let mut env = img.config.merged_env(&l.env);
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push((
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ));
+        }
+        let hostname: String = format!("{}-{}", l.name, l.key.index)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .take(63)
+            .collect();
+        Ok(LaunchSpec {
+            argv: img.config.argv(&l.argv),
+            env,
+            cwd: Some(PathBuf::from(
+                l.workdir
+                    .clone()
+                    .or_else(|| img.config.workdir.clone().filter(|w| !w.is_empty()))
+                    .unwrap_or_else(|| "/work".into()),
+            )),
+            timeout_ms: l.timeout_ms,
+            kill_grace_ms: l.kill_grace_ms,
+            outputs: l.outputs.clone(),
+            container: Some(gaffer_runtime::ContainerSpec {
+                rootfs: img.rootfs.clone(),
+                hostname,
+                uid,
+                gid,
+                network: match l.network {
+                    Some(gaffer_api::Network::None) => gaffer_runtime::Network::None,
+                    Some(gaffer_api::Network::Host) | None => gaffer_runtime::Network::Host,
+                },
+                cpus: Some(l.cpus),
+                memory: l.memory,
+                pids: l.pids,
+            }),
+        })
     }
 
     fn send(&self, msg: AgentMsg) {
@@ -363,10 +437,13 @@ impl Inner {
                     key,
                     result: result_from_status(&status),
                 }),
-                Probe::Gone => reports.push(AttemptReport::Ended {
-                    key,
-                    result: lost("its supervisor disappeared while the agent was down".into()),
-                }),
+                Probe::Gone => {
+                    let _ = gaffer_runtime::cleanup_attempt(&dir);
+                    reports.push(AttemptReport::Ended {
+                        key,
+                        result: lost("its supervisor disappeared while the agent was down".into()),
+                    })
+                }
             }
         }
         reports
@@ -431,7 +508,10 @@ impl Inner {
             let result = match probe {
                 Probe::Running { .. } => continue,
                 Probe::Ended(s) => result_from_status(&s),
-                Probe::Gone => lost("its supervisor exited without a result".into()),
+                Probe::Gone => {
+                    let _ = gaffer_runtime::cleanup_attempt(&dir);
+                    lost("its supervisor exited without a result".into())
+                }
             };
             lock(&self.watched).remove(&key);
             self.send(AgentMsg::Ended { key, result });
@@ -442,29 +522,43 @@ impl Inner {
     async fn start(self: Arc<Self>, l: TaskLaunch) {
         let key = l.key;
         let dir = self.cfg.attempt_dir(&key);
-        if let Some(image) = &l.image {
-            let result = AttemptResult {
-                message: Some(format!(
-                    "this agent cannot run container images yet (image `{image}`)"
-                )),
-                kind: EndKind::SpawnFailed,
-                ..lost(String::new())
-            };
-            self.send(AgentMsg::Ended { key, result });
-            return;
-        }
-        let mut env = self.base_env.clone();
-        for (k, v) in l.env {
-            env.retain(|(ek, _)| *ek != k);
-            env.push((k, v));
-        }
-        let spec = LaunchSpec {
-            argv: l.argv,
-            env,
-            cwd: l.workdir.map(PathBuf::from),
-            timeout_ms: l.timeout_ms,
-            kill_grace_ms: l.kill_grace_ms,
-            outputs: l.outputs,
+        let spec = match &l.image {
+            Some(image) if !self.cfg.containers => Err(format!(
+                "node {} cannot run containers (image `{image}`): it needs root and overlayfs",
+                self.cfg.name
+            )),
+            Some(image) => self.container_spec(&l, image),
+            None if !self.cfg.allow_host_tasks => Err(format!(
+                "node {} does not run host processes (start its agent with --allow-host-tasks, or give an image)",
+                self.cfg.name
+            )),
+            None => {
+                let mut env = self.base_env.clone();
+                for (k, v) in l.env {
+                    env.retain(|(ek, _)| *ek != k);
+                    env.push((k, v));
+                }
+                Ok(LaunchSpec {
+                    argv: l.argv,
+                    env,
+                    cwd: l.workdir.map(PathBuf::from),
+                    timeout_ms: l.timeout_ms,
+                    kill_grace_ms: l.kill_grace_ms,
+                    outputs: l.outputs,
+                    container: None,
+                })
+            }
+        };
+        let spec = match spec {
+            Ok(s) => s,
+            Err(msg) => {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(msg)
+                };
+                self.send(AgentMsg::Ended { key, result });
+                return;
+            }
         };
         // A few small file operations: cheaper inline than a hop to the blocking pool.
         let prepared = self
@@ -505,9 +599,14 @@ impl Inner {
         lock(&self.pids).remove(&key);
         let result = match gaffer_runtime::read_status(&dir) {
             Ok(Some(s)) => result_from_status(&s),
-            Ok(None) => lost(format!(
-                "the supervisor exited ({exit:?}) without a result; see the agent's log"
-            )),
+            Ok(None) => {
+                if let Err(e) = gaffer_runtime::cleanup_attempt(&dir) {
+                    tracing::warn!(attempt = %key, error = %e, "cannot clean up after a dead supervisor");
+                }
+                lost(format!(
+                    "the supervisor exited ({exit:?}) without a result; see the agent's log"
+                ))
+            }
             Err(e) => lost(format!("cannot read the attempt's status: {e}")),
         };
         lock(&self.watched).remove(&key);

@@ -1,11 +1,12 @@
 //! The seam between the shim's supervision loop and the mechanism that
-//! actually starts a task. Only the host-process driver exists today: it
-//! starts the task as a direct child of the shim in its own process group.
+//! actually starts a task. The host-process driver (here) starts the task as
+//! a direct child of the shim in its own process group; the container driver
+//! lives in [`crate::container`].
 //!
-//! A driver only starts a task and delivers signals to it. Reaping, timers,
-//! killing leftover descendants, output collection and status writing stay in
-//! the shim, so a future container driver (whose runtime process would also be
-//! a child of the shim) only has to implement this trait.
+//! A driver starts a task, delivers signals to it and, once every process is
+//! gone, reports what only it can measure and releases its resources
+//! ([`Driver::finish`]). Reaping, timers, killing leftover descendants,
+//! output collection and status writing stay in the shim.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -37,22 +38,41 @@ pub(crate) struct Task {
     pub pgid: Pid,
 }
 
+/// What a driver reports after the task's processes are all gone.
+#[derive(Debug, Default)]
+pub(crate) struct Finish {
+    /// `(max memory bytes, cpu seconds)` measured by the driver; `None`
+    /// means the shim uses its own rusage of reaped children.
+    pub usage: Option<(Option<u64>, Option<f64>)>,
+    /// Set when the task was OOM-killed: the message for the status.
+    pub oom: Option<String>,
+    /// A cleanup problem to append to the status message.
+    pub error: Option<String>,
+}
+
 /// Starts tasks and signals them.
 pub(crate) trait Driver {
     /// Start the task. The error is the human-readable message recorded in
-    /// the status (the reason becomes `SpawnFailed`).
-    fn start(&self, launch: Launch<'_>) -> Result<Task, String>;
+    /// the status (the reason becomes `SpawnFailed`). [`Driver::finish`] is
+    /// called afterwards in every case.
+    fn start(&mut self, launch: Launch<'_>) -> Result<Task, String>;
 
-    /// Deliver `sig` to the task's process group. Errors (typically ESRCH
-    /// once the group is empty) are ignored.
+    /// Deliver `sig` to the task's processes. Errors (typically ESRCH once
+    /// they are gone) are ignored.
     fn signal(&self, task: &Task, sig: Signal);
+
+    /// Called once, after every process of the task has been reaped (or the
+    /// start failed): measure and release driver resources.
+    fn finish(&mut self) -> Finish {
+        Finish::default()
+    }
 }
 
 /// Runs the task as a plain host process.
 pub(crate) struct HostDriver;
 
 impl Driver for HostDriver {
-    fn start(&self, launch: Launch<'_>) -> Result<Task, String> {
+    fn start(&mut self, launch: Launch<'_>) -> Result<Task, String> {
         let spec = launch.spec;
         let Some(argv0) = spec.argv.first() else {
             return Err("launch spec has an empty argv".to_string());
@@ -117,7 +137,11 @@ impl Driver for HostDriver {
 /// `PATH` of the task's environment (falling back to the shim's own `PATH`,
 /// then to a conventional default). Names containing `/` are used as given,
 /// relative ones being taken relative to the task's working directory.
-fn resolve_program(argv0: &str, env: &[(String, String)], cwd: &Path) -> io::Result<PathBuf> {
+pub(crate) fn resolve_program(
+    argv0: &str,
+    env: &[(String, String)],
+    cwd: &Path,
+) -> io::Result<PathBuf> {
     if argv0.is_empty() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }

@@ -54,6 +54,37 @@ pub enum Error {
         /// The errno returned by kill(2).
         source: nix::errno::Errno,
     },
+    /// An image name outside `[a-z0-9._-]{1,128}` (or `.`/`..`-like).
+    #[error("invalid image name {name:?}: use 1 to 128 characters from [a-z0-9._-], not starting with '.'")]
+    InvalidImageName {
+        /// The rejected name.
+        name: String,
+    },
+    /// No image of that name in the store.
+    #[error("image {name:?} not found in {}", .root.display())]
+    ImageNotFound {
+        /// The image name.
+        name: String,
+        /// The store's images directory.
+        root: PathBuf,
+    },
+    /// The file or directory given to import is not a supported image, or
+    /// its content is inconsistent.
+    #[error("cannot import image from {}: {detail}", .path.display())]
+    ImageFormat {
+        /// What was being imported (or the file inside it at fault).
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A cgroup or mount of an attempt could not be removed.
+    #[error("cannot clean up attempt {}: {detail}", .dir.display())]
+    Cleanup {
+        /// The attempt directory.
+        dir: PathBuf,
+        /// What remained and why.
+        detail: String,
+    },
 }
 
 /// Result alias used throughout this crate.

@@ -22,10 +22,18 @@
 //! | `shim.pid`      | shim       | `<pid> <starttime>` of the shim           |
 //! | `stdout`,`stderr` | shim     | the task's output                         |
 //! | `status.json`   | shim       | [`AttemptStatus`], written last           |
+//! | `ctr/`          | shim       | container only: overlay mount point, upper and work dirs; removed at the end |
+//!
+//! Containers ([`LaunchSpec::container`], [`container`]) run on images kept
+//! by an [`ImageStore`] ([`image`]); [`cleanup_attempt`] removes what a
+//! container attempt whose shim died left behind (its cgroup and `ctr/`).
 
+mod cgroup;
+pub mod container;
 mod driver;
 mod error;
 mod fsutil;
+pub mod image;
 mod outputs;
 mod procfs;
 mod shim;
@@ -40,9 +48,11 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub use container::{cleanup_attempt, container_id};
 pub use error::{Error, Result};
+pub use image::{Image, ImageConfig, ImageStore};
 pub use shim::shim_main;
-pub use spec::{AttemptStatus, EndReason, LaunchSpec, Probe};
+pub use spec::{AttemptStatus, ContainerSpec, EndReason, LaunchSpec, Network, Probe};
 
 use fsutil::{PID_FILE, SPEC_FILE, STATUS_FILE};
 

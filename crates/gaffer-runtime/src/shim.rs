@@ -3,13 +3,19 @@
 //! timeout and stop requests, makes sure no process of the task's tree
 //! survives, collects outputs and writes `status.json`.
 //!
+//! Without `container` in the spec the task is a host process
+//! ([`HostDriver`]); with it, a container ([`ContainerDriver`]), whose
+//! cgroup supplies the usage figures and the OOM verdict
+//! ([`EndReason::OomKilled`]) and whose resources are released before the
+//! status is written.
+//!
 //! The shim is single-threaded and synchronous: signals arrive through a
 //! signalfd and timers are poll(2) timeouts, all in one loop. It must be
 //! called before the hosting binary starts any threads or async runtime. It
 //! does not talk to the agent other than through files in the attempt
 //! directory and its exit.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,6 +28,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::container::ContainerDriver;
 use crate::driver::{Driver, HostDriver, Launch, Task};
 use crate::fsutil::{self, PID_FILE, SPEC_FILE, STATUS_FILE};
 use crate::outputs;
@@ -156,7 +163,6 @@ fn run(dir: &Path) -> AttemptStatus {
         return spawn_failed(format!("shim: cannot become child subreaper: {e}"));
     }
 
-    let cwd: PathBuf = spec.cwd.clone().unwrap_or_else(|| crate::work_dir(dir));
     let open = |p: PathBuf| {
         OpenOptions::new()
             .write(true)
@@ -170,17 +176,61 @@ fn run(dir: &Path) -> AttemptStatus {
         (Err(m), _) | (_, Err(m)) => return spawn_failed(m),
     };
 
-    let driver = HostDriver;
+    match spec.container.clone() {
+        None => {
+            let cwd: PathBuf = spec.cwd.clone().unwrap_or_else(|| crate::work_dir(dir));
+            execute(
+                dir,
+                HostDriver,
+                &spec,
+                &sfd,
+                (cwd.clone(), cwd),
+                (stdout, stderr),
+            )
+        }
+        Some(c) => {
+            // Inside the container: the given cwd or /work; outputs always
+            // come from the workspace, which is /work inside.
+            let cwd = spec.cwd.clone().unwrap_or_else(|| PathBuf::from("/work"));
+            let driver = ContainerDriver::new(dir, c);
+            execute(
+                dir,
+                driver,
+                &spec,
+                &sfd,
+                (cwd, crate::work_dir(dir)),
+                (stdout, stderr),
+            )
+        }
+    }
+}
+
+/// Start the task through `driver`, supervise it, clean up and build the status.
+fn execute<D: Driver>(
+    dir: &Path,
+    mut driver: D,
+    spec: &LaunchSpec,
+    sfd: &SignalFd,
+    (cwd, outputs_from): (PathBuf, PathBuf),
+    (stdout, stderr): (File, File),
+) -> AttemptStatus {
     let started_at_ms = now_ms();
     let started = Instant::now();
     let task = match driver.start(Launch {
-        spec: &spec,
+        spec,
         cwd: &cwd,
         stdout,
         stderr,
     }) {
         Ok(t) => t,
-        Err(m) => return spawn_failed(m),
+        Err(m) => {
+            let fin = driver.finish();
+            let mut st = spawn_failed(m);
+            if let Some(e) = fin.error {
+                append_message(&mut st.message, e);
+            }
+            return st;
+        }
     };
 
     let mut sup = Supervisor {
@@ -198,41 +248,63 @@ fn run(dir: &Path) -> AttemptStatus {
         timeout_ms: spec.timeout_ms.unwrap_or(0),
         kill_at: None,
     };
-    sup.supervise(&sfd);
+    sup.supervise(sfd);
     sup.kill_everything();
-    drop(sfd);
+    let Supervisor {
+        main_status,
+        ended_at_ms,
+        mut reason,
+        mut message,
+        ..
+    } = sup;
 
-    let collected = outputs::collect(&cwd, &crate::outputs_dir(dir), &spec.outputs);
-    if let Some(err) = collected.error {
-        append_message(&mut sup.message, err);
+    let fin = driver.finish();
+    if let Some(oom) = fin.oom {
+        if reason == EndReason::Exited {
+            reason = EndReason::OomKilled;
+            message = Some(oom);
+        } else {
+            append_message(&mut message, oom);
+        }
+    }
+    if let Some(e) = fin.error {
+        append_message(&mut message, e);
     }
 
-    let (max_rss_bytes, cpu_secs) = match getrusage(UsageWho::RUSAGE_CHILDREN) {
-        Ok(u) => {
-            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-            (
-                Some((u.max_rss().max(0) as u64).saturating_mul(1024)),
-                Some(tv(u.user_time()) + tv(u.system_time())),
-            )
-        }
-        Err(_) => (None, None),
+    let collected = outputs::collect(&outputs_from, &crate::outputs_dir(dir), &spec.outputs);
+    if let Some(err) = collected.error {
+        append_message(&mut message, err);
+    }
+
+    let (max_rss_bytes, cpu_secs) = match fin.usage {
+        Some(u) => u,
+        None => match getrusage(UsageWho::RUSAGE_CHILDREN) {
+            Ok(u) => {
+                let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+                (
+                    Some((u.max_rss().max(0) as u64).saturating_mul(1024)),
+                    Some(tv(u.user_time()) + tv(u.system_time())),
+                )
+            }
+            Err(_) => (None, None),
+        },
     };
 
-    let (exit_code, signal) = match sup.main_status {
+    let (exit_code, signal) = match main_status {
         Some(WaitStatus::Exited(_, code)) => (Some(code), None),
         Some(WaitStatus::Signaled(_, sig, _)) => (None, Some(sig as i32)),
         _ => (None, None),
     };
     AttemptStatus {
-        reason: sup.reason,
+        reason,
         exit_code,
         signal,
         started_at_ms,
-        ended_at_ms: sup.ended_at_ms,
+        ended_at_ms,
         max_rss_bytes,
         cpu_secs,
         outputs: collected.files,
-        message: sup.message,
+        message,
     }
 }
 

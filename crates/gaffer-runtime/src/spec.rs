@@ -30,6 +30,55 @@ pub struct LaunchSpec {
     /// files are copied into `<dir>/outputs/` after the task ends. Already
     /// validated by the caller: no absolute paths, no `..`.
     pub outputs: Vec<String>,
+    /// Run the task in a container instead of as a host process. With a
+    /// container, `argv[0]` is looked up in the container's filesystem, `cwd`
+    /// is a path *inside* the container (default `/work`, the bind-mounted
+    /// `<dir>/work`), and `outputs` are collected from `<dir>/work`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// How to run a task in a container (see [`crate::container`]).
+///
+/// The caller merges the image configuration into the [`LaunchSpec`] before
+/// writing it: `env` must already hold the image's environment overlaid with
+/// the task's (see [`crate::ImageConfig::merged_env`]), `cwd` the image's
+/// working directory if the task has none, and `uid`/`gid` the image's user
+/// (see [`crate::ImageConfig::resolve_user`]) or 65534 when it has none.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerSpec {
+    /// The image's root filesystem directory (`<images>/<name>/rootfs`); used
+    /// read-only as the lower layer of an overlayfs.
+    pub rootfs: PathBuf,
+    /// Host name inside the container's UTS namespace.
+    pub hostname: String,
+    /// User id the task runs as.
+    pub uid: u32,
+    /// Group id the task runs as (also its only supplementary group).
+    pub gid: u32,
+    /// Network namespace.
+    #[serde(default)]
+    pub network: Network,
+    /// CPU limit in cores (quota = cpus x period); `None` = unlimited.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Hard memory limit in bytes (swap included); `None` = unlimited.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// Maximum number of processes/threads; `None` = unlimited.
+    #[serde(default)]
+    pub pids: Option<u32>,
+}
+
+/// Network mode of a container.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A private network namespace with only the loopback interface (up).
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
 }
 
 /// Why an attempt ended.
@@ -44,6 +93,9 @@ pub enum EndReason {
     Killed,
     /// The task could not be started at all.
     SpawnFailed,
+    /// A process of the container was killed by the kernel because the
+    /// container exceeded its memory limit.
+    OomKilled,
 }
 
 /// Written atomically as `<dir>/status.json` by the shim right before it exits.
@@ -59,9 +111,11 @@ pub struct AttemptStatus {
     pub started_at_ms: u64,
     /// When the main process ended, in unix milliseconds.
     pub ended_at_ms: u64,
-    /// Peak resident set size of the largest reaped process, in bytes.
+    /// Peak resident set size of the largest reaped process, in bytes. For a
+    /// container: the cgroup's peak memory usage (page cache included).
     pub max_rss_bytes: Option<u64>,
-    /// User + system CPU time of all reaped processes, in seconds.
+    /// User + system CPU time of all reaped processes, in seconds. For a
+    /// container: the cgroup's CPU usage.
     pub cpu_secs: Option<f64>,
     /// Paths (relative to the working directory) of the files copied into
     /// `<dir>/outputs/`.

@@ -59,6 +59,7 @@ impl Attempt {
             timeout_ms: None,
             kill_grace_ms: 5_000,
             outputs: vec![],
+            container: None,
         };
         Attempt {
             _tmp: tmp,
