@@ -245,15 +245,7 @@ impl Agent {
             let mut slot = lock(&agent.up);
             let reports = agent.reports();
             let _ = up.send(AgentMsg::Register {
-                node: NodeInfo {
-                    name: agent.cfg.name.clone(),
-                    cpus: agent.cfg.cpus,
-                    memory: agent.cfg.memory,
-                    allow_host_tasks: agent.cfg.allow_host_tasks,
-                    labels: agent.cfg.labels.clone(),
-                    images: agent.images(),
-                    containers: agent.containers(),
-                },
+                node: agent.node_info(),
                 attempts: reports,
             });
             *slot = Some(up.clone());
@@ -285,6 +277,13 @@ impl Agent {
                     tokio::spawn(async move { a.start(*launch).await });
                 }
                 ServerMsg::Kill { key } => agent.kill(key),
+                ServerMsg::Reregister => {
+                    let _slot = lock(&agent.up);
+                    let _ = up.send(AgentMsg::Register {
+                        node: agent.node_info(),
+                        attempts: agent.reports(),
+                    });
+                }
                 ServerMsg::Purge { job } => {
                     let dir = agent.cfg.data_dir.join("attempts").join(job.to_string());
                     tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
@@ -333,6 +332,18 @@ impl Inner {
                 tracing::warn!(error = %e, "cannot list images");
                 Vec::new()
             }
+        }
+    }
+
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.cfg.name.clone(),
+            cpus: self.cfg.cpus,
+            memory: self.cfg.memory,
+            allow_host_tasks: self.cfg.allow_host_tasks,
+            labels: self.cfg.labels.clone(),
+            images: self.images(),
+            containers: self.containers(),
         }
     }
 

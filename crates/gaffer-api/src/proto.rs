@@ -162,6 +162,9 @@ pub enum ServerMsg {
         /// At most this many bytes.
         max: u32,
     },
+    /// Send `Register` again on this stream: the server declared the node down while the
+    /// stream stayed open (a short network cut), and must reconcile its attempts.
+    Reregister,
     /// The job was deleted: remove its attempt directories (logs, outputs).
     Purge {
         /// The job.

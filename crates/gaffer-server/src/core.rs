@@ -296,6 +296,10 @@ struct Node {
     info: NodeInfo,
     address: String,
     draining: bool,
+    /// Declared down by the heartbeat timeout; cleared when the agent registers again.
+    down: bool,
+    /// A `Reregister` was sent since it went down.
+    reregister_asked: bool,
     conn: u64,
     tx: Option<UnboundedSender<ServerMsg>>,
     cpus_alloc: f64,
@@ -394,6 +398,8 @@ impl Core {
                     },
                     address: String::new(),
                     draining: false,
+                    down: false,
+                    reregister_asked: false,
                     conn: 0,
                     tx: None,
                     cpus_alloc: 0.0,
@@ -900,6 +906,8 @@ impl Core {
             info: info.clone(),
             address: String::new(),
             draining: false,
+            down: false,
+            reregister_asked: false,
             conn,
             tx: None,
             cpus_alloc: 0.0,
@@ -909,6 +917,8 @@ impl Core {
             running: HashSet::new(),
         });
         node.info = info;
+        node.down = false;
+        node.reregister_asked = false;
         node.address = address;
         node.conn = conn;
         node.tx = Some(tx);
@@ -1078,7 +1088,8 @@ impl Core {
             .nodes
             .iter()
             .filter(|(_, n)| {
-                (n.tx.is_some() || !n.running.is_empty())
+                !n.down
+                    && (n.tx.is_some() || !n.running.is_empty())
                     && now.saturating_sub(n.last_seen) > timeout
             })
             .map(|(name, _)| name.clone())
@@ -1088,7 +1099,11 @@ impl Core {
                 continue;
             };
             tracing::warn!(node = %name, silent_ms = now.saturating_sub(n.last_seen), "node is down");
-            n.tx = None;
+            // The stream may still be open (a network cut the agent has not noticed): keep it,
+            // and ask the agent to register again when it speaks, so that attempts placed
+            // elsewhere meanwhile are killed there.
+            n.down = true;
+            n.reregister_asked = false;
             let keys: Vec<AttemptKey> = n.running.iter().copied().collect();
             let why = format!(
                 "node {name} stopped responding (no heartbeat for {})",
@@ -1097,12 +1112,22 @@ impl Core {
             for key in keys {
                 self.attempt_ended(&name, key, lost_result(now, &why), now);
             }
+            // The agent must keep reporting these attempts (so it is told to kill the ones
+            // still running when it registers again): do not let it forget them.
+            self.outbox
+                .retain(|(n, m)| !(n == &name && matches!(m, ServerMsg::Forget { .. })));
         }
     }
 
     fn agent_msg(&mut self, conn: u64, node: &str, msg: AgentMsg, now: UnixMs) {
         match self.nodes.get_mut(node) {
-            Some(n) if n.conn == conn => n.last_seen = now,
+            Some(n) if n.conn == conn => {
+                n.last_seen = now;
+                if n.down && !n.reregister_asked {
+                    n.reregister_asked = true;
+                    self.outbox.push((node.to_string(), ServerMsg::Reregister));
+                }
+            }
             _ => return, // a stale connection
         }
         match msg {
@@ -1332,7 +1357,7 @@ impl Core {
                 let node = &self.nodes[n];
                 NodeCapacity {
                     name: n.clone(),
-                    ready: node.tx.is_some() && !node.draining,
+                    ready: node.tx.is_some() && !node.down && !node.draining,
                     allow_host_tasks: node.info.allow_host_tasks,
                     cpus_free: node.info.cpus - node.cpus_alloc,
                     memory_free: node.info.memory.saturating_sub(node.mem_alloc),
@@ -1538,7 +1563,7 @@ impl Core {
             .iter()
             .map(|(name, n)| NodeView {
                 name: name.clone(),
-                state: match (n.tx.is_some(), n.draining) {
+                state: match (n.tx.is_some() && !n.down, n.draining) {
                     (false, _) => "down",
                     (true, true) => "draining",
                     (true, false) => "ready",

@@ -112,6 +112,7 @@ impl Gateway {
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mine = down.clone();
+        let address_again = address.clone();
         let node = match up.recv().await {
             Some(AgentMsg::Register { node, attempts }) => {
                 let name = node.name.clone();
@@ -132,6 +133,23 @@ impl Gateway {
             None => return,
         };
         while let Some(msg) = up.recv().await {
+            if let AgentMsg::Register {
+                node: info,
+                attempts,
+            } = msg
+            {
+                // A fresh registration on the same stream (after `Reregister`).
+                if !self.core.send(Command::AgentConnected {
+                    conn,
+                    address: address_again.clone(),
+                    node: info,
+                    attempts,
+                    tx: mine.clone(),
+                }) {
+                    return;
+                }
+                continue;
+            }
             if let AgentMsg::FileData { req, .. } = &msg {
                 if let Some(waiter) = lock(&self.reads).remove(req) {
                     let _ = waiter.send(msg);

@@ -1,0 +1,202 @@
+//! Container tasks end to end through `gaffer dev`: `gaffer image import` of a busybox rootfs
+//! tarball built here from Debian's `busybox-static`, then `gaffer submit --image`: isolation,
+//! limits, OOM, outputs from /work, scheduling by image, and nothing left behind.
+//! Needs root and overlayfs (CI runs as root); elsewhere the tests say why they skip.
+
+mod util;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use util::Dev;
+
+const APPLETS: &[&str] = &[
+    "sh", "ps", "cat", "echo", "hostname", "sleep", "dd", "mkdir", "wc", "id", "head", "touch",
+    "ls",
+];
+
+fn skip() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root".into());
+    }
+    if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
+        return Some("no overlayfs".into());
+    }
+    None
+}
+
+fn busybox() -> PathBuf {
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        let out = Command::new("file").arg(p).output();
+        let is_static = match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).contains("statically linked"),
+            // Without `file`, trust Debian's busybox-static path.
+            Err(_) => Path::new(p).exists(),
+        };
+        if is_static {
+            return PathBuf::from(p);
+        }
+    }
+    let _ = Command::new("apt-get").arg("update").status();
+    let _ = Command::new("apt-get")
+        .args(["install", "-y", "busybox-static"])
+        .status();
+    PathBuf::from("/bin/busybox")
+}
+
+/// A busybox rootfs packed as a tarball, imported into the dev agent as `busybox`.
+fn import_busybox(dev: &Dev) {
+    let root = dev.tmp.path().join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), "pristine\n").unwrap();
+    let tarball = dev.tmp.path().join("busybox.tar.gz");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-czf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let agent_dir = dev.data.join("agent");
+    dev.gaffer(&[
+        "image",
+        "import",
+        "busybox",
+        tarball.to_str().unwrap(),
+        "--data-dir",
+        agent_dir.to_str().unwrap(),
+    ])
+    .ok();
+    // The agent reports it within a heartbeat.
+    util::wait_until(
+        "the node to report the image",
+        Duration::from_secs(20),
+        || {
+            let nodes = dev.get_json("/v1/nodes");
+            nodes[0]["images"]
+                .as_array()
+                .is_some_and(|i| i.iter().any(|n| n == "busybox"))
+                .then_some(())
+        },
+    );
+}
+
+fn task0(job: &Value) -> &Value {
+    &job["task_list"][0]
+}
+
+fn assert_no_leftovers(dev: &Dev, job: &str) {
+    let dir = dev.attempt_dir(job, 0, 1);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "a mount of {} is left",
+        dir.display()
+    );
+    let id = gaffer_runtime::container_id(&dir);
+    for ctl in ["memory", "cpu", "pids", "cpuacct"] {
+        let cg = Path::new("/sys/fs/cgroup")
+            .join(ctl)
+            .join("gaffer")
+            .join(&id);
+        assert!(!cg.exists(), "cgroup {} is left", cg.display());
+    }
+}
+
+#[test]
+fn container_task_is_isolated_limited_and_leaves_nothing_behind() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dev = Dev::start();
+    import_busybox(&dev);
+    let id = dev.submit_cli(&[
+        "--name",
+        "boxed",
+        "--image",
+        "busybox",
+        "--cpus",
+        "0.5",
+        "--memory",
+        "64M",
+        "--pids",
+        "32",
+        "--output",
+        "out/*",
+        "--shell",
+        "hostname; id -u; ps | wc -l; echo changed > /etc/marker 2>/dev/null || echo ro; \
+         mkdir -p out; echo result > out/r.txt; pwd",
+    ]);
+    let job = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let out = dev.gaffer(&["logs", &id]).ok().stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "boxed-0",
+        "hostname is the job name and index: {out}"
+    );
+    assert_eq!(lines[1], "65534", "runs as nobody by default: {out}");
+    let ps: usize = lines[2].trim().parse().unwrap();
+    assert!(ps <= 5, "sees only its own processes: {out}");
+    assert_eq!(
+        lines[3], "ro",
+        "the image layer is read-only for the task: {out}"
+    );
+    assert_eq!(lines[4], "/work", "{out}");
+    let attempt = &task0(&job)["attempts"][0];
+    assert!(attempt["max_rss_bytes"].as_u64().unwrap() > 0, "{attempt}");
+    assert!(attempt["cpu_secs"].as_f64().is_some(), "{attempt}");
+    assert_eq!(attempt["outputs"][0], "out/r.txt");
+    let dest = dev.tmp.path().join("dl");
+    dev.gaffer(&["output", &id, "--dest", dest.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(dest.join("out/r.txt")).unwrap(),
+        "result\n"
+    );
+    // The image itself is untouched.
+    let marker = dev.data.join("agent/images/busybox/rootfs/etc/marker");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "pristine\n");
+    assert_no_leftovers(&dev, &id);
+}
+
+#[test]
+fn memory_hog_ends_oom_killed_and_unknown_images_wait_with_a_reason() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dev = Dev::start();
+    import_busybox(&dev);
+    let id = dev.submit_cli(&[
+        "--image",
+        "busybox",
+        "--memory",
+        "16M",
+        "--shell",
+        "dd if=/dev/zero bs=1M count=64 | cat > /dev/shm/fill; sleep 5",
+    ]);
+    let job = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(task0(&job)["state"], "oom_killed", "{job}");
+    assert_eq!(job["state"], "failed");
+    assert_no_leftovers(&dev, &id);
+
+    let id = dev.submit_cli(&["--image", "nosuch", "--", "true"]);
+    let job = dev.wait_job(&id, "a pending reason", |j| {
+        j["pending_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("nosuch"))
+    });
+    assert_eq!(job["state"], "pending");
+    dev.gaffer(&["kill", &id]).ok();
+}
