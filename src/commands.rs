@@ -576,8 +576,10 @@ pub fn nodes(c: &Client, fmt: Format) -> Result<i32> {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
+            let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             vec![
                 n.name.clone(),
+                n.address.clone(),
                 n.state.clone(),
                 format!("{}/{}", n.cpus_allocated, n.cpus_total),
                 format!(
@@ -588,18 +590,23 @@ pub fn nodes(c: &Client, fmt: Format) -> Result<i32> {
                 ByteSize(n.memory_free).to_string(),
                 n.running_tasks.to_string(),
                 format!("{} ago", short_duration(n.heartbeat_age_ms)),
+                labels.join(","),
+                n.images.join(","),
             ]
         })
         .collect();
     table(
         &[
             "NAME",
+            "ADDRESS",
             "STATE",
-            "CPUS (ALLOC/TOTAL)",
-            "MEMORY (ALLOC/TOTAL)",
-            "FREE MEMORY",
-            "RUNNING",
+            "CPUS ALLOC/TOTAL",
+            "MEMORY ALLOC/TOTAL",
+            "FREE MEM",
+            "TASKS",
             "HEARTBEAT",
+            "LABELS",
+            "IMAGES",
         ],
         &rows,
     );
@@ -696,7 +703,7 @@ pub fn node(c: &Client, cmd: NodeCommand) -> Result<i32> {
     Ok(0)
 }
 
-/// `gaffer image import|ls|rm` on this machine's agent data directory.
+/// `gaffer image import|pull|ls|rm` on this machine's agent data directory.
 pub fn image(fmt: Format, cmd: ImageCommand) -> Result<i32> {
     match cmd {
         ImageCommand::Import {
@@ -715,6 +722,96 @@ pub fn image(fmt: Format, cmd: ImageCommand) -> Result<i32> {
                 println!(
                     "imported {} as `{}` in {} ({}); agents report it within a heartbeat",
                     path.display(),
+                    img.name,
+                    short_duration(t0.elapsed().as_millis() as u64),
+                    img.rootfs.display()
+                );
+            }
+        }
+        ImageCommand::Pull {
+            reference,
+            name,
+            insecure,
+            data_dir,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => gaffer_runtime::default_image_name(&reference).with_context(|| {
+                    format!("cannot derive an image name from `{reference}`: pass --name")
+                })?,
+            };
+            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let t0 = Instant::now();
+            let human = fmt == Format::Human;
+            let tty = human && std::io::stderr().is_terminal();
+            let mut bar: Option<indicatif::ProgressBar> = None;
+            let mut total = 0u64;
+            let mut manifest = String::new();
+            let mut progress = |p: &gaffer_runtime::PullProgress| {
+                use gaffer_runtime::PullProgress as P;
+                match p {
+                    P::Resolved {
+                        bytes,
+                        layers,
+                        digest,
+                    } => {
+                        total = *bytes;
+                        manifest.clone_from(digest);
+                        if human {
+                            eprintln!(
+                                "pulling {reference}: {layers} layer(s), {}",
+                                ByteSize(*bytes)
+                            );
+                        }
+                    }
+                    P::Layer {
+                        index, count, size, ..
+                    } => {
+                        let msg = format!("pulling layer {index}/{count} ({})", ByteSize(*size));
+                        if tty {
+                            let b = indicatif::ProgressBar::new(*size);
+                            b.set_style(
+                                indicatif::ProgressStyle::with_template(
+                                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                                )
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                                .progress_chars("=> "),
+                            );
+                            b.set_message(msg);
+                            bar = Some(b);
+                        } else if human {
+                            eprintln!("{msg}");
+                        }
+                    }
+                    P::Bytes { done, .. } => {
+                        if let Some(b) = &bar {
+                            b.set_position(*done);
+                        }
+                    }
+                    P::Applied { .. } => {
+                        if let Some(b) = bar.take() {
+                            b.finish();
+                        }
+                    }
+                }
+            };
+            let res = store.pull_with_progress(&name, &reference, insecure, &mut progress);
+            if let Some(b) = bar.take() {
+                b.abandon();
+            }
+            let img = res?;
+            if fmt == Format::Json {
+                print_json(&serde_json::json!({
+                    "name": img.name,
+                    "reference": reference,
+                    "rootfs": img.rootfs,
+                    "digest": manifest,
+                    "bytes": total,
+                    "config": img.config,
+                }))?;
+            } else {
+                println!(
+                    "pulled {reference} as `{}` in {} ({}); agents report it within a heartbeat",
                     img.name,
                     short_duration(t0.elapsed().as_millis() as u64),
                     img.rootfs.display()
