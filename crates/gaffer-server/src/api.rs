@@ -74,7 +74,8 @@ async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
-    let open = path == "/healthz" || path.starts_with("/v1/agent/");
+    let open =
+        path == "/healthz" || path.starts_with("/v1/agent/") || crate::ui::is_open_path(path);
     if let (Some(want), false) = (&st.auth.api_token, open) {
         if !bearer_matches(req.headers(), want) {
             return AppError::new(
@@ -234,6 +235,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/enable", post(enable_node))
         .route("/v1/agent/connect", get(crate::agent_link::connect))
+        .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -260,7 +262,8 @@ pub fn router(state: AppState) -> Router {
         drain_node,
         enable_node,
         healthz,
-        metrics
+        metrics,
+        crate::ui::timeline
     ),
     components(schemas(
         gaffer_api::JobSpec,
@@ -280,7 +283,9 @@ pub fn router(state: AppState) -> Router {
         ErrorBody,
         OutputFile,
         KillResponse,
-        RetryResponse
+        RetryResponse,
+        crate::ui::Timeline,
+        crate::ui::TimelineMinute
     ))
 )]
 struct ApiDoc;
@@ -364,7 +369,8 @@ async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-/// Submit one job spec, a list of them, or `{"jobs": [...]}`; all are stored or none.
+/// Submit one job spec, a list of them, or `{"jobs": [...]}`; all are stored or none. The body
+/// is JSON, or TOML with `Content-Type: application/toml` (`[[jobs]]` for a list).
 #[utoipa::path(post, path = "/v1/jobs", request_body = gaffer_api::JobSpec,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the first submit's ids")),
     responses(
@@ -377,7 +383,16 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
     let body = body.map_err(|e| AppError::new(e.status(), e.body_text()))?;
-    let specs = parse_specs_json(&body).map_err(AppError::fields)?;
+    let is_toml = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/toml"));
+    let specs = if is_toml {
+        parse_specs_toml(&body)
+    } else {
+        parse_specs_json(&body)
+    }
+    .map_err(AppError::fields)?;
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -392,6 +407,15 @@ async fn submit(
     };
     let ids = st.core.submit(specs, key).await?;
     Ok((StatusCode::CREATED, Json(SubmitResponse { ids })))
+}
+
+/// TOML body: converted to the JSON shape, then parsed and validated as JSON is.
+fn parse_specs_toml(body: &[u8]) -> Result<Vec<gaffer_api::JobSpec>, Vec<FieldError>> {
+    let bad = |m: String| vec![FieldError::new("", m)];
+    let text = std::str::from_utf8(body).map_err(|e| bad(format!("invalid TOML: {e}")))?;
+    let v: toml::Value = toml::from_str(text).map_err(|e| bad(format!("invalid TOML: {e}")))?;
+    let v = serde_json::to_value(v).map_err(|e| bad(format!("invalid TOML: {e}")))?;
+    gaffer_api::spec::specs_from_value(v)
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ pub mod core;
 pub mod files;
 pub mod gateway;
 pub mod shared;
+pub mod ui;
 
 use crate::api::AppState;
 use crate::core::{Command, Core, CoreConfig, CoreHandle};

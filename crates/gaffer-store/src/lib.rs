@@ -168,6 +168,10 @@ pub trait Store: Send + Sync {
     fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>>;
     /// Jobs created by an earlier submit with this idempotency key.
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>>;
+    /// Task attempts that ended at or after `since` (Unix ms), counted per minute:
+    /// `(minute start, succeeded, failed)`, where failed covers `failed`, `timed_out`,
+    /// `oom_killed` and `lost`. Minutes without any are left out; oldest first.
+    fn ended_per_minute(&self, since: UnixMs) -> Result<Vec<(UnixMs, u64, u64)>>;
 }
 
 impl JobRow {

@@ -4,7 +4,7 @@
 use crate::{ActiveState, Batch, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
 use gaffer_api::state::TaskCounts;
 use gaffer_api::views::{AttemptView, EventView, JobPage, TaskView};
-use gaffer_api::{JobId, JobSpec, JobState, TaskState};
+use gaffer_api::{JobId, JobSpec, JobState, TaskState, UnixMs};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS events (
     attempt INTEGER, from_state TEXT, to_state TEXT NOT NULL, detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, ids TEXT NOT NULL, created_at INTEGER NOT NULL);
 "#;
 
@@ -563,6 +564,27 @@ impl Store for SqliteStore {
         })
     }
 
+    fn ended_per_minute(&self, since: UnixMs) -> Result<Vec<(UnixMs, u64, u64)>> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT time / 60000 * 60000 AS minute, \
+                 sum(to_state = 'succeeded'), \
+                 sum(to_state IN ('failed', 'timed_out', 'oom_killed', 'lost')) \
+                 FROM events WHERE time >= ?1 AND task IS NOT NULL \
+                 AND to_state IN ('succeeded', 'failed', 'timed_out', 'oom_killed', 'lost') \
+                 GROUP BY minute ORDER BY minute",
+            )?
+            .query_map([since as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect()
+        })
+    }
+
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>> {
         let ids: Option<String> = self.read(|c| {
             c.query_row("SELECT ids FROM idempotency WHERE key = ?1", [key], |r| {
@@ -691,6 +713,36 @@ mod tests {
         assert_eq!(tasks[0].state, TaskState::Pending);
         let counts = s.count_jobs().unwrap();
         assert!(counts.contains(&(JobState::Pending, 4)));
+    }
+
+    #[test]
+    fn ended_attempts_are_counted_per_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let ev = |id: u64, time: u64, task: Option<u32>, to: &str| EventView {
+            id,
+            time,
+            job: JobId(1),
+            task,
+            attempt: task.map(|_| 1),
+            from: Some("running".into()),
+            to: to.into(),
+            detail: String::new(),
+        };
+        let mut b = Batch::default();
+        b.insert_jobs.push(job(1, 5));
+        b.events = vec![
+            ev(1, 59_000, Some(0), "succeeded"),
+            ev(2, 120_000, Some(0), "succeeded"),
+            ev(3, 150_000, Some(1), "failed"),
+            ev(4, 170_000, Some(2), "timed_out"),
+            ev(5, 170_500, Some(2), "pending"),
+            ev(6, 179_000, None, "succeeded"),
+            ev(7, 200_000, Some(3), "lost"),
+        ];
+        s.commit(&b).unwrap();
+        let got = s.ended_per_minute(60_000).unwrap();
+        assert_eq!(got, [(120_000, 1, 2), (180_000, 0, 1)]);
     }
 
     #[test]

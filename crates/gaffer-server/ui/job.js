@@ -1,0 +1,337 @@
+// Job detail: summary and actions, tasks with their attempts, a live log viewer, output files,
+// the spec, and the job's event timeline (all live).
+
+import { api, download, followEvents } from './api.js';
+import { h, fill, badge, progress, fmtBytes, fmtDuration, fmtTime, timeAgo, throttle, confirmDialog, toast, keepFocus, FINAL_JOB } from './util.js';
+
+const TASKS_PAGE = 100;
+const LOG_WINDOW = 256 * 1024; // characters shown at first
+const LOG_MORE = 1024 * 1024; // characters added by "load earlier"
+const LOG_KEEP = 64 * 1024 * 1024; // characters kept in memory at most
+
+/** A task's log: streams `/logs?follow=true`, keeps the text, shows its tail. */
+class LogViewer {
+  constructor(jobId, signal) {
+    this.jobId = jobId;
+    this.pageSignal = signal;
+    this.task = 0;
+    this.attempt = null; // null: the latest
+    this.shown = 0; // the newest attempt known when the log was opened
+    this.stream = 'stdout';
+    this.abort = null;
+    this.text = '';
+    this.dropped = 0;
+    this.window = LOG_WINDOW;
+    this.pre = h('pre', { class: 'log', id: 'log', tabindex: '0', 'aria-label': 'Task log', 'aria-live': 'off' });
+    this.more = h('button', { class: 'btn small log-more', type: 'button', id: 'log-earlier', hidden: true }, 'Load earlier');
+    this.status = h('span', { class: 'log-status', id: 'log-status', role: 'status' });
+    this.more.addEventListener('click', () => {
+      this.window += LOG_MORE;
+      const el = this.pre;
+      const before = el.scrollHeight - el.scrollTop;
+      this.draw();
+      el.scrollTop = el.scrollHeight - before;
+    });
+    this.frame = 0;
+    signal.addEventListener('abort', () => this.stop());
+  }
+
+  stop() {
+    if (this.abort) this.abort.abort();
+    this.abort = null;
+  }
+
+  draw() {
+    this.frame = 0;
+    const el = this.pre;
+    const atEnd = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+    const hidden = Math.max(0, this.text.length - this.window);
+    el.textContent = hidden ? this.text.slice(hidden) : this.text;
+    this.more.hidden = !(hidden || this.dropped);
+    this.more.disabled = !hidden;
+    this.more.textContent = hidden
+      ? `Load earlier (${fmtBytes(hidden)} hidden)`
+      : `Earliest ${fmtBytes(this.dropped)} no longer kept in this tab`;
+    if (atEnd) el.scrollTop = el.scrollHeight;
+  }
+
+  schedule() {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.draw());
+  }
+
+  async open() {
+    this.stop();
+    const abort = new AbortController();
+    this.abort = abort;
+    this.pageSignal.addEventListener('abort', () => abort.abort());
+    this.text = '';
+    this.dropped = 0;
+    this.window = LOG_WINDOW;
+    this.pre.textContent = '';
+    this.pre.dataset.done = 'false';
+    this.more.hidden = true;
+    const q = new URLSearchParams({ task: String(this.task), stream: this.stream, follow: 'true' });
+    if (this.attempt) q.set('attempt', String(this.attempt));
+    this.status.textContent = 'Connecting…';
+    try {
+      const r = await api(`/v1/jobs/${this.jobId}/logs?${q}`, { raw: true, signal: abort.signal });
+      this.status.textContent = 'Following…';
+      const reader = r.body.getReader();
+      const dec = new TextDecoder();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this.text += dec.decode(value, { stream: true });
+        if (this.text.length > LOG_KEEP) {
+          const cut = this.text.length - LOG_KEEP / 2;
+          this.dropped += cut;
+          this.text = this.text.slice(cut);
+        }
+        this.schedule();
+      }
+      this.text += dec.decode();
+      this.draw();
+      this.pre.dataset.done = 'true';
+      this.status.textContent = `End of log · ${fmtBytes(this.text.length + this.dropped)}`;
+      if (!this.text.length) this.pre.textContent = '(empty)';
+    } catch (e) {
+      if (e.name === 'AbortError') return;
+      this.draw();
+      this.status.textContent = 'Log unavailable: ' + e.message;
+    }
+  }
+}
+
+function attemptRows(t, viewer, onLogs) {
+  const logBtn = (a) => h('button', {
+    class: 'btn small', type: 'button', 'aria-label': `Show log of task ${t.index}${a ? ' attempt ' + a.attempt : ''}`,
+    onclick: () => onLogs(t.index, a ? a.attempt : null),
+  }, 'Log');
+  if (!t.attempts.length) {
+    return [h('tr', { 'data-task': t.index },
+      h('td', { class: 'mono' }, String(t.index)), h('td', {}, '—'), h('td', {}, badge(t.state)),
+      h('td', { colspan: 7, class: 'muted' }, t.not_before ? `retry after ${fmtTime(t.not_before)}` : 'not started'),
+      h('td', {}, ''))];
+  }
+  return t.attempts.map((a, i) => {
+    const dur = a.started_at ? (a.ended_at || Date.now()) - a.started_at : null;
+    const exit = a.signal ? `signal ${a.signal}` : a.exit_code !== undefined && a.exit_code !== null ? String(a.exit_code) : '—';
+    return h('tr', { 'data-task': t.index, 'data-attempt': a.attempt, class: i ? 'more-attempt' : '' },
+      h('td', { class: 'mono' }, i === 0 ? String(t.index) : ''),
+      h('td', { class: 'num' }, String(a.attempt)),
+      h('td', {}, badge(a.state)),
+      h('td', { class: 'mono small' }, a.node || '—'),
+      h('td', { class: 'nowrap small' }, fmtTime(a.started_at)),
+      h('td', { class: 'nowrap small' }, a.ended_at ? fmtTime(a.ended_at) : a.started_at ? 'running' : '—', dur !== null ? h('div', { class: 'muted' }, fmtDuration(dur)) : null),
+      h('td', { class: 'mono' }, exit),
+      h('td', { class: 'small' }, a.message || ''),
+      h('td', { class: 'nowrap small num' }, fmtBytes(a.max_rss_bytes)),
+      h('td', { class: 'nowrap small num' }, a.cpu_secs !== undefined && a.cpu_secs !== null ? a.cpu_secs.toFixed(2) + 's' : '—'),
+      h('td', {}, logBtn(a)));
+  });
+}
+
+export async function render(main, ctx) {
+  const id = ctx.id;
+  let job = await api(`/v1/jobs/${encodeURIComponent(id)}?tasks_limit=${TASKS_PAGE}`, { signal: ctx.signal });
+  let tasksFrom = 0;
+
+  const title = h('h1', { id: 'job-title' });
+  const stateBox = h('span', { id: 'job-state' });
+  const actions = h('div', { class: 'actions' });
+  const reason = h('div');
+  const summary = h('dl', { class: 'kv' });
+  const tasksBody = h('tbody', { id: 'tasks-body' });
+  const tasksPager = h('div', { class: 'pager' });
+  const outputs = h('div', { id: 'outputs' });
+  const events = h('ol', { class: 'timeline', id: 'events', 'aria-label': 'Events' });
+  const viewer = new LogViewer(job.id, ctx.signal);
+
+  const taskInput = h('input', { type: 'number', id: 'log-task', min: 0, max: Math.max(0, job.tasks.total - 1), value: 0, 'aria-label': 'Task index' });
+  const attemptSel = h('select', { id: 'log-attempt', 'aria-label': 'Attempt' }, h('option', { value: '' }, 'latest'));
+  const streamSeg = h('div', { class: 'seg', role: 'radiogroup', 'aria-label': 'Stream' },
+    ['stdout', 'stderr'].map((s) => h('label', {}, h('input', { type: 'radio', name: 'log-stream', value: s, id: 'stream-' + s, checked: s === 'stdout' }), h('span', {}, s))));
+
+  function fillAttempts() {
+    const t = job.task_list.find((x) => x.index === viewer.task);
+    const keep = attemptSel.value;
+    fill(attemptSel, h('option', { value: '' }, 'latest'), (t ? t.attempts : []).map((a) => h('option', { value: a.attempt }, `attempt ${a.attempt}`)));
+    attemptSel.value = [...attemptSel.options].some((o) => o.value === keep) ? keep : '';
+  }
+
+  function openLog(task, attempt) {
+    const t = job.task_list.find((x) => x.index === task);
+    viewer.task = task;
+    viewer.attempt = attempt;
+    viewer.shown = t && t.attempts.length ? t.attempts[t.attempts.length - 1].attempt : 0;
+    taskInput.value = String(task);
+    fillAttempts();
+    attemptSel.value = attempt ? String(attempt) : '';
+    viewer.open();
+  }
+
+  taskInput.addEventListener('change', () => {
+    const n = Math.max(0, Math.min(job.tasks.total - 1, Number(taskInput.value) || 0));
+    openLog(n, null);
+  });
+  attemptSel.addEventListener('change', () => openLog(viewer.task, attemptSel.value ? Number(attemptSel.value) : null));
+  streamSeg.addEventListener('change', (e) => {
+    viewer.stream = e.target.value;
+    viewer.open();
+  });
+
+  async function act(kind) {
+    try {
+      if (kind === 'kill') {
+        if (!(await confirmDialog(`Kill ${job.id}?`, 'Pending tasks are cancelled; running ones get SIGTERM, then SIGKILL after the grace period.', 'Kill job'))) return;
+        await api(`/v1/jobs/${job.id}/kill`, { method: 'POST' });
+        toast(`Kill requested for ${job.id}`);
+      } else if (kind === 'retry') {
+        const r = await api(`/v1/jobs/${job.id}/retry`, { method: 'POST' });
+        toast(`${r.retried} task(s) re-queued`);
+      } else if (kind === 'delete') {
+        const active = !FINAL_JOB.includes(job.state);
+        if (!(await confirmDialog(`Delete ${job.id}?`, active ? 'The job is still active: it is killed first. Its history, logs and outputs are deleted.' : 'Its history, logs and outputs are deleted.', 'Delete'))) return;
+        await api(`/v1/jobs/${job.id}${active ? '?force=true' : ''}`, { method: 'DELETE' });
+        toast(`Deleted ${job.id}`);
+        location.hash = '#/jobs';
+        return;
+      }
+    } catch (e) {
+      toast(e.message, 'error');
+    }
+    refresh();
+  }
+
+  function drawHead() {
+    title.textContent = job.name;
+    fill(stateBox, badge(job.state), job.kill_requested && !FINAL_JOB.includes(job.state) ? h('span', { class: 'muted small' }, ' kill requested') : null);
+    const final = FINAL_JOB.includes(job.state);
+    const retryable = job.tasks.failed > 0 || job.task_list.some((t) => ['failed', 'timed_out', 'oom_killed', 'lost'].includes(t.state));
+    // The buttons are made once and updated in place, so keyboard focus stays on them.
+    if (!actions.firstChild) {
+      fill(actions,
+        h('button', { class: 'btn danger', type: 'button', id: 'btn-kill', onclick: () => act('kill') }, 'Kill'),
+        h('button', { class: 'btn', type: 'button', id: 'btn-retry', onclick: () => act('retry') }, 'Retry failed tasks'),
+        h('a', { class: 'btn', id: 'btn-resubmit', href: '#/submit?from=' + job.id }, 'Resubmit'),
+        h('button', { class: 'btn danger', type: 'button', id: 'btn-delete', onclick: () => act('delete') }, 'Delete'));
+    }
+    actions.querySelector('#btn-kill').disabled = final;
+    actions.querySelector('#btn-retry').disabled = !retryable;
+    fill(reason, job.pending_reason ? h('div', { class: 'callout warn', role: 'status' }, 'Waiting: ', job.pending_reason) : null);
+    const s = job.spec;
+    const run = s.shell ? ['sh -c ', h('code', {}, s.shell)] : h('code', {}, (s.command || []).join(' '));
+    const end = job.finished_at || (final ? null : Date.now());
+    fill(summary,
+      h('dt', {}, 'ID'), h('dd', { class: 'mono' }, job.id),
+      h('dt', {}, 'Tasks'), h('dd', { id: 'job-progress' }, progress(job.tasks)),
+      h('dt', {}, 'Runs'), h('dd', {}, run),
+      h('dt', {}, 'Submitted'), h('dd', {}, fmtTime(job.created_at), ' (', timeAgo(job.created_at), ')'),
+      h('dt', {}, 'Finished'), h('dd', {}, job.finished_at ? fmtTime(job.finished_at) : '—'),
+      h('dt', {}, 'Duration'), h('dd', {}, end ? fmtDuration(end - job.created_at) : '—'),
+      h('dt', {}, 'Resources'), h('dd', {}, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${s.resources.memory} memory` : '', s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
+      s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);
+  }
+
+  function drawTasks() {
+    keepFocus(tasksBody, () => fill(tasksBody, job.task_list.flatMap((t) => attemptRows(t, viewer, openLog))));
+    const total = job.tasks.total;
+    if (total > TASKS_PAGE) {
+      const prev = h('button', { class: 'btn small', type: 'button', disabled: tasksFrom === 0 }, '← Previous');
+      const nxt = h('button', { class: 'btn small', type: 'button', disabled: tasksFrom + TASKS_PAGE >= total }, 'Next →');
+      prev.onclick = () => { tasksFrom = Math.max(0, tasksFrom - TASKS_PAGE); refresh(); };
+      nxt.onclick = () => { tasksFrom += TASKS_PAGE; refresh(); };
+      fill(tasksPager, h('span', { class: 'muted small' }, `tasks ${tasksFrom}–${Math.min(total, tasksFrom + TASKS_PAGE) - 1} of ${total}`), prev, nxt);
+    } else {
+      tasksPager.hidden = true;
+    }
+    fillAttempts();
+  }
+
+  let outputsShown = '';
+  async function drawOutputs() {
+    const files = await api(`/v1/jobs/${job.id}/outputs`, { signal: ctx.signal });
+    const key = JSON.stringify(files);
+    if (key === outputsShown) return;
+    outputsShown = key;
+    fill(outputs, files.length
+      ? h('ul', { class: 'files' }, files.map((f) => {
+        const url = `/v1/jobs/${job.id}/outputs/${f.task}/${f.path.split('/').map(encodeURIComponent).join('/')}?attempt=${f.attempt}`;
+        const name = f.path.split('/').pop();
+        return h('li', {}, h('a', {
+          href: url, download: name, class: 'mono',
+          onclick: (e) => { e.preventDefault(); download(url, name).catch((err) => toast(err.message, 'error')); },
+        }, f.path), h('span', { class: 'muted small' }, ` · task ${f.task} · ${fmtBytes(f.size)}`));
+      }))
+      : h('p', { class: 'muted' }, job.spec.outputs?.length ? 'No output files (yet).' : 'This job keeps no output files.'));
+  }
+
+  async function refresh() {
+    try {
+      job = await api(`/v1/jobs/${job.id}?tasks_from=${tasksFrom}&tasks_limit=${TASKS_PAGE}`, { signal: ctx.signal });
+    } catch (e) {
+      if (e.status === 404) {
+        fill(main, h('div', { class: 'callout' }, `Job ${id} no longer exists. `, h('a', { href: '#/jobs' }, 'Back to jobs')));
+      }
+      return;
+    }
+    drawHead();
+    drawTasks();
+    if (job.spec.outputs?.length) drawOutputs().catch(() => {});
+  }
+
+  fill(main,
+    h('div', { class: 'page-head' },
+      h('div', {}, h('div', { class: 'sub' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('span', { class: 'mono' }, job.id)),
+        h('div', { style: { display: 'flex', gap: '.75rem', alignItems: 'center', flexWrap: 'wrap' } }, title, stateBox)),
+      actions),
+    reason,
+    h('div', { class: 'grid2' },
+      h('section', { class: 'panel', 'aria-labelledby': 'sum-h' }, h('h2', { id: 'sum-h' }, 'Summary'), summary),
+      h('section', { class: 'panel', 'aria-labelledby': 'out-h' }, h('h2', { id: 'out-h' }, 'Output files'), outputs)),
+    h('div', { style: { height: '1.25rem' } }),
+    h('section', { class: 'panel flush', 'aria-labelledby': 'tasks-h' }, h('h2', { id: 'tasks-h' }, 'Tasks and attempts'),
+      h('div', { class: 'table-wrap' }, h('table', { id: 'tasks-table' },
+        h('thead', {}, h('tr', {}, [['Task'], ['Attempt', 'num'], ['State'], ['Node'], ['Started'], ['Ended'], ['Exit'], ['Reason'], ['Max memory', 'num'], ['CPU time', 'num'], ['Log', 'sr']].map(([c, k]) =>
+          h('th', { scope: 'col', class: k === 'num' ? 'num' : '' }, k === 'sr' ? h('span', { class: 'sr-only' }, c) : c)))),
+        tasksBody)),
+      tasksPager),
+    h('section', { class: 'panel', 'aria-labelledby': 'log-h' }, h('h2', { id: 'log-h' }, 'Log'),
+      h('div', { class: 'log-tools' },
+        h('label', { class: 'check', for: 'log-task' }, 'Task'), taskInput,
+        attemptSel, streamSeg, viewer.status),
+      viewer.more, viewer.pre),
+    h('div', { class: 'grid2' },
+      h('section', { class: 'panel', 'aria-labelledby': 'ev-h' }, h('h2', { id: 'ev-h' }, 'Events'), events),
+      h('section', { class: 'panel', 'aria-labelledby': 'spec-h' }, h('h2', { id: 'spec-h' }, 'Spec'),
+        h('pre', { class: 'spec', id: 'spec' }, JSON.stringify(job.spec, null, 2)))));
+
+  drawHead();
+  drawTasks();
+  drawOutputs().catch(() => {});
+  openLog(0, null);
+
+  const throttled = throttle(refresh, 400);
+  followEvents({
+    after: 0,
+    job: job.id,
+    signal: ctx.signal,
+    onEvent: (ev) => {
+      const where = ev.task !== undefined ? `task ${ev.task}${ev.attempt ? '.' + ev.attempt : ''}` : 'job';
+      events.append(h('li', { 'data-to': ev.to },
+        h('time', { datetime: new Date(ev.time).toISOString(), title: new Date(ev.time).toLocaleString() }, fmtTime(ev.time)),
+        h('div', { class: 'what' }, h('span', { class: 'muted small' }, where), ev.from ? [badge(ev.from), '→'] : null, badge(ev.to),
+          ev.detail ? h('span', { class: 'small' }, ev.detail) : null)));
+      events.scrollTop = events.scrollHeight;
+      // A newer attempt of the task whose latest log is shown: follow that one.
+      if (ev.task === viewer.task && viewer.attempt === null && ev.attempt && ev.attempt > viewer.shown) {
+        viewer.shown = ev.attempt;
+        viewer.open();
+      }
+      throttled();
+    },
+  });
+  ctx.every(5000, () => {
+    if (!FINAL_JOB.includes(job.state)) throttled();
+  });
+}

@@ -1,0 +1,69 @@
+// Nodes: state, labels, CPU and memory use, running tasks, heartbeat age; drain and enable.
+
+import { api } from './api.js';
+import { h, fill, badge, bar, fmtBytes, fmtDuration, confirmDialog, toast, keepFocus } from './util.js';
+
+function meter(used, total, fmt, extra) {
+  const f = total > 0 ? used / total : 0;
+  return h('div', { class: 'meter' },
+    bar([[f, f > 0.9 ? 's-high' : 's-use']], `${fmt(used)} of ${fmt(total)} allocated`),
+    h('div', { class: 'txt' }, `${fmt(used)} / ${fmt(total)}`, extra ? ' · ' + extra : ''));
+}
+
+const cpu = (v) => (Math.round(v * 100) / 100).toString();
+
+export async function render(main, ctx) {
+  const body = h('tbody', { id: 'nodes-body' });
+  fill(main,
+    h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, 'Nodes'), h('div', { class: 'sub' }, 'Worker nodes and what they hold; refreshed every 2 seconds.'))),
+    h('section', { class: 'panel flush', 'aria-label': 'Nodes' },
+      h('div', { class: 'table-wrap' },
+        h('table', { id: 'nodes-table' },
+          h('thead', {}, h('tr', {},
+            h('th', { scope: 'col' }, 'Node'), h('th', { scope: 'col' }, 'State'), h('th', { scope: 'col', class: 'hide-sm' }, 'Labels'),
+            h('th', { scope: 'col' }, 'CPU'), h('th', { scope: 'col' }, 'Memory'), h('th', { scope: 'col', class: 'num' }, 'Tasks'),
+            h('th', { scope: 'col', class: 'hide-sm' }, 'Heartbeat'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Actions')))),
+          body))));
+
+  async function act(n, what) {
+    let path;
+    if (what === 'drain') {
+      const mig = h('input', { type: 'checkbox', id: 'drain-migrate' });
+      const ok = await confirmDialog(`Drain ${n.name}?`, 'No new tasks will be placed on this node. Running tasks finish unless you move them.', 'Drain',
+        h('label', { class: 'check', for: 'drain-migrate' }, mig, 'Also move its running tasks elsewhere (they are killed and re-queued)'));
+      if (!ok) return;
+      path = `/v1/nodes/${encodeURIComponent(n.name)}/drain?migrate=${mig.checked}`;
+    } else {
+      path = `/v1/nodes/${encodeURIComponent(n.name)}/enable`;
+    }
+    try {
+      await api(path, { method: 'POST' });
+      toast(`${n.name}: ${what === 'drain' ? 'draining' : 'enabled'}`);
+    } catch (e) {
+      toast(e.message, 'error');
+    }
+    load().catch(() => {});
+  }
+
+  async function load() {
+    const nodes = await api('/v1/nodes', { signal: ctx.signal });
+    if (!nodes.length) {
+      fill(body, h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No node has joined yet. Start one with ', h('code', {}, 'gaffer agent --server URL'), '.')));
+      return;
+    }
+    keepFocus(body, () => fill(body, nodes.map((n) => h('tr', { 'data-node': n.name, 'data-state': n.state },
+      h('td', {}, h('strong', {}, n.name), n.address ? h('div', { class: 'muted small mono' }, n.address) : null),
+      h('td', {}, badge(n.state)),
+      h('td', { class: 'hide-sm' }, Object.keys(n.labels || {}).length
+        ? Object.entries(n.labels).map(([k, v]) => h('span', { class: 'chip' }, `${k}=${v}`)) : h('span', { class: 'muted' }, '—')),
+      h('td', {}, meter(n.cpus_allocated, n.cpus_total, cpu)),
+      h('td', {}, meter(n.memory_allocated, n.memory_total, fmtBytes, `${fmtBytes(n.memory_free)} free`)),
+      h('td', { class: 'num' }, String(n.running_tasks)),
+      h('td', { class: 'hide-sm nowrap' + (n.state === 'down' ? ' muted' : '') }, (n.heartbeat_age_ms < 1000 ? n.heartbeat_age_ms + ' ms' : fmtDuration(n.heartbeat_age_ms)) + ' ago'),
+      h('td', { class: 'nowrap' }, n.state === 'ready'
+        ? h('button', { class: 'btn small', type: 'button', 'aria-label': `Drain ${n.name}`, onclick: () => act(n, 'drain') }, 'Drain')
+        : h('button', { class: 'btn small', type: 'button', 'aria-label': `Enable ${n.name}`, onclick: () => act(n, 'enable') }, 'Enable'))))));
+  }
+  await load();
+  ctx.every(2000, () => load().catch(() => {}));
+}

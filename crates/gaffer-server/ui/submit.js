@@ -1,0 +1,324 @@
+// Submit: a form with every field of a job spec, and a tab to paste JSON or TOML (one spec or a
+// list). Server field errors are shown next to their field; the form keeps what was typed.
+
+import { api, ApiError } from './api.js';
+import { h, fill } from './util.js';
+
+// Form state survives leaving the page (kept while the tab lives).
+let draft = null;
+
+const FIELDS = [
+  // id, label, hint, kind, width
+  ['name', 'Name', 'Shown in listings; default: the program name.', 'text'],
+  ['image', 'Image', 'Container image; empty runs a host process.', 'text'],
+  ['workdir', 'Working directory', 'Absolute; default: a fresh directory per attempt.', 'text'],
+  ['cpus', 'CPUs', 'Reserved per task, e.g. 0.5 (default 1).', 'text'],
+  ['memory', 'Memory', 'Reserved per task, e.g. 256M, 2G.', 'text'],
+  ['pids', 'Process limit', 'Containers only.', 'text'],
+  ['timeout', 'Timeout', 'Per attempt, e.g. 30s, 5m, 2h.', 'text'],
+  ['kill_grace', 'Kill grace', 'SIGTERM → SIGKILL delay (default 5s).', 'text'],
+  ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX).', 'text'],
+  ['retries', 'Retries', 'Extra attempts after a failure.', 'text'],
+  ['retry_backoff', 'Retry back-off', 'First delay, doubling (default 1s).', 'text'],
+  ['priority', 'Priority', 'Higher runs first (default 0).', 'text'],
+];
+
+const AREAS = [
+  ['env', 'Environment', 'NAME=VALUE, one per line.', 'LANG=C.UTF-8'],
+  ['outputs', 'Output files', 'Globs relative to the working directory, one per line.', 'results/*.csv'],
+  ['constraints', 'Node constraints', 'Node labels NAME=VALUE, one per line.', 'zone=a'],
+];
+
+/** Splits a command line into argv words (quotes and backslashes as in a shell). */
+export function splitWords(s) {
+  const out = [];
+  let cur = '';
+  let any = false;
+  let q = null;
+  for (let i = 0; i < s.length; i++) {
+    const c = s[i];
+    if (q) {
+      if (c === q) q = null;
+      else if (c === '\\' && q === '"' && i + 1 < s.length) cur += s[++i];
+      else cur += c;
+    } else if (c === '"' || c === "'") {
+      q = c;
+      any = true;
+    } else if (c === '\\' && i + 1 < s.length) {
+      cur += s[++i];
+      any = true;
+    } else if (/\s/.test(c)) {
+      if (any || cur) out.push(cur);
+      cur = '';
+      any = false;
+    } else cur += c;
+  }
+  if (any || cur) out.push(cur);
+  return out;
+}
+
+function quoteWord(w) {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : "'" + w.replace(/'/g, "'\\''") + "'";
+}
+
+/** A number when the text is one, else the text (the server then names the field). */
+function num(v) {
+  const t = v.trim();
+  return t !== '' && !Number.isNaN(Number(t)) ? Number(t) : t;
+}
+
+function pairs(text, field, errs) {
+  const out = {};
+  text.split('\n').forEach((line, i) => {
+    const l = line.trim();
+    if (!l) return;
+    const k = l.indexOf('=');
+    if (k <= 0) errs.push({ field, message: `line ${i + 1}: expected NAME=VALUE, got \`${l}\`` });
+    else out[l.slice(0, k).trim()] = l.slice(k + 1);
+  });
+  return out;
+}
+
+/** The input id that shows an error about `field` (a server path such as resources.memory). */
+function inputFor(field) {
+  const f = field.replace(/\[\d+\]$/, '');
+  if (f === 'command' || f === 'shell') return 'run';
+  if (f.startsWith('resources.')) return f.slice('resources.'.length);
+  if (f.startsWith('env')) return 'env';
+  if (f.startsWith('constraints')) return 'constraints';
+  if (f.startsWith('outputs')) return 'outputs';
+  if (f.startsWith('depends_on')) return 'depends_on';
+  return f;
+}
+
+export async function render(main, ctx) {
+  const from = ctx.params.get('from');
+  let submitted = false;
+  let tab = ctx.params.get('tab') === 'paste' ? 'paste' : 'form';
+
+  const inputs = {};
+  const errors = {};
+  const field = (id, label, hint, el) => {
+    el.id = 'f-' + id;
+    el.name = id;
+    el.setAttribute('aria-describedby', `hint-${id} err-${id}`);
+    inputs[id] = el;
+    errors[id] = h('p', { class: 'field-error', id: 'err-' + id, role: 'alert' });
+    return h('div', { class: 'field', 'data-field': id }, h('label', { for: 'f-' + id }, label), el,
+      hint ? h('div', { class: 'hint', id: 'hint-' + id }, hint) : null, errors[id]);
+  };
+
+  const mode = h('div', { class: 'seg', role: 'radiogroup', 'aria-label': 'How to run' },
+    h('label', {}, h('input', { type: 'radio', name: 'mode', value: 'shell', id: 'mode-shell', checked: true }), h('span', {}, 'Shell line (sh -c)')),
+    h('label', {}, h('input', { type: 'radio', name: 'mode', value: 'command', id: 'mode-command' }), h('span', {}, 'Command (argv)')));
+  const runInput = h('textarea', { rows: 2, placeholder: "for i in 1 2 3; do echo $i; sleep 1; done", spellcheck: 'false' });
+  const strategy = h('select', {},
+    h('option', { value: '' }, 'Server default (most free memory)'),
+    h('option', { value: 'binpack' }, 'binpack'), h('option', { value: 'spread' }, 'spread'), h('option', { value: 'most_free_memory' }, 'most_free_memory'));
+  const depends = h('input', { type: 'text', placeholder: 'j-000001, j-000002', autocomplete: 'off' });
+
+  const banner = h('div', { id: 'submit-error', role: 'alert' });
+  const submitBtn = h('button', { class: 'btn primary', type: 'submit', id: 'submit-btn' }, 'Submit job');
+  const form = h('form', { id: 'submit-form', class: 'panel', novalidate: true },
+    h('fieldset', {}, h('legend', {}, 'What to run'),
+      mode,
+      field('run', 'Command line', 'Shell: one line for /bin/sh -c. Command: program and arguments, split like a shell would (quotes work).', runInput)),
+    h('fieldset', {}, h('legend', {}, 'Job'),
+      h('div', { class: 'form-grid' },
+        FIELDS.map(([id, label, hint]) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' }))),
+        field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
+        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends))),
+    h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
+      h('div', { class: 'form-grid' },
+        AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))))),
+    h('div', { class: 'form-actions' }, submitBtn,
+      h('button', { class: 'btn', type: 'button', id: 'to-json', onclick: () => { paste.value = JSON.stringify(build([]), null, 2); show('paste'); } }, 'Edit as JSON'),
+      h('button', { class: 'btn ghost', type: 'reset', id: 'reset-btn' }, 'Clear')));
+
+  const paste = h('textarea', { id: 'f-paste', name: 'paste', rows: 18, spellcheck: 'false', 'aria-describedby': 'paste-hint',
+    placeholder: '{"name": "hello", "shell": "echo hello"}\n\nor a list: [{...}, {...}]\n\nor TOML:\nname = "hello"\nshell = "echo hello"\n\n[[jobs]] for a list' });
+  const fmt = h('div', { class: 'seg', role: 'radiogroup', 'aria-label': 'Format' },
+    ['auto', 'json', 'toml'].map((f) => h('label', {}, h('input', { type: 'radio', name: 'fmt', value: f, id: 'fmt-' + f, checked: f === 'auto' }), h('span', {}, f === 'auto' ? 'Detect' : f.toUpperCase()))));
+  const pasteErr = h('div', { id: 'paste-error', role: 'alert' });
+  const pasteForm = h('form', { id: 'paste-form', class: 'panel', novalidate: true },
+    h('div', { class: 'field' }, h('label', { for: 'f-paste' }, 'Job spec (JSON or TOML)'), fmt, paste,
+      h('div', { class: 'hint', id: 'paste-hint' }, 'One spec, a list of specs, or {"jobs": [...]} ([[jobs]] in TOML). A list is stored all or nothing.')),
+    pasteErr,
+    h('div', { class: 'form-actions' }, h('button', { class: 'btn primary', type: 'submit', id: 'paste-submit' }, 'Submit')));
+
+  const tabForm = h('button', { type: 'button', role: 'tab', id: 'tab-form', 'aria-controls': 'submit-form' }, 'Form');
+  const tabPaste = h('button', { type: 'button', role: 'tab', id: 'tab-paste', 'aria-controls': 'paste-form' }, 'Paste JSON / TOML');
+  function show(which) {
+    tab = which;
+    tabForm.setAttribute('aria-selected', String(which === 'form'));
+    tabPaste.setAttribute('aria-selected', String(which === 'paste'));
+    tabForm.tabIndex = which === 'form' ? 0 : -1;
+    tabPaste.tabIndex = which === 'paste' ? 0 : -1;
+    form.hidden = which !== 'form';
+    pasteForm.hidden = which !== 'paste';
+  }
+  tabForm.onclick = () => show('form');
+  tabPaste.onclick = () => show('paste');
+  const tabs = h('div', { class: 'tabs', role: 'tablist', 'aria-label': 'How to give the spec' }, tabForm, tabPaste);
+  tabs.addEventListener('keydown', (e) => {
+    if (e.key === 'ArrowRight' || e.key === 'ArrowLeft') {
+      show(tab === 'form' ? 'paste' : 'form');
+      (tab === 'form' ? tabForm : tabPaste).focus();
+    }
+  });
+
+  fill(main,
+    h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, from ? `Resubmit ${from}` : 'Submit a job'),
+      h('div', { class: 'sub' }, 'Everything `gaffer submit` can set. Empty fields take their defaults.'))),
+    banner, tabs, form, pasteForm);
+  show(tab);
+
+  const modeValue = () => form.querySelector('input[name=mode]:checked').value;
+  function setMode(m) {
+    form.querySelector(`#mode-${m}`).checked = true;
+  }
+
+  /** The spec from the form; client-side problems go to `errs`. */
+  function build(errs) {
+    const v = (id) => inputs[id].value.trim();
+    const spec = {};
+    const run = inputs.run.value;
+    if (modeValue() === 'shell') {
+      if (run.trim()) spec.shell = run.trim();
+    } else if (run.trim()) spec.command = splitWords(run.trim());
+    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff']) if (v(k)) spec[k] = v(k);
+    for (const k of ['retries', 'array', 'priority']) if (v(k)) spec[k] = num(v(k));
+    const res = {};
+    if (v('cpus')) res.cpus = num(v('cpus'));
+    if (v('memory')) res.memory = num(v('memory'));
+    if (v('pids')) res.pids = num(v('pids'));
+    if (Object.keys(res).length) spec.resources = res;
+    if (strategy.value) spec.strategy = strategy.value;
+    const deps = depends.value.split(/[\s,]+/).filter(Boolean);
+    if (deps.length) spec.depends_on = deps;
+    const env = pairs(inputs.env.value, 'env', errs);
+    if (Object.keys(env).length) spec.env = env;
+    const cons = pairs(inputs.constraints.value, 'constraints', errs);
+    if (Object.keys(cons).length) spec.constraints = cons;
+    const outs = inputs.outputs.value.split('\n').map((s) => s.trim()).filter(Boolean);
+    if (outs.length) spec.outputs = outs;
+    return spec;
+  }
+
+  /** Puts a spec into the form. */
+  function load(spec) {
+    form.reset();
+    if (spec.shell !== undefined) {
+      setMode('shell');
+      inputs.run.value = spec.shell;
+    } else {
+      setMode('command');
+      inputs.run.value = (spec.command || []).map(quoteWord).join(' ');
+    }
+    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'array']) inputs[k].value = spec[k] ?? '';
+    inputs.retries.value = spec.retries ? String(spec.retries) : '';
+    inputs.priority.value = spec.priority ? String(spec.priority) : '';
+    inputs.cpus.value = spec.resources?.cpus ?? '';
+    inputs.memory.value = spec.resources?.memory ?? '';
+    inputs.pids.value = spec.resources?.pids ?? '';
+    strategy.value = spec.strategy || '';
+    depends.value = (spec.depends_on || []).join(', ');
+    inputs.env.value = Object.entries(spec.env || {}).map(([k, x]) => `${k}=${x}`).join('\n');
+    inputs.constraints.value = Object.entries(spec.constraints || {}).map(([k, x]) => `${k}=${x}`).join('\n');
+    inputs.outputs.value = (spec.outputs || []).join('\n');
+  }
+
+  function clearErrors() {
+    for (const id of Object.keys(errors)) {
+      errors[id].textContent = '';
+      inputs[id].removeAttribute('aria-invalid');
+    }
+    fill(banner);
+  }
+
+  /** Shows errors next to their fields; the rest in the banner. Focuses the first bad field. */
+  function showErrors(message, list) {
+    const general = [];
+    let first = null;
+    for (const e of list) {
+      const id = inputFor(e.field || '');
+      if (errors[id]) {
+        errors[id].textContent = (errors[id].textContent ? errors[id].textContent + ' ' : '') + e.message;
+        inputs[id].setAttribute('aria-invalid', 'true');
+        first = first || inputs[id];
+      } else {
+        general.push(e.field ? `${e.field}: ${e.message}` : e.message);
+      }
+    }
+    fill(banner, h('div', { class: 'callout error' }, h('strong', {}, message || 'The job was not submitted.'),
+      general.length ? h('ul', {}, general.map((g) => h('li', {}, g))) : null));
+    if (first) first.focus();
+  }
+
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    clearErrors();
+    const errs = [];
+    const spec = build(errs);
+    if (!spec.shell && !spec.command) errs.push({ field: 'command', message: 'Enter something to run.' });
+    if (errs.length) {
+      showErrors('Please fix the highlighted fields.', errs);
+      return;
+    }
+    submitBtn.disabled = true;
+    try {
+      const r = await api('/v1/jobs', { method: 'POST', body: spec });
+      submitted = true;
+      location.hash = '#/jobs?new=' + r.ids.join(',');
+    } catch (err) {
+      if (err instanceof ApiError) showErrors(err.message, err.fields.length ? err.fields : []);
+      else showErrors(String(err), []);
+    } finally {
+      submitBtn.disabled = false;
+    }
+  });
+  form.addEventListener('reset', () => setTimeout(clearErrors));
+
+  pasteForm.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    fill(pasteErr);
+    paste.removeAttribute('aria-invalid');
+    const text = paste.value;
+    let f = pasteForm.querySelector('input[name=fmt]:checked').value;
+    if (f === 'auto') f = /^\s*[[{]/.test(text) && !/^\s*\[\[/.test(text) ? 'json' : 'toml';
+    try {
+      const r = await api('/v1/jobs', { method: 'POST', body: text, contentType: f === 'json' ? 'application/json' : 'application/toml' });
+      submitted = true;
+      location.hash = '#/jobs?new=' + r.ids.join(',');
+    } catch (err) {
+      paste.setAttribute('aria-invalid', 'true');
+      const list = err.fields || [];
+      fill(pasteErr, h('div', { class: 'callout error' }, h('strong', {}, err.message),
+        list.length > 1 || (list.length === 1 && list[0].index !== undefined)
+          ? h('ul', {}, list.map((x) => h('li', {}, `${x.index !== undefined && x.index !== null ? `job ${x.index}: ` : ''}${x.field ? x.field + ': ' : ''}${x.message}`)))
+          : null));
+    }
+  });
+
+  if (from) {
+    const j = await api(`/v1/jobs/${encodeURIComponent(from)}?tasks_limit=1`, { signal: ctx.signal });
+    load(j.spec);
+    paste.value = JSON.stringify(j.spec, null, 2);
+  } else if (draft) {
+    for (const [id, val] of Object.entries(draft.fields)) if (inputs[id]) inputs[id].value = val;
+    setMode(draft.mode);
+    strategy.value = draft.strategy;
+    depends.value = draft.depends;
+    paste.value = draft.paste;
+  }
+  // Keep what was typed when leaving the page.
+  return () => {
+    if (submitted) {
+      draft = null;
+      return;
+    }
+    const fields = {};
+    for (const [id, el] of Object.entries(inputs)) fields[id] = el.value;
+    draft = { fields, mode: modeValue(), strategy: strategy.value, depends: depends.value, paste: paste.value };
+  };
+}

@@ -1,0 +1,174 @@
+// Small DOM and formatting helpers shared by the pages.
+
+/** Creates an element: h('a', {href: '#', class: 'x', onclick: f}, 'text', child, ...). */
+export function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k === 'style' && typeof v === 'object') Object.assign(el.style, v);
+    else if (k === 'value' && 'value' in el) el.value = v;
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  add(el, children);
+  return el;
+}
+
+function add(el, children) {
+  for (const c of children) {
+    if (c === undefined || c === null || c === false) continue;
+    if (Array.isArray(c)) add(el, c);
+    else if (c instanceof Node) el.append(c);
+    else el.append(document.createTextNode(String(c)));
+  }
+}
+
+/** Replaces the children of `el`. */
+export function fill(el, ...children) {
+  el.replaceChildren();
+  add(el, children);
+  return el;
+}
+
+export function badge(state) {
+  const s = String(state || 'unknown');
+  return h('span', { class: 'badge ' + s, 'data-state': s }, s.replace(/_/g, ' '));
+}
+
+export function fmtBytes(n) {
+  if (n === undefined || n === null) return '—';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = Number(n);
+  while (v >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return (i === 0 ? String(v) : v.toFixed(v < 10 ? 1 : 0)) + ' ' + u[i];
+}
+
+export function fmtDuration(ms) {
+  if (ms === undefined || ms === null || ms < 0) return '—';
+  const s = Math.round(ms / 1000);
+  if (s < 1) return (ms / 1000).toFixed(1) + 's';
+  if (s < 60) return s + 's';
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`;
+  const hrs = Math.floor(m / 60);
+  if (hrs < 48) return `${hrs}h ${m % 60}m`;
+  return `${Math.floor(hrs / 24)}d ${hrs % 24}h`;
+}
+
+export function fmtTime(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  const today = new Date();
+  const sameDay = d.toDateString() === today.toDateString();
+  const t = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+  return sameDay ? t : d.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + t;
+}
+
+export function fmtAgo(ms) {
+  if (!ms) return '—';
+  const d = Date.now() - ms;
+  if (d < 5000) return 'just now';
+  return fmtDuration(d).split(' ')[0] + ' ago';
+}
+
+/** A <time> element showing `fmtAgo`, with the full date as its title. */
+export function timeAgo(ms) {
+  if (!ms) return '—';
+  return h('time', { datetime: new Date(ms).toISOString(), title: new Date(ms).toLocaleString() }, fmtAgo(ms));
+}
+
+/** A stacked bar: parts = [[fraction, class], ...]. */
+export function bar(parts, label) {
+  const b = h('span', { class: 'bar', role: 'img', 'aria-label': label || '' });
+  for (const [f, cls] of parts) {
+    if (f > 0) b.append(h('span', { class: cls, style: { width: Math.min(100, f * 100).toFixed(2) + '%' } }));
+  }
+  return b;
+}
+
+/** Task progress of a job: "done/total" and a bar. */
+export function progress(t) {
+  const total = t.total || 1;
+  const done = t.succeeded + t.failed + t.killed;
+  return h('div', { class: 'progress' },
+    h('span', { class: 'txt', 'data-done': done, 'data-total': t.total }, `${done}/${t.total}`),
+    bar([[t.succeeded / total, 's-ok'], [t.failed / total, 's-bad'], [t.killed / total, 's-kill'], [t.running / total, 's-run']],
+      `${t.succeeded} succeeded, ${t.failed} failed, ${t.killed} killed, ${t.running} running of ${t.total}`));
+}
+
+export function toast(msg, kind) {
+  const box = document.getElementById('toasts');
+  const t = h('div', { class: 'toast ' + (kind || '') }, msg);
+  box.append(t);
+  setTimeout(() => t.remove(), kind === 'error' ? 8000 : 4000);
+}
+
+/**
+ * Asks for confirmation in the page's <dialog>. `extra` is an optional element shown under the
+ * text (e.g. a checkbox). Resolves true when confirmed.
+ */
+export function confirmDialog(title, text, okLabel, extra) {
+  const d = document.getElementById('confirm');
+  document.getElementById('confirm-title').textContent = title;
+  document.getElementById('confirm-text').textContent = text;
+  fill(document.getElementById('confirm-extra'), extra || null);
+  document.getElementById('confirm-ok').textContent = okLabel || 'OK';
+  d.returnValue = '';
+  return new Promise((resolve) => {
+    d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true });
+    d.showModal();
+    document.getElementById('confirm-ok').focus();
+  });
+}
+
+/** Calls `f` at most once per `ms` (trailing call guaranteed). */
+export function throttle(f, ms) {
+  let timer = null;
+  let pending = false;
+  let last = 0;
+  return function run() {
+    const now = Date.now();
+    if (timer) {
+      pending = true;
+      return;
+    }
+    const wait = Math.max(0, last + ms - now);
+    timer = setTimeout(() => {
+      timer = null;
+      last = Date.now();
+      f();
+      if (pending) {
+        pending = false;
+        run();
+      }
+    }, wait);
+  };
+}
+
+export const FINAL_JOB = ['succeeded', 'failed', 'killed'];
+
+/**
+ * Runs `redraw` (which replaces the children of `box`) and gives keyboard focus back to the
+ * equivalent element (same id, aria-label or href) if it was inside `box`.
+ */
+export function keepFocus(box, redraw) {
+  const a = document.activeElement;
+  let sel = null;
+  if (a && a !== box && box.contains(a)) {
+    if (a.id) sel = '#' + CSS.escape(a.id);
+    else if (a.getAttribute('aria-label')) sel = `[aria-label="${CSS.escape(a.getAttribute('aria-label'))}"]`;
+    else if (a.getAttribute('href')) sel = `[href="${CSS.escape(a.getAttribute('href'))}"]`;
+  }
+  redraw();
+  if (sel) {
+    const b = box.querySelector(sel);
+    if (b) b.focus();
+  }
+}
