@@ -223,6 +223,22 @@ pub enum ImageCommand {
         #[arg(long, default_value = ".gaffer/agent")]
         data_dir: PathBuf,
     },
+    /// Pull an image from an OCI registry (anonymously), e.g. `gaffer image pull debian:12` or
+    /// `gaffer image pull --insecure 127.0.0.1:5000/team/tool:1`. Picks the linux image for this
+    /// machine's architecture from a multi-platform index.
+    Pull {
+        /// Image reference: [REGISTRY/]REPOSITORY[:TAG|@DIGEST] (Docker Hub when no registry).
+        reference: String,
+        /// Name to store it as (default: the last component of the repository).
+        #[arg(long)]
+        name: Option<String>,
+        /// Talk plain HTTP to the registry (for a local test registry).
+        #[arg(long)]
+        insecure: bool,
+        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
+        #[arg(long, default_value = ".gaffer/agent")]
+        data_dir: PathBuf,
+    },
     /// List the images of the agent on this machine.
     Ls {
         /// The agent's data directory (`gaffer dev`: .gaffer/agent).

@@ -77,6 +77,15 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// Pulling an image from a registry failed (unreachable registry,
+    /// unknown tag, refused access, corrupt blob, ...).
+    #[error("cannot pull {reference}: {detail}")]
+    Pull {
+        /// The image reference being pulled.
+        reference: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// A cgroup or mount of an attempt could not be removed.
     #[error("cannot clean up attempt {}: {detail}", .dir.display())]
     Cleanup {

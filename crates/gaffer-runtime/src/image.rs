@@ -17,7 +17,8 @@
 //! Imports are atomic: everything is written into a hidden staging directory
 //! `<root>/images/.tmp-*` that is renamed into place at the end (or removed
 //! on error). Re-importing an existing name replaces it. Pulling from a
-//! registry is not implemented here.
+//! registry ([`ImageStore::pull`]) is in [`crate::pull`]; it shares the
+//! staging, layer application and config parsing of this module.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -57,12 +58,18 @@ pub struct ImageConfig {
 pub struct ImageMeta {
     /// The image name.
     pub name: String,
-    /// `rootfs-tar`, `docker-save` or `oci-layout`.
+    /// `rootfs-tar`, `docker-save`, `oci-layout` or `registry`.
     pub source: String,
     /// Import time, unix milliseconds.
     pub imported_at_ms: u64,
     /// Run configuration.
     pub config: ImageConfig,
+    /// The registry reference it was pulled from (`registry` images only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The digest of the pulled manifest (`registry` images only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// An image in the store.
@@ -176,14 +183,14 @@ pub struct ImageStore {
     root: PathBuf,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
-fn fmt_err(path: &Path, detail: impl Into<String>) -> Error {
+pub(crate) fn fmt_err(path: &Path, detail: impl Into<String>) -> Error {
     Error::ImageFormat {
         path: path.to_path_buf(),
         detail: detail.into(),
@@ -191,7 +198,7 @@ fn fmt_err(path: &Path, detail: impl Into<String>) -> Error {
 }
 
 /// Removes a staging directory unless disarmed.
-struct Staging(Option<PathBuf>);
+pub(crate) struct Staging(Option<PathBuf>);
 
 impl Drop for Staging {
     fn drop(&mut self) {
@@ -232,17 +239,81 @@ impl ImageStore {
         ))
     }
 
-    /// Import the image at `path` (see the module doc for the formats) as
-    /// `name`, replacing any image of that name.
-    pub fn import(&self, name: &str, path: &Path) -> Result<Image> {
+    /// Create a staging directory `<root>/images/.tmp-*` with an empty
+    /// `rootfs/`; it is removed when the returned guard is dropped unless
+    /// [`ImageStore::commit`] moved it into place.
+    pub(crate) fn stage(&self, name: &str) -> Result<(Staging, PathBuf)> {
         Self::check_name(name)?;
         let images = self.images_dir();
         fs::create_dir_all(&images).map_err(|e| Error::io("create directory", &images, e))?;
         let staging = self.temp_name("tmp", name);
         fs::create_dir(&staging).map_err(|e| Error::io("create directory", &staging, e))?;
-        let mut guard = Staging(Some(staging.clone()));
+        let guard = Staging(Some(staging.clone()));
         let rootfs = staging.join("rootfs");
         fs::create_dir(&rootfs).map_err(|e| Error::io("create directory", &rootfs, e))?;
+        Ok((guard, staging))
+    }
+
+    /// Write `image.json` into the staging directory and rename it to
+    /// `<root>/images/<name>`, replacing any image of that name. `origin`
+    /// names what was imported in errors.
+    pub(crate) fn commit(
+        &self,
+        mut guard: Staging,
+        meta: ImageMeta,
+        origin: &Path,
+    ) -> Result<Image> {
+        let staging = guard
+            .0
+            .clone()
+            .expect("a staging directory is committed once");
+        let rootfs = staging.join("rootfs");
+        let empty = fs::read_dir(&rootfs)
+            .map_err(|e| Error::io("read directory", &rootfs, e))?
+            .next()
+            .is_none();
+        if empty {
+            return Err(fmt_err(origin, "the image has an empty root filesystem"));
+        }
+        let json_path = staging.join("image.json");
+        let data = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Json {
+            path: json_path.clone(),
+            source: e,
+        })?;
+        fs::write(&json_path, data).map_err(|e| Error::io("write", &json_path, e))?;
+
+        let name = meta.name.as_str();
+        let dest = self.images_dir().join(name);
+        let old = self.temp_name("old", name);
+        let replaced = match fs::rename(&dest, &old) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("rename", &dest, e)),
+        };
+        if let Err(e) = fs::rename(&staging, &dest) {
+            if replaced {
+                let _ = fs::rename(&old, &dest);
+            }
+            return Err(Error::io("rename", &staging, e));
+        }
+        guard.0 = None;
+        if replaced {
+            let _ = fs::remove_dir_all(&old);
+        }
+        Ok(Image {
+            name: meta.name,
+            rootfs: dest.join("rootfs"),
+            source: meta.source,
+            imported_at_ms: meta.imported_at_ms,
+            config: meta.config,
+        })
+    }
+
+    /// Import the image at `path` (see the module doc for the formats) as
+    /// `name`, replacing any image of that name.
+    pub fn import(&self, name: &str, path: &Path) -> Result<Image> {
+        let (guard, staging) = self.stage(name)?;
+        let rootfs = staging.join("rootfs");
 
         let meta = fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
         let (source, config) = if meta.is_dir() {
@@ -274,50 +345,15 @@ impl ImageStore {
                 ("rootfs-tar", ImageConfig::default())
             }
         };
-        let empty = fs::read_dir(&rootfs)
-            .map_err(|e| Error::io("read directory", &rootfs, e))?
-            .next()
-            .is_none();
-        if empty {
-            return Err(fmt_err(path, "the image has an empty root filesystem"));
-        }
         let meta = ImageMeta {
             name: name.to_string(),
             source: source.to_string(),
             imported_at_ms: now_ms(),
             config,
+            reference: None,
+            digest: None,
         };
-        let json_path = staging.join("image.json");
-        let data = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Json {
-            path: json_path.clone(),
-            source: e,
-        })?;
-        fs::write(&json_path, data).map_err(|e| Error::io("write", &json_path, e))?;
-
-        let dest = images.join(name);
-        let old = self.temp_name("old", name);
-        let replaced = match fs::rename(&dest, &old) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => return Err(Error::io("rename", &dest, e)),
-        };
-        if let Err(e) = fs::rename(&staging, &dest) {
-            if replaced {
-                let _ = fs::rename(&old, &dest);
-            }
-            return Err(Error::io("rename", &staging, e));
-        }
-        guard.0 = None;
-        if replaced {
-            let _ = fs::remove_dir_all(&old);
-        }
-        Ok(Image {
-            name: meta.name,
-            rootfs: dest.join("rootfs"),
-            source: meta.source,
-            imported_at_ms: meta.imported_at_ms,
-            config: meta.config,
-        })
+        self.commit(guard, meta, path)
     }
 
     /// The image called `name`, or `None`.
@@ -445,7 +481,7 @@ fn make_opaque(dest: &Path, rel: &Path, touched: &HashSet<PathBuf>) -> io::Resul
 }
 
 /// Apply the (possibly compressed) layer tar at `path` onto `dest`.
-fn apply_layer_file(path: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn apply_layer_file(path: &Path, dest: &Path) -> Result<()> {
     let reader = open_decompressed(path)?;
     apply_layer(reader, dest).map_err(|detail| fmt_err(path, detail))
 }
@@ -561,7 +597,7 @@ struct ConfigInner {
     cmd: Option<Vec<String>>,
 }
 
-fn parse_config(path: &Path) -> Result<ImageConfig> {
+pub(crate) fn parse_config(path: &Path) -> Result<ImageConfig> {
     let f: ConfigFile = read_json(path)?;
     let c = f.config.unwrap_or_default();
     Ok(ImageConfig {
@@ -622,7 +658,7 @@ struct OciManifest {
     layers: Vec<Descriptor>,
 }
 
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -25,7 +25,7 @@
 //! | `ctr/`          | shim       | container only: overlay mount point, upper and work dirs; removed at the end |
 //!
 //! Containers ([`LaunchSpec::container`], [`container`]) run on images kept
-//! by an [`ImageStore`] ([`image`]); [`cleanup_attempt`] removes what a
+//! by an [`ImageStore`] ([`image`], registry pulls in [`pull`]); [`cleanup_attempt`] removes what a
 //! container attempt whose shim died left behind (its cgroup and `ctr/`).
 
 mod cgroup;
@@ -36,6 +36,7 @@ mod fsutil;
 pub mod image;
 mod outputs;
 mod procfs;
+pub mod pull;
 mod shim;
 mod spec;
 
@@ -51,6 +52,7 @@ use nix::unistd::Pid;
 pub use container::{cleanup_attempt, container_id};
 pub use error::{Error, Result};
 pub use image::{Image, ImageConfig, ImageStore};
+pub use pull::{default_image_name, PullProgress};
 pub use shim::shim_main;
 pub use spec::{AttemptStatus, ContainerSpec, EndReason, LaunchSpec, Network, Probe};
 
