@@ -235,6 +235,9 @@ pub enum ImageCommand {
         /// Talk plain HTTP to the registry (for a local test registry).
         #[arg(long)]
         insecure: bool,
+        /// Ask every node of the cluster (through the server) to pull it, instead of this machine.
+        #[arg(long)]
+        all_nodes: bool,
         /// The agent's data directory (`gaffer dev`: .gaffer/agent).
         #[arg(long, default_value = ".gaffer/agent")]
         data_dir: PathBuf,

@@ -704,7 +704,7 @@ pub fn node(c: &Client, cmd: NodeCommand) -> Result<i32> {
 }
 
 /// `gaffer image import|pull|ls|rm` on this machine's agent data directory.
-pub fn image(fmt: Format, cmd: ImageCommand) -> Result<i32> {
+pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
     match cmd {
         ImageCommand::Import {
             name,
@@ -732,7 +732,33 @@ pub fn image(fmt: Format, cmd: ImageCommand) -> Result<i32> {
             reference,
             name,
             insecure,
+            all_nodes: true,
+            ..
+        } => {
+            let body =
+                serde_json::json!({"reference": reference, "name": name, "insecure": insecure});
+            let v: serde_json::Value = c.post("/v1/images/pull", &body, &[])?;
+            if fmt == Format::Json {
+                print_json(&v)?;
+            } else {
+                let nodes: Vec<&str> = v["nodes"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "asked {} node(s) to pull {reference} as `{}`: {}; each lists it in `gaffer nodes` once done",
+                    nodes.len(),
+                    v["name"].as_str().unwrap_or_default(),
+                    nodes.join(", ")
+                );
+            }
+        }
+        ImageCommand::Pull {
+            reference,
+            name,
+            insecure,
             data_dir,
+            ..
         } => {
             let name = match name {
                 Some(n) => n,

@@ -63,7 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Server(a) => daemon::server(a).map(|_| 0),
         Command::Agent(a) => daemon::agent(a).map(|_| 0),
         Command::Node(n) => commands::node(&c, n),
-        Command::Image(i) => commands::image(fmt, i),
+        Command::Image(i) => commands::image(&c, fmt, i),
         Command::Submit(a) => commands::submit(&c, fmt, *a),
         Command::Jobs(a) => commands::jobs(&c, fmt, a),
         Command::Status(a) => commands::status(&c, fmt, a),

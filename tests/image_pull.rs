@@ -529,3 +529,66 @@ fn pull_from_a_real_registry() {
     assert_eq!(image_dirs(&data), ["again", "busybox", "multi"]);
     check_pulled_rootfs(&data, "busybox");
 }
+
+#[test]
+fn pull_on_all_nodes_through_the_server() {
+    let p = push_images();
+    let host = p.reg.host.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut dev = Command::new(GAFFER)
+        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let nodes = || gaffer(&["--addr", &addr, "nodes", "-o", "json"]);
+    while !nodes().status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gaffer dev did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let reference = format!("{host}/test/busybox:1");
+    let out = gaffer(&[
+        "--addr",
+        &addr,
+        "image",
+        "pull",
+        "--all-nodes",
+        "--insecure",
+        "--name",
+        "fleet-box",
+        &reference,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "fleet-box");
+    assert_eq!(v["nodes"].as_array().map(|a| a.len()), Some(1), "{v}");
+    // The node reports the image within a heartbeat once it has pulled it.
+    loop {
+        let out = nodes();
+        let n: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if n[0]["images"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|x| x == "fleet-box"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline + std::time::Duration::from_secs(30),
+            "the node never reported the pulled image: {n}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    check_pulled_rootfs(&tmp.path().join("data/agent"), "fleet-box");
+    let _ = dev.kill();
+    let _ = dev.wait();
+}

@@ -277,6 +277,22 @@ impl Agent {
                     tokio::spawn(async move { a.start(*launch).await });
                 }
                 ServerMsg::Kill { key } => agent.kill(key),
+                ServerMsg::PullImage {
+                    reference,
+                    name,
+                    insecure,
+                } => {
+                    let root = agent.cfg.data_dir.clone();
+                    tokio::task::spawn_blocking(move || {
+                        tracing::info!(%reference, %name, "pulling an image");
+                        match gaffer_runtime::ImageStore::new(&root)
+                            .pull(&name, &reference, insecure)
+                        {
+                            Ok(_) => tracing::info!(%reference, %name, "pulled"),
+                            Err(e) => tracing::warn!(%reference, error = %e, "image pull failed"),
+                        }
+                    });
+                }
                 ServerMsg::Reregister => {
                     let _slot = lock(&agent.up);
                     let _ = up.send(AgentMsg::Register {

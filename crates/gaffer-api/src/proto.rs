@@ -162,6 +162,15 @@ pub enum ServerMsg {
         /// At most this many bytes.
         max: u32,
     },
+    /// Pull an image from a registry into the node's image store.
+    PullImage {
+        /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`.
+        reference: String,
+        /// Name to store it as.
+        name: String,
+        /// Plain HTTP to the registry.
+        insecure: bool,
+    },
     /// Send `Register` again on this stream: the server declared the node down while the
     /// stream stayed open (a short network cut), and must reconcile its attempts.
     Reregister,

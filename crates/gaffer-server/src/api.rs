@@ -234,6 +234,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/enable", post(enable_node))
+        .route("/v1/images/pull", post(pull_image))
         .route("/v1/agent/connect", get(crate::agent_link::connect))
         .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -261,6 +262,7 @@ pub fn router(state: AppState) -> Router {
         nodes,
         drain_node,
         enable_node,
+        pull_image,
         healthz,
         metrics,
         crate::ui::timeline
@@ -284,6 +286,8 @@ pub fn router(state: AppState) -> Router {
         OutputFile,
         KillResponse,
         RetryResponse,
+        PullRequest,
+        PullAccepted,
         crate::ui::Timeline,
         crate::ui::TimelineMinute
     ))
@@ -975,4 +979,63 @@ async fn enable_node(
 ) -> ApiResult<StatusCode> {
     st.core.enable(name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What to pull on every node.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`.
+    reference: String,
+    /// Name to store it as (default: the last component of the repository).
+    name: Option<String>,
+    /// Plain HTTP to the registry.
+    #[serde(default)]
+    insecure: bool,
+}
+
+/// Nodes asked to pull.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct PullAccepted {
+    /// Nodes that were told to pull; each reports the image in its next heartbeat once done.
+    nodes: Vec<String>,
+    /// The name the image will have.
+    name: String,
+}
+
+/// Ask every connected node to pull an image from a registry.
+#[utoipa::path(post, path = "/v1/images/pull", request_body = PullRequest,
+    responses((status = 202, body = PullAccepted), (status = 400, body = ErrorBody)))]
+async fn pull_image(
+    State(st): State<AppState>,
+    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<(StatusCode, Json<PullAccepted>)> {
+    let Json(req) = body.map_err(|e| AppError::bad(e.body_text()))?;
+    let name = match req.name {
+        Some(n) => n,
+        None => req
+            .reference
+            .split(['@', ':'])
+            .next()
+            .and_then(|r| r.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if !gaffer_api::spec::valid_image_name(&name) || req.reference.trim().is_empty() {
+        return Err(AppError::fields(vec![FieldError::new(
+            "reference",
+            format!(
+                "`{}` does not name an image (or pass a valid `name`)",
+                req.reference
+            ),
+        )]));
+    }
+    let nodes = st
+        .gateway
+        .broadcast(&gaffer_api::proto::ServerMsg::PullImage {
+            reference: req.reference,
+            name: name.clone(),
+            insecure: req.insecure,
+        });
+    Ok((StatusCode::ACCEPTED, Json(PullAccepted { nodes, name })))
 }

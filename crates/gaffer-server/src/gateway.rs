@@ -51,6 +51,18 @@ impl Gateway {
         }
     }
 
+    /// Sends `msg` to every connected agent; returns their node names.
+    pub fn broadcast(&self, msg: &ServerMsg) -> Vec<String> {
+        let conns = lock(&self.conns);
+        let mut names: Vec<String> = conns
+            .iter()
+            .filter(|(_, tx)| tx.send(msg.clone()).is_ok())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Reads part of an attempt file from the agent of `node`.
     pub async fn read_file(
         &self,
