@@ -712,6 +712,23 @@ impl Core {
         }
         // Every dependency must exist (all or nothing, like the rest of the batch).
         let mut errors = Vec::new();
+        // A task without an image needs a node that runs host processes: refuse it when the
+        // cluster has nodes and none of them does (with no node known yet, it waits).
+        // Placeholders for nodes known only from running attempts (conn 0) do not count.
+        let mut registered = self.nodes.values().filter(|n| n.conn != 0).peekable();
+        let any_node = registered.peek().is_some();
+        let host_nodes = registered.any(|n| n.info.allow_host_tasks);
+        if any_node && !host_nodes {
+            for (i, spec) in specs.iter().enumerate() {
+                if spec.image.is_none() {
+                    errors.push(FieldError {
+                        index: (specs.len() > 1).then_some(i),
+                        field: "image".into(),
+                        message: "no node runs host processes (agents need --allow-host-tasks): give a container image".into(),
+                    });
+                }
+            }
+        }
         for (i, spec) in specs.iter().enumerate() {
             for (k, d) in spec.depends_on.iter().enumerate() {
                 let known = self.jobs.contains_key(d)

@@ -1,0 +1,85 @@
+//! Host processes run only on agents started with `--allow-host-tasks`: without such a node, a
+//! spec without an image is refused at submit with a message naming the field.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GAFFER: &str = env!("CARGO_BIN_EXE_gaffer");
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn cli(addr: &str, args: &[&str]) -> Output {
+    Command::new(GAFFER)
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("GAFFER_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn host_tasks_are_refused_when_no_agent_allows_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(GAFFER)
+            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(d.join("server"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    procs.0.push(
+        Command::new(GAFFER)
+            .args(["agent", "--server", &addr, "--name", "locked"])
+            .arg("--data-dir")
+            .arg(d.join("agent"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&cli(&addr, &["nodes", "-o", "json"]).stdout).contains("locked")
+    {
+        assert!(Instant::now() < deadline, "the agent never joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = cli(&addr, &["submit", "--", "echo", "on the host"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("image") && err.contains("--allow-host-tasks"),
+        "{err}"
+    );
+    let jobs = cli(&addr, &["jobs", "-o", "json"]);
+    assert!(String::from_utf8_lossy(&jobs.stdout).contains("\"jobs\": []"));
+    // A container task is accepted (it waits for a node with the image).
+    let out = cli(&addr, &["submit", "-q", "--image", "busybox", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
