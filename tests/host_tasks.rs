@@ -1,43 +1,17 @@
 //! Host processes run only on agents started with `--allow-host-tasks`: without such a node, a
 //! spec without an image is refused at submit with a message naming the field.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
+mod small;
+use small::*;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const GAFFER: &str = env!("CARGO_BIN_EXE_gaffer");
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn cli(addr: &str, args: &[&str]) -> Output {
-    Command::new(GAFFER)
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .env_remove("GAFFER_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn host_tasks_are_refused_when_no_agent_allows_them() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let mut procs = Procs(Vec::new());
     procs.0.push(
@@ -61,22 +35,23 @@ fn host_tasks_are_refused_when_no_agent_allows_them() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&cli(&addr, &["nodes", "-o", "json"]).stdout).contains("locked")
+    while !String::from_utf8_lossy(&cli_at(&addr, &["nodes", "-o", "json"]).stdout)
+        .contains("locked")
     {
         assert!(Instant::now() < deadline, "the agent never joined");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = cli(&addr, &["submit", "--", "echo", "on the host"]);
+    let out = cli_at(&addr, &["submit", "--", "echo", "on the host"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("image") && err.contains("--allow-host-tasks"),
         "{err}"
     );
-    let jobs = cli(&addr, &["jobs", "-o", "json"]);
+    let jobs = cli_at(&addr, &["jobs", "-o", "json"]);
     assert!(String::from_utf8_lossy(&jobs.stdout).contains("\"jobs\": []"));
     // A container task is accepted (it waits for a node with the image).
-    let out = cli(&addr, &["submit", "-q", "--image", "busybox", "--", "true"]);
+    let out = cli_at(&addr, &["submit", "-q", "--image", "busybox", "--", "true"]);
     assert!(
         out.status.success(),
         "{}",

@@ -2,52 +2,17 @@
 //! mount in production, a local directory here). Agents write attempts to `<dir>/<node>/` and
 //! the server reads logs and outputs there directly, also after the agent is gone.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod small;
+use small::*;
 
-const GAFFER: &str = env!("CARGO_BIN_EXE_gaffer");
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn cli(addr: &str, args: &[&str]) -> Output {
-    Command::new(GAFFER)
-        .arg("--addr")
-        .arg(addr)
-        .args(args)
-        .env_remove("GAFFER_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use std::process::{Command, Stdio};
 
 #[test]
 fn agents_write_attempts_to_the_shared_storage_dir_and_the_server_reads_them_there() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let shared = d.join("shared");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let mut procs = Procs(Vec::new());
     procs.0.push(
@@ -82,9 +47,9 @@ fn agents_write_attempts_to_the_shared_storage_dir_and_the_server_reads_them_the
             .unwrap(),
     );
     wait_for("the agent to join", || {
-        String::from_utf8_lossy(&cli(&addr, &["nodes", "-o", "json"]).stdout).contains("\"s1\"")
+        String::from_utf8_lossy(&cli_at(&addr, &["nodes", "-o", "json"]).stdout).contains("\"s1\"")
     });
-    let out = cli(
+    let out = cli_at(
         &addr,
         &[
             "submit",
@@ -101,7 +66,7 @@ fn agents_write_attempts_to_the_shared_storage_dir_and_the_server_reads_them_the
         String::from_utf8_lossy(&out.stderr)
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(cli(&addr, &["wait", &id]).status.success());
+    assert!(cli_at(&addr, &["wait", &id]).status.success());
     // The attempt lives in the shared directory, under the node's name.
     let dir = shared.join("s1/attempts").join(&id).join("0/1");
     assert_eq!(
@@ -112,10 +77,10 @@ fn agents_write_attempts_to_the_shared_storage_dir_and_the_server_reads_them_the
     let mut agent = procs.0.pop().unwrap();
     agent.kill().unwrap();
     agent.wait().unwrap();
-    let out = cli(&addr, &["logs", &id]);
+    let out = cli_at(&addr, &["logs", &id]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "shared\n");
     let dest = d.join("dl");
-    let out = cli(&addr, &["output", &id, "--dest", dest.to_str().unwrap()]);
+    let out = cli_at(&addr, &["output", &id, "--dest", dest.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",

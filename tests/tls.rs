@@ -1,31 +1,12 @@
 //! TLS end to end: a server with a certificate from a test CA (made with the openssl CLI), an
 //! agent and the CLI trusting that CA with `--ca`, and clients without it refused.
 
-use std::net::TcpListener;
+mod small;
+use small::*;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const GAFFER: &str = env!("CARGO_BIN_EXE_gaffer");
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -100,17 +81,6 @@ fn make_certs(dir: &Path) {
             "server.pem",
         ],
     );
-}
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(GAFFER)
-        .args(args)
-        .env_remove("GAFFER_ADDR")
-        .env_remove("GAFFER_TOKEN")
-        .env_remove("GAFFER_CA")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[test]
