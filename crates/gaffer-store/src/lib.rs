@@ -4,14 +4,17 @@
 //! ([`Store::load_active`]), apply one [`Batch`] of changes atomically per scheduling round
 //! ([`Store::commit`]), and answer paginated reads for the API. Finished history stays in the
 //! store and is never loaded into memory. [`sqlite::SqliteStore`] is the single-node backend
-//! (WAL, `synchronous=FULL`: a committed batch survives power loss); an etcd backend for HA
-//! implements the same trait.
+//! (WAL, `synchronous=FULL`: a committed batch survives power loss); `etcd::EtcdStore` (cargo
+//! feature `etcd`, on by default) is the backend for HA and implements the same trait, with
+//! writes fenced on the leader key.
 //!
 //! Tasks of an array are stored lazily: a job records `next_fresh`, and every task with an index
 //! at or above it that has no row is pending and has never run. A 1,000,000-task array costs one
 //! row until its tasks start.
 #![deny(missing_docs)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod sqlite;
 
 use gaffer_api::state::TaskCounts;
@@ -29,6 +32,33 @@ pub enum StoreError {
         /// Cause.
         #[source]
         source: rusqlite::Error,
+    },
+    /// An etcd request failed (unreachable cluster, timeout, request too large, ...).
+    #[cfg(feature = "etcd")]
+    #[error(
+        "etcd at {endpoints}: {op} failed: {source} (check that etcd runs and that the endpoints \
+         are reachable from this host)"
+    )]
+    Etcd {
+        /// The endpoints the store was given, comma-separated.
+        endpoints: String,
+        /// What the store was doing.
+        op: String,
+        /// Cause.
+        #[source]
+        source: Box<etcd_client::Error>,
+    },
+    /// A write was refused because this server no longer holds the leadership its fence names;
+    /// nothing of the refused transaction was written.
+    #[error(
+        "write refused: leadership fence on etcd key {key} does not hold ({detail}); another \
+         server is leader now, this one must stop writing"
+    )]
+    Fenced {
+        /// The leader key compared by every write.
+        key: String,
+        /// What no longer holds.
+        detail: String,
     },
     /// A stored record could not be decoded.
     #[error("corrupt record {what}: {detail}")]
