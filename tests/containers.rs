@@ -26,23 +26,39 @@ fn skip() -> Option<String> {
     None
 }
 
+/// A 64-bit ELF without a PT_INTERP program header: runs without a libc in the rootfs.
+fn is_static_elf(p: &Path) -> bool {
+    let Ok(d) = std::fs::read(p) else {
+        return false;
+    };
+    if d.len() < 64 || !d.starts_with(b"\x7fELF") || d[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([d[o], d[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(d[0x20..0x28].try_into().unwrap()) as usize;
+    let (size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).all(|i| {
+        let o = phoff + i * size;
+        o + 4 <= d.len() && u32::from_le_bytes(d[o..o + 4].try_into().unwrap()) != 3
+    })
+}
+
+/// Debian's static busybox (installed with apt-get if missing).
 fn busybox() -> PathBuf {
-    for p in ["/bin/busybox", "/usr/bin/busybox"] {
-        let out = Command::new("file").arg(p).output();
-        let is_static = match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).contains("statically linked"),
-            // Without `file`, trust Debian's busybox-static path.
-            Err(_) => Path::new(p).exists(),
-        };
-        if is_static {
-            return PathBuf::from(p);
-        }
+    let find = || {
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| is_static_elf(p))
+    };
+    if let Some(p) = find() {
+        return p;
     }
     let _ = Command::new("apt-get").arg("update").status();
     let _ = Command::new("apt-get")
         .args(["install", "-y", "busybox-static"])
         .status();
-    PathBuf::from("/bin/busybox")
+    find().expect("a static busybox is required: apt-get install busybox-static")
 }
 
 /// A busybox rootfs packed as a tarball, imported into the dev agent as `busybox`.
