@@ -95,6 +95,12 @@ impl Journal {
         st.live.iter().copied().collect()
     }
 
+    /// Whether an attempt is recorded and not yet forgotten.
+    pub fn contains(&self, key: &AttemptKey) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.live.contains(key)
+    }
+
     /// Records a new attempt.
     pub fn add(&self, key: AttemptKey) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -171,13 +171,21 @@ fn base_env() -> Vec<(String, String)> {
     env
 }
 
+/// Supervisors this process started, and kills waiting for theirs.
+#[derive(Default)]
+struct Procs {
+    pids: HashMap<AttemptKey, u32>,
+    kills: HashSet<AttemptKey>,
+}
+
 struct Inner {
     cfg: AgentConfig,
     base_env: Vec<(String, String)>,
     /// The uplink of the current session, if connected.
     up: Mutex<Option<UnboundedSender<AgentMsg>>>,
-    /// Shim pids of attempts started by this process (for kills before `shim.pid` exists).
-    pids: Mutex<HashMap<AttemptKey, u32>>,
+    /// Shim pids of attempts started by this process, and kills that arrived before their
+    /// attempt's supervisor existed; one lock so a kill can never fall between the two.
+    procs: Mutex<Procs>,
     /// Attempts something in this process is waiting on (a child or an orphan watcher).
     watched: Mutex<HashSet<AttemptKey>>,
     /// Attempts not yet forgotten by the server.
@@ -218,7 +226,7 @@ impl Agent {
             inner: Arc::new(Inner {
                 base_env: base_env(),
                 up: Mutex::new(None),
-                pids: Mutex::new(HashMap::new()),
+                procs: Mutex::new(Procs::default()),
                 watched: Mutex::new(HashSet::new()),
                 journal,
                 cfg,
@@ -311,6 +319,7 @@ impl Agent {
                     });
                 }
                 ServerMsg::Forget { key } => {
+                    lock(&agent.procs).kills.remove(&key);
                     if let Err(e) = agent.journal.remove(key) {
                         tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");
                     }
@@ -481,7 +490,10 @@ impl Inner {
         use base64::Engine as _;
         use std::io::{Read, Seek, SeekFrom};
         let dir = self.cfg.attempt_dir(&key);
-        let ended = dir.join("status.json").exists() || !lock(&self.watched).contains(&key);
+        // Ended: the status is written, or nothing here runs or will run it (an attempt told
+        // to start but not yet spawned is in the journal, not yet watched).
+        let ended = dir.join("status.json").exists()
+            || (!lock(&self.watched).contains(&key) && !self.journal.contains(&key));
         let allowed = path == "stdout"
             || path == "stderr"
             || (path.starts_with("outputs/")
@@ -601,6 +613,15 @@ impl Inner {
             self.send(AgentMsg::Ended { key, result });
             return;
         }
+        if lock(&self.procs).kills.remove(&key) {
+            // Killed before it started: do not start it.
+            let result = AttemptResult {
+                kind: EndKind::Killed,
+                ..lost("killed before it started".into())
+            };
+            self.send(AgentMsg::Ended { key, result });
+            return;
+        }
         let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
         lock(&self.watched).insert(key);
         let mut child = match tokio::process::Command::from(cmd).spawn() {
@@ -619,11 +640,22 @@ impl Inner {
             }
         };
         if let Some(pid) = child.id() {
-            lock(&self.pids).insert(key, pid);
+            let killed = {
+                let mut p = lock(&self.procs);
+                p.pids.insert(key, pid);
+                p.kills.remove(&key)
+            };
+            if killed {
+                // The kill arrived while the supervisor was being started.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
         }
         self.send(AgentMsg::Started { key, at: now_ms() });
         let exit = child.wait().await;
-        lock(&self.pids).remove(&key);
+        lock(&self.procs).pids.remove(&key);
         let result = match gaffer_runtime::read_status(&dir) {
             Ok(Some(s)) => result_from_status(&s),
             Ok(None) => {
@@ -645,12 +677,19 @@ impl Inner {
         match gaffer_runtime::kill_shim(&dir) {
             Ok(true) => {}
             _ => {
-                // The shim may not have written its pid file yet: signal the pid we spawned.
-                if let Some(pid) = lock(&self.pids).get(&key) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(*pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
+                // The shim may not have written its pid file yet: signal the pid we spawned,
+                // or, if it is not spawned yet, remember the kill for when it is.
+                let mut p = lock(&self.procs);
+                match p.pids.get(&key) {
+                    Some(pid) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(*pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    None => {
+                        p.kills.insert(key);
+                    }
                 }
             }
         }

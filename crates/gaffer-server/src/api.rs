@@ -877,6 +877,7 @@ async fn events(
     let store = st.store.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
+        // u64::MAX: no `after` given, only live events are sent.
         let mut last = p.after.unwrap_or(u64::MAX);
         // Replay stored events first, when asked.
         if last != u64::MAX {
@@ -910,18 +911,27 @@ async fn events(
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Too slow for the live feed: catch up from the store.
-                    let s = store.clone();
-                    let from = if last == u64::MAX { 0 } else { last };
-                    let Ok(Ok(batch)) =
-                        tokio::task::spawn_blocking(move || s.events(from, job, 10_000)).await
-                    else {
-                        return;
-                    };
-                    for e in batch {
-                        last = e.id;
-                        if tx.send(sse(&e)).await.is_err() {
+                    // Too slow for the live feed: catch up from the store, page by page, from
+                    // the last event sent (a client that never saw one asked for no history).
+                    if last == u64::MAX {
+                        continue;
+                    }
+                    loop {
+                        let s = store.clone();
+                        let from = last;
+                        let Ok(Ok(batch)) =
+                            tokio::task::spawn_blocking(move || s.events(from, job, 1000)).await
+                        else {
                             return;
+                        };
+                        if batch.is_empty() {
+                            break;
+                        }
+                        for e in batch {
+                            last = e.id;
+                            if tx.send(sse(&e)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }

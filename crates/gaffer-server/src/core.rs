@@ -329,6 +329,8 @@ pub struct Core {
     deferred: Vec<Deferred>,
     events: Vec<EventView>,
     reasons_changed: bool,
+    /// A commit failed: the loop must stop.
+    broken: bool,
     /// Active jobs waiting on each job.
     dependents: HashMap<JobId, Vec<JobId>>,
     /// Attempts being killed to move them off a draining node.
@@ -366,6 +368,7 @@ impl Core {
             deferred: Vec::new(),
             events: Vec::new(),
             reasons_changed: false,
+            broken: false,
             dependents: HashMap::new(),
             migrating: HashSet::new(),
             pulls: Vec::new(),
@@ -561,9 +564,12 @@ impl Core {
                 self.dependents.entry(d).or_default().push(id);
                 continue;
             }
+            self.flush_for(d);
             match self.store.get_job(d) {
                 Ok(Some(r)) if r.state == JobState::Succeeded => {}
-                Ok(Some(r)) => failed = Some((d, r.state)),
+                Ok(Some(r)) if r.state.is_final() => failed = Some((d, r.state)),
+                // Not final but not active either: only possible while it is being removed.
+                Ok(Some(_)) => failed = Some((d, JobState::Killed)),
                 Ok(None) => failed = Some((d, JobState::Killed)),
                 Err(e) => return Err(CoreError::Unavailable(e.to_string())),
             }
@@ -609,6 +615,19 @@ impl Core {
         );
         self.set_reason(id, None);
         self.touch_job(id, now);
+    }
+
+    /// Commits the round so far if it changes job `id`, so that a following store read sees
+    /// those changes (a job that ended this round is no longer in memory, and its final row is
+    /// only in the batch).
+    fn flush_for(&mut self, id: JobId) {
+        let touched = self.dirty_jobs.contains(&id)
+            || self.batch.update_jobs.iter().any(|j| j.id == id)
+            || self.batch.insert_jobs.iter().any(|j| j.id == id)
+            || self.batch.tasks.iter().any(|t| t.job == id);
+        if touched && !self.finish_round() {
+            self.broken = true;
+        }
     }
 
     fn task_row(job: JobId, index: u32, t: &TaskRt) -> TaskRow {
@@ -793,6 +812,9 @@ impl Core {
     }
 
     fn kill(&mut self, id: JobId, now: UnixMs) -> Result<JobState, CoreError> {
+        if !self.jobs.contains_key(&id) {
+            self.flush_for(id);
+        }
         let Some(job) = self.jobs.get_mut(&id) else {
             return match self.store.get_job(id) {
                 Ok(Some(row)) => Ok(row.state),
@@ -869,6 +891,11 @@ impl Core {
             }
             self.kill(id, now)?;
             if let Some(job) = self.jobs.remove(&id) {
+                // Jobs waiting on it will never see it succeed.
+                for dependent in self.dependents.remove(&id).unwrap_or_default() {
+                    self.fail_dependency(dependent, id, JobState::Killed, now);
+                }
+                self.set_reason(id, None);
                 self.queue.remove(&(Reverse(job.row.spec.priority), id));
                 for (idx, t) in &job.tasks {
                     if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
@@ -903,8 +930,10 @@ impl Core {
                 .push((name.clone(), ServerMsg::Purge { job: id }));
         }
         self.event(now, id, None, None, "removed", String::new());
-        // The "removed" event is published but not stored: the job's events are gone.
+        // The "removed" event is published but not stored: the job's events are gone. Keep the
+        // counter so that the ids of deleted events are never handed out again.
         self.batch.events.retain(|e| e.job != id);
+        self.batch.next_event_id = Some(self.next_event_id);
         Ok(())
     }
 
@@ -980,6 +1009,15 @@ impl Core {
                     if state == TaskState::Assigned {
                         self.mark_running(key, now, now);
                     }
+                    // A kill may have been lost while the agent was away: send it again.
+                    let killing = self.migrating.contains(&key)
+                        || self
+                            .jobs
+                            .get(&key.job)
+                            .is_some_and(|j| j.row.kill_requested);
+                    if killing {
+                        self.outbox.push((name.clone(), ServerMsg::Kill { key }));
+                    }
                 }
                 Some(AttemptReport::Ended { result, .. }) => self.attempt_ended(&name, key, result, now),
                 None => self.attempt_ended(
@@ -1004,6 +1042,11 @@ impl Core {
 
     fn retry(&mut self, id: JobId, now: UnixMs) -> Result<u32, CoreError> {
         let unavailable = |e: gaffer_store::StoreError| CoreError::Unavailable(e.to_string());
+        // The store must reflect this round's changes to the job before we read its tasks.
+        self.flush_for(id);
+        if self.broken {
+            return Err(CoreError::Unavailable("the state store failed".into()));
+        }
         if !self.jobs.contains_key(&id) {
             let row = self
                 .store
@@ -1126,13 +1169,14 @@ impl Core {
                 "node {name} stopped responding (no heartbeat for {})",
                 gaffer_api::DurationSpec(timeout)
             );
-            for key in keys {
-                self.attempt_ended(&name, key, lost_result(now, &why), now);
+            for key in &keys {
+                self.attempt_ended(&name, *key, lost_result(now, &why), now);
             }
             // The agent must keep reporting these attempts (so it is told to kill the ones
             // still running when it registers again): do not let it forget them.
-            self.outbox
-                .retain(|(n, m)| !(n == &name && matches!(m, ServerMsg::Forget { .. })));
+            self.outbox.retain(|(n, m)| {
+                !(n == &name && matches!(m, ServerMsg::Forget { key } if keys.contains(key)))
+            });
         }
     }
 
@@ -1268,6 +1312,8 @@ impl Core {
         let spec = &job.row.spec;
         let mut retry_in = None;
         if migrated && end == TaskState::Lost {
+            // Moving a task is not its failure: the attempt does not count against retries.
+            t.lost += 1;
             retry_in = Some(0);
         } else if end.is_retryable() && !job.row.kill_requested {
             if end == TaskState::Lost && t.lost < self.cfg.max_lost {
@@ -1632,6 +1678,9 @@ impl Core {
                     let _ = tx.send(msg);
                 }
             }
+            self.shared
+                .last_event_id
+                .store(self.next_event_id.saturating_sub(1), Ordering::Relaxed);
             for e in self.events.drain(..) {
                 let _ = self.shared.events.send(e);
             }
@@ -1720,6 +1769,9 @@ pub fn run(mut core: Core, rx: Receiver<Command>) -> Result<(), String> {
         while let Some(cmd) = next {
             stop |= matches!(cmd, Command::Shutdown);
             core.apply(cmd, now);
+            if core.broken {
+                return Err("the state store failed; see the log above".into());
+            }
             n += 1;
             next = if n < 20_000 { rx.try_recv().ok() } else { None };
         }

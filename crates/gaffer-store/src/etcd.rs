@@ -623,7 +623,16 @@ impl Store for EtcdStore {
         };
         let max_job = self.last_number(self.k("jobs/"))?.unwrap_or(0);
         st.next_job_id = next.max(max_job + 1);
-        st.next_event_id = self.last_number(self.k("events/"))?.unwrap_or(0) + 1;
+        let next_ev = match self.get_one(self.k("meta/next_event_id"))? {
+            Some(kv) => String::from_utf8_lossy(kv.value())
+                .parse::<u64>()
+                .map_err(|e| StoreError::Corrupt {
+                    what: self.k("meta/next_event_id"),
+                    detail: e.to_string(),
+                })?,
+            None => 1,
+        };
+        st.next_event_id = (self.last_number(self.k("events/"))?.unwrap_or(0) + 1).max(next_ev);
         Ok(st)
     }
 
@@ -734,6 +743,9 @@ impl Store for EtcdStore {
         }
         if let Some(n) = b.next_job_id {
             ops.put(self.k("meta/next_job_id"), n.to_string().into_bytes());
+        }
+        if let Some(n) = b.next_event_id {
+            ops.put(self.k("meta/next_event_id"), n.to_string().into_bytes());
         }
         self.write(ops.ops)
     }

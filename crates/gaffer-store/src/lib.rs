@@ -134,6 +134,9 @@ pub struct Batch {
     pub idempotency: Vec<(String, Vec<JobId>)>,
     /// New value of the job id counter.
     pub next_job_id: Option<u64>,
+    /// New value of the event id counter (kept when deletes remove the newest events, so that
+    /// ids are never handed out twice).
+    pub next_event_id: Option<u64>,
 }
 
 impl Batch {
@@ -147,6 +150,7 @@ impl Batch {
             && self.delete_jobs.is_empty()
             && self.idempotency.is_empty()
             && self.next_job_id.is_none()
+            && self.next_event_id.is_none()
     }
 }
 

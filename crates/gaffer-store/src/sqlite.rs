@@ -222,7 +222,14 @@ impl Store for SqliteStore {
             st.next_job_id = next_job.unwrap_or(1).max(max_job.unwrap_or(0) + 1) as u64;
             let max_ev: Option<i64> =
                 w.query_row("SELECT max(id) FROM events", [], |r| r.get(0))?;
-            st.next_event_id = max_ev.unwrap_or(0) as u64 + 1;
+            let next_ev: Option<i64> = w
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'next_event_id'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            st.next_event_id = (max_ev.unwrap_or(0) + 1).max(next_ev.unwrap_or(1)) as u64;
             Ok(st)
         };
         run().map_err(|e| self.err(e))
@@ -368,6 +375,12 @@ impl Store for SqliteStore {
             if let Some(n) = b.next_job_id {
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job_id', ?1)",
+                    [n as i64],
+                )?;
+            }
+            if let Some(n) = b.next_event_id {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_event_id', ?1)",
                     [n as i64],
                 )?;
             }
