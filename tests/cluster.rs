@@ -3,6 +3,7 @@
 //! restarts, cut links, remote logs and outputs, tokens and draining.
 
 mod cluster_util;
+mod util;
 
 use cluster_util::*;
 use serde_json::Value;

@@ -10,13 +10,13 @@
 
 #![allow(dead_code)]
 
+pub use crate::util::{run_cmd, wait_child, wait_until, Out};
 use serde_json::{json, Value};
 use std::fs::File;
-use std::io::Read;
 use std::net::TcpListener;
 use std::os::linux::net::SocketAddrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,89 +38,12 @@ fn next_serial() -> u32 {
     COUNTER.fetch_add(1, Ordering::SeqCst)
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, panicking with `what` after `timeout`.
-pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// A finished command.
-#[derive(Debug)]
-pub struct Out {
-    /// Exit code (-1 if killed by a signal).
-    pub code: i32,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
-impl Out {
-    /// Panics with everything printed unless the exit code is 0.
-    pub fn ok(self) -> Out {
-        assert_eq!(self.code, 0, "command failed: {self:?}");
-        self
-    }
-}
-
-/// Runs `cmd` to completion with piped output; kills it and panics after `timeout`.
-pub fn run_cmd(mut cmd: Command, timeout: Duration) -> Out {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let mut so = child.stdout.take().expect("stdout");
-    let mut se = child.stderr.take().expect("stderr");
-    let t1 = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = so.read_to_end(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = se.read_to_end(&mut s);
-        s
-    });
-    let status = wait_child(&mut child, timeout).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} did not finish within {timeout:?}");
-    });
-    Out {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&t1.join().expect("stdout reader")).into_owned(),
-        stderr: String::from_utf8_lossy(&t2.join().expect("stderr reader")).into_owned(),
-    }
-}
-
-/// Waits for a child to exit, at most `timeout`.
-pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs `ip ARGS`; the error is its stderr.

@@ -842,26 +842,11 @@ impl Store for EtcdStore {
     }
 
     fn list_tasks(&self, job: &JobRow, from: u32, limit: u32) -> Result<Vec<TaskView>> {
-        let end = from.saturating_add(limit).min(job.counts.total);
-        if from >= end {
-            return Ok(Vec::new());
+        let mut tasks = job.untouched_tasks(from, limit);
+        if tasks.is_empty() {
+            return Ok(tasks);
         }
-        // Untouched tasks never ran: pending, or killed with their job.
-        let untouched = if job.kill_requested {
-            TaskState::Killed
-        } else if job.state.is_final() {
-            TaskState::DependencyFailed
-        } else {
-            TaskState::Pending
-        };
-        let mut tasks: Vec<TaskView> = (from..end)
-            .map(|index| TaskView {
-                index,
-                state: untouched,
-                attempts: Vec::new(),
-                not_before: None,
-            })
-            .collect();
+        let end = from + tasks.len() as u32;
         let id = job.id.0;
         for kv in self.scan(
             self.task_key(id, from).into_bytes(),

@@ -209,6 +209,28 @@ pub trait Store: Send + Sync {
 }
 
 impl JobRow {
+    /// Tasks `from..from+limit` as they read before their rows are applied: tasks without a
+    /// row never ran, so they are pending, killed with their job, or (in a job that ended
+    /// without running them) failed because of a dependency. Empty past the last task.
+    pub fn untouched_tasks(&self, from: u32, limit: u32) -> Vec<TaskView> {
+        let end = from.saturating_add(limit).min(self.counts.total);
+        let state = if self.kill_requested {
+            TaskState::Killed
+        } else if self.state.is_final() {
+            TaskState::DependencyFailed
+        } else {
+            TaskState::Pending
+        };
+        (from.min(end)..end)
+            .map(|index| TaskView {
+                index,
+                state,
+                attempts: Vec::new(),
+                not_before: None,
+            })
+            .collect()
+    }
+
     /// The API view of this row.
     pub fn view(&self) -> gaffer_api::views::JobView {
         gaffer_api::views::JobView {
