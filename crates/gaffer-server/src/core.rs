@@ -1678,9 +1678,6 @@ impl Core {
                     let _ = tx.send(msg);
                 }
             }
-            self.shared
-                .last_event_id
-                .store(self.next_event_id.saturating_sub(1), Ordering::Relaxed);
             for e in self.events.drain(..) {
                 let _ = self.shared.events.send(e);
             }

@@ -33,8 +33,6 @@ pub struct Shared {
     pub reasons: RwLock<HashMap<JobId, String>>,
     /// Counters.
     pub metrics: Metrics,
-    /// Id of the newest committed event.
-    pub last_event_id: AtomicU64,
 }
 
 impl Shared {
@@ -45,7 +43,6 @@ impl Shared {
             nodes: RwLock::new(Vec::new()),
             reasons: RwLock::new(HashMap::new()),
             metrics: Metrics::default(),
-            last_event_id: AtomicU64::new(0),
         }
     }
 }
