@@ -10,7 +10,9 @@
 
 #![allow(dead_code)]
 
-pub use crate::util::{run_cmd, wait_child, wait_until, Out};
+pub use crate::util::{
+    all_pids, is_zombie_or_gone, proc_entries, run_cmd, wait_child, wait_until, Out,
+};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::net::TcpListener;
@@ -838,16 +840,6 @@ fn result(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
     }
 }
 
-/// Every live pid on the machine.
-pub fn all_pids() -> Vec<i32> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .collect()
-}
-
 /// Live, non-zombie pids other than this process.
 pub fn live_pids() -> Vec<i32> {
     let me = std::process::id() as i32;
@@ -855,29 +847,6 @@ pub fn live_pids() -> Vec<i32> {
         .into_iter()
         .filter(|&p| p != me && !is_zombie_or_gone(p))
         .collect()
-}
-
-/// The NUL-separated entries of a /proc file (cmdline, environ).
-pub fn proc_entries(pid: i32, file: &str) -> Vec<String> {
-    match std::fs::read(format!("/proc/{pid}/{file}")) {
-        Ok(b) => b
-            .split(|c| *c == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Whether a pid is a zombie (or gone).
-pub fn is_zombie_or_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => true,
-    }
 }
 
 /// Kills every process of a cluster: by the marker in its environment, by a path under `root`
