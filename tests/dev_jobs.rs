@@ -642,3 +642,98 @@ fn cli_without_a_server_says_it_cannot_reach_it_in_one_line() {
     assert!(!out.stderr.contains("panicked"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+#[test]
+fn retry_gives_failed_tasks_a_new_attempt_and_refuses_killed_jobs() {
+    let dev = Dev::start_with(&["--cpus", "8"]);
+    let flag = dev.tmp.path().join("fail-once");
+    std::fs::write(&flag, "").unwrap();
+    let script = format!(
+        "if [ $GAFFER_TASK_INDEX = 1 ] && [ -e {0} ]; then rm {0}; exit 3; fi",
+        flag.display()
+    );
+    let id = dev.submit_cli(&["--array", "3", "--cpus", "0.5", "--shell", &script]);
+    assert_eq!(
+        dev.wait_final(&id, Duration::from_secs(30))["state"],
+        "failed"
+    );
+    let out = dev.gaffer(&["retry", &id]).ok();
+    assert!(out.stdout.contains("1 task(s) queued again"), "{out:?}");
+    let job = dev.wait_final(&id, Duration::from_secs(30));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let attempts = job["task_list"][1]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{job}");
+    assert_eq!(attempts[0]["exit_code"], 3);
+    assert_eq!(attempts[1]["exit_code"], 0);
+    // Nothing left to retry.
+    let out = dev.gaffer(&["retry", &id]).ok();
+    assert!(out.stdout.contains("no failed task"), "{out:?}");
+    // A killed job is resubmitted, not retried.
+    let k = dev.submit_cli(&["--", "sleep", "30"]);
+    dev.gaffer(&["kill", &k]).ok();
+    dev.wait_final(&k, Duration::from_secs(30));
+    let out = dev.gaffer(&["retry", &k]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("was killed"), "{out:?}");
+}
+
+#[test]
+fn events_lists_every_transition_of_a_job_in_order() {
+    let dev = Dev::start();
+    let id = dev.submit_cli(&["--", "true"]);
+    dev.wait_final(&id, Duration::from_secs(30));
+    let out = dev.gaffer(&["events", "--job", &id, "-o", "json"]).ok();
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event a line"))
+        .collect();
+    let tos: Vec<&str> = events.iter().filter_map(|e| e["to"].as_str()).collect();
+    assert_eq!(tos.first(), Some(&"submitted"), "{tos:?}");
+    for want in ["assigned", "running", "succeeded"] {
+        assert!(tos.contains(&want), "{want} missing from {tos:?}");
+    }
+    assert_eq!(tos.last(), Some(&"succeeded"), "{tos:?}");
+    let ids: Vec<u64> = events.iter().filter_map(|e| e["id"].as_u64()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let human = dev.gaffer(&["events", "--job", &id]).ok();
+    assert!(human.stdout.contains("running -> succeeded"), "{human:?}");
+}
+
+#[test]
+fn image_rm_removes_an_imported_image_and_says_so_for_a_missing_one() {
+    let dev = Dev::start();
+    let root = dev.tmp.path().join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/hello"), "hi\n").unwrap();
+    let tarball = dev.tmp.path().join("img.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let agent = dev.data.join("agent");
+    let agent = agent.to_str().unwrap();
+    dev.gaffer(&[
+        "image",
+        "import",
+        "tiny",
+        tarball.to_str().unwrap(),
+        "--data-dir",
+        agent,
+    ])
+    .ok();
+    let ls = dev.gaffer(&["image", "ls", "--data-dir", agent]).ok();
+    assert!(ls.stdout.contains("tiny"), "{ls:?}");
+    dev.gaffer(&["image", "rm", "tiny", "--data-dir", agent])
+        .ok();
+    let ls = dev.gaffer(&["image", "ls", "--data-dir", agent]).ok();
+    assert!(!ls.stdout.contains("tiny"), "{ls:?}");
+    let again = dev.gaffer(&["image", "rm", "tiny", "--data-dir", agent]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("no image `tiny`"), "{again:?}");
+}
