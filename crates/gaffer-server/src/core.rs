@@ -328,7 +328,6 @@ pub struct Core {
     outbox: Vec<(String, ServerMsg)>,
     deferred: Vec<Deferred>,
     events: Vec<EventView>,
-    reasons_changed: bool,
     /// A commit failed: the loop must stop.
     broken: bool,
     /// Active jobs waiting on each job.
@@ -367,7 +366,6 @@ impl Core {
             outbox: Vec::new(),
             deferred: Vec::new(),
             events: Vec::new(),
-            reasons_changed: false,
             broken: false,
             dependents: HashMap::new(),
             migrating: HashSet::new(),
@@ -519,16 +517,7 @@ impl Core {
                     self.fail_dependency(dependent, id, new, now);
                 }
             }
-            if self
-                .shared
-                .reasons
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id)
-                .is_some()
-            {
-                self.reasons_changed = true;
-            }
+            self.set_reason(id, None);
         } else {
             self.requeue(id);
         }
