@@ -80,6 +80,8 @@ pub enum Command {
     Output(OutputArgs),
     /// List worker nodes.
     Nodes,
+    /// List the servers of an HA cluster (--store etcd), the leader and its term.
+    Servers,
     /// Print state transitions (-f to follow them live).
     Events(EventsArgs),
     /// Internal: supervise one task attempt (started by the agent).
@@ -125,7 +127,7 @@ fn env_pair(s: &str) -> Result<(String, String), String> {
 /// `gaffer server`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  gaffer server --data-dir /var/lib/gaffer --listen 0.0.0.0:6464 --token-file api.token --join-token-file join.token"
+    after_help = "Examples:\n  gaffer server --data-dir /var/lib/gaffer --listen 0.0.0.0:6464 --token-file api.token --join-token-file join.token\n\nHA (run on three hosts; one is elected leader, the others forward to it):\n  gaffer server --store etcd --etcd-endpoints http://e1:2379,http://e2:2379,http://e3:2379 \\\n      --listen 0.0.0.0:6464 --advertise http://$(hostname):6464\n  gaffer servers            # members, leader and term\n  gaffer agent --server http://s1:6464,http://s2:6464,http://s3:6464"
 )]
 pub struct ServerArgs {
     /// Directory for the state database and the outputs copied from agents.
@@ -158,6 +160,48 @@ pub struct ServerArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Where the state lives.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// With --store etcd: the URL other servers, agents and clients reach this server at
+    /// (e.g. http://10.0.0.1:6464); followers send the leader's URL to agents and forward
+    /// API calls to it.
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With --store etcd: TTL of this server's etcd lease. A dead leader is replaced after at
+    /// most this long; a leader that cannot renew its lease within it steps down.
+    #[arg(long, value_parser = duration, default_value = "3s")]
+    pub lease_ttl: DurationSpec,
+}
+
+/// Which store holds the state, and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// sqlite: one server, state in <data-dir>/state.db. etcd: HA, several servers share the
+    /// state in etcd and elect a leader.
+    #[arg(long = "store", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub kind: StoreKind,
+    /// etcd endpoints, comma-separated (http://host:2379,...).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "GAFFER_ETCD_ENDPOINTS",
+        value_name = "URL,..."
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd: servers with the same prefix form one gaffer cluster, so several
+    /// clusters can share one etcd.
+    #[arg(long, default_value = "gaffer", value_name = "PREFIX")]
+    pub etcd_prefix: String,
+}
+
+/// Store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// A SQLite file in the data directory (the default; one server).
+    Sqlite,
+    /// An etcd cluster (HA: several servers, one leader).
+    Etcd,
 }
 
 fn label_pair(s: &str) -> Result<(String, String), String> {

@@ -4,44 +4,113 @@ use anyhow::{anyhow, Result};
 use gaffer_api::views::ErrorBody;
 use serde::de::DeserializeOwned;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-/// The API at one address.
+/// How long a call keeps retrying while no server can take it (an HA election, a restart).
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The API at one or several addresses (the servers of an HA cluster: any of them takes every
+/// call). A call goes to the server that answered last; when it cannot be reached the next one
+/// is tried. A `503` (no leader yet) is retried for up to [`RETRY_FOR`], and so is a `502` or a
+/// lost connection when repeating the call is safe: reads, and submits, which always carry an
+/// `Idempotency-Key`.
 pub struct Client {
-    base: String,
+    bases: Vec<String>,
+    cur: AtomicUsize,
     agent: ureq::Agent,
     token: Option<String>,
 }
 
+fn base_url(addr: &str) -> String {
+    let addr = addr.trim().trim_end_matches('/');
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 impl Client {
-    /// A client for `addr` (`http://host:port`; the scheme may be omitted).
+    /// A client for `addr`: `http://host:port` (the scheme may be omitted), or several of them
+    /// separated by commas.
     pub fn new(addr: &str, token: Option<String>, ca: Option<&std::path::Path>) -> Result<Self> {
-        let addr = addr.trim_end_matches('/');
-        let base = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let mut builder = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5));
-        if ca.is_some() || base.starts_with("https://") {
+        let bases: Vec<String> = addr
+            .split(',')
+            .filter(|a| !a.trim().is_empty())
+            .map(base_url)
+            .collect();
+        if bases.is_empty() {
+            return Err(anyhow!("--addr / GAFFER_ADDR is empty"));
+        }
+        let mut builder = ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3));
+        if ca.is_some() || bases.iter().any(|b| b.starts_with("https://")) {
             builder = builder.tls_config(crate::tls::client_config(ca)?);
         }
         Ok(Client {
-            base,
+            bases,
+            cur: AtomicUsize::new(0),
             agent: builder.build(),
             token,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    fn base(&self) -> &str {
+        &self.bases[self.cur.load(Ordering::Relaxed) % self.bases.len()]
     }
 
     fn req(&self, method: &str, path: &str) -> ureq::Request {
-        let r = self.agent.request(method, &self.url(path));
+        let r = self
+            .agent
+            .request(method, &format!("{}{path}", self.base()));
         match &self.token {
             Some(t) => r.set("Authorization", &format!("Bearer {t}")),
             None => r,
+        }
+    }
+
+    /// Sends a request built by `build` until it is answered, following the rules above.
+    /// `safe`: repeating the call cannot do it twice.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        safe: bool,
+        send: impl Fn(ureq::Request) -> std::result::Result<ureq::Response, Box<ureq::Error>>,
+    ) -> Result<ureq::Response> {
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut tried = 0usize;
+        let mut told = false;
+        loop {
+            let e = match send(self.req(method, path)) {
+                Ok(r) => return Ok(r),
+                Err(e) => *e,
+            };
+            let transport = matches!(e, ureq::Error::Transport(_));
+            let retry = match &e {
+                ureq::Error::Status(503, _) => true,
+                ureq::Error::Status(502, _) => safe,
+                ureq::Error::Transport(_) => safe && self.bases.len() > 1,
+                _ => false,
+            };
+            if !retry || Instant::now() >= deadline {
+                return Err(self.fail(e));
+            }
+            if transport {
+                self.cur.fetch_add(1, Ordering::Relaxed);
+            }
+            tried += 1;
+            if !transport || tried.is_multiple_of(self.bases.len()) {
+                if !told {
+                    eprintln!(
+                        "gaffer: {}; retrying for up to {}s",
+                        self.fail(e),
+                        RETRY_FOR.as_secs()
+                    );
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
     }
 
@@ -63,7 +132,7 @@ impl Client {
             }
             ureq::Error::Transport(t) => anyhow!(
                 "cannot reach the gaffer server at {}: {} (is `gaffer dev` running? set --addr or GAFFER_ADDR)",
-                self.base,
+                self.bases.join(","),
                 t.message().map(str::to_string).unwrap_or_else(|| t.kind().to_string())
             ),
         }
@@ -71,36 +140,40 @@ impl Client {
 
     /// GET and decode JSON.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.req("GET", path).call().map_err(|e| self.fail(e))?;
+        let resp = self.call("GET", path, true, |r| r.call().map_err(Box::new))?;
         resp.into_json()
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
     /// GET a streaming body.
     pub fn get_reader(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
-        let resp = self.req("GET", path).call().map_err(|e| self.fail(e))?;
+        let resp = self.call("GET", path, true, |r| r.call().map_err(Box::new))?;
         Ok(resp.into_reader())
     }
 
-    /// POST JSON and decode JSON.
+    /// POST JSON and decode JSON. A call with an `Idempotency-Key` header is safe to repeat.
     pub fn post<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &serde_json::Value,
         headers: &[(&str, &str)],
     ) -> Result<T> {
-        let mut req = self.req("POST", path);
-        for (k, v) in headers {
-            req = req.set(k, v);
-        }
-        let resp = req.send_json(body).map_err(|e| self.fail(e))?;
+        let safe = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        let resp = self.call("POST", path, safe, |mut r| {
+            for (k, v) in headers {
+                r = r.set(k, v);
+            }
+            r.send_json(body).map_err(Box::new)
+        })?;
         resp.into_json()
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
     /// POST without a body; a 204 decodes as `null`.
     pub fn post_empty<T: DeserializeOwned + Default>(&self, path: &str) -> Result<T> {
-        let resp = self.req("POST", path).call().map_err(|e| self.fail(e))?;
+        let resp = self.call("POST", path, false, |r| r.call().map_err(Box::new))?;
         if resp.status() == 204 {
             return Ok(T::default());
         }
@@ -110,9 +183,19 @@ impl Client {
 
     /// DELETE.
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.req("DELETE", path).call().map_err(|e| self.fail(e))?;
+        self.call("DELETE", path, false, |r| r.call().map_err(Box::new))?;
         Ok(())
     }
+}
+
+/// A fresh idempotency key: unique per submit of this host.
+pub fn idempotency_key() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let host = crate::daemon::host_name();
+    format!("cli-{host}-{}-{t:x}", std::process::id())
 }
 
 /// Percent-encodes a query value.

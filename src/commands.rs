@@ -8,7 +8,7 @@ use crate::cli::{
 use crate::client::{enc, Client};
 use anyhow::{anyhow, bail, Context, Result};
 use gaffer_api::views::{
-    EventView, JobDetail, JobPage, JobView, NodeView, OutputFile, SubmitResponse,
+    EventView, JobDetail, JobPage, JobView, NodeView, OutputFile, ServersView, SubmitResponse,
 };
 use gaffer_api::{ByteSize, JobId, JobSpec, Resources, TaskState};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -144,11 +144,13 @@ pub fn submit(c: &Client, fmt: Format, a: SubmitArgs) -> Result<i32> {
             serde_json::to_value(spec)?
         }
     };
-    let headers: Vec<(&str, &str)> = a
+    // Always send a key, so that a submit retried after a lost answer (a leader change) is
+    // never applied twice.
+    let key = a
         .idempotency_key
-        .as_deref()
-        .map(|k| vec![("Idempotency-Key", k)])
-        .unwrap_or_default();
+        .clone()
+        .unwrap_or_else(crate::client::idempotency_key);
+    let headers = [("Idempotency-Key", key.as_str())];
     let resp: SubmitResponse = c.post("/v1/jobs", &body, &headers)?;
     if fmt == Format::Json {
         print_json(&resp)?;
@@ -562,6 +564,38 @@ pub fn output(c: &Client, fmt: Format, a: OutputArgs) -> Result<i32> {
     }
     if fmt == Format::Json {
         print_json(&files)?;
+    }
+    Ok(0)
+}
+
+/// `gaffer nodes`.
+/// `gaffer servers`.
+pub fn servers(c: &Client, fmt: Format) -> Result<i32> {
+    let v: ServersView = c.get("/v1/servers")?;
+    if fmt == Format::Json {
+        print_json(&v)?;
+        return Ok(0);
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<String>> = v
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.url.clone(),
+                if s.leader { "leader" } else { "follower" }.to_string(),
+                format!("{} ago", short_duration(now.saturating_sub(s.since))),
+            ]
+        })
+        .collect();
+    table(&["ID", "URL", "ROLE", "JOINED"], &rows);
+    match (&v.leader, v.term) {
+        (Some(l), Some(t)) => println!("leader {l}, term {t} (answered by {})", v.answered_by),
+        _ => println!(
+            "no leader elected right now (answered by {}); an election takes up to the lease TTL",
+            v.answered_by
+        ),
     }
     Ok(0)
 }

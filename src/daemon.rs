@@ -2,7 +2,7 @@
 //! server` and `gaffer agent`. They share the data-directory lock, the HTTP serving loop and
 //! signal handling.
 
-use crate::cli::{AgentArgs, DevArgs, ServerArgs};
+use crate::cli::{AgentArgs, DevArgs, ServerArgs, StoreKind};
 use anyhow::{anyhow, Context, Result};
 use gaffer_agent::{Agent, AgentConfig};
 use gaffer_server::api::Auth;
@@ -22,7 +22,7 @@ pub fn host_name() -> String {
 }
 
 /// Takes an exclusive lock on a data directory so two processes never share it.
-fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let path = dir.join("lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -38,7 +38,7 @@ fn lock_data_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     })
 }
 
-fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+pub fn prepare_dir(dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
     Ok(std::fs::canonicalize(dir)?)
@@ -55,14 +55,14 @@ pub fn read_token(path: &Path) -> Result<String> {
     Ok(t)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -74,6 +74,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// Serves `app` on `listener` (HTTPS with `tls`) until `stop` resolves.
+pub async fn http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    match tls {
+        Some(cfg) => crate::tls::serve(listener, app, cfg, stop).await,
+        None => axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .context("the HTTP server failed"),
+    }
+}
+
+/// Waits for the core thread to end; its error, or that it panicked.
+pub async fn core_done(
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+) -> Result<(), String> {
+    match thread {
+        Some(t) => tokio::task::spawn_blocking(move || t.join())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| Err("the core thread panicked".into())),
+        None => Ok(()),
+    }
+}
+
 /// Serves the API until a signal, or until the core stops on its own (a store failure).
 async fn serve(
     mut server: Server,
@@ -81,32 +114,9 @@ async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<()> {
     let core_thread = server.take_thread();
-    let core_done = async move {
-        match core_thread {
-            Some(t) => tokio::task::spawn_blocking(move || t.join())
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or_else(|| Err("the core thread panicked".into())),
-            None => Ok(()),
-        }
-    };
-    let app = server.router();
-    let serve = async move {
-        match tls {
-            Some(cfg) => crate::tls::serve(listener, app, cfg, shutdown_signal()).await,
-            None => axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("the HTTP server failed"),
-        }
-    };
     tokio::select! {
-        r = serve => r?,
-        r = core_done => {
+        r = http(listener, server.router(), tls, shutdown_signal()) => r?,
+        r = core_done(core_thread) => {
             r.map_err(|e| anyhow!("the scheduler stopped: {e}"))?;
         }
     }
@@ -115,7 +125,7 @@ async fn serve(
     Ok(())
 }
 
-async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (is another gaffer running? use --listen)")
     })
@@ -139,6 +149,7 @@ pub fn dev(args: DevArgs) -> Result<()> {
             storage_dir: None,
             core: CoreConfig::default(),
             auth: Auth::default(),
+            cluster: None,
         })?;
         let listener = bind(args.listen).await?;
         let exe = std::env::current_exe()
@@ -173,60 +184,104 @@ pub fn dev(args: DevArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `gaffer server` needs whatever its store: the locked data directory, tokens and TLS.
+pub struct ServerBase {
+    /// Canonical data directory.
+    pub data_dir: PathBuf,
+    /// Held for the process's life.
+    pub _lock: nix::fcntl::Flock<std::fs::File>,
+    /// Tokens.
+    pub auth: Auth,
+    /// HTTPS settings.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl ServerBase {
+    /// Locks the data directory and reads the tokens and TLS files.
+    pub fn new(args: &ServerArgs) -> Result<Self> {
+        let data_dir = prepare_dir(&args.data_dir)?;
+        let lock = lock_data_dir(&data_dir)?;
+        let auth = Auth {
+            api_token: args.token_file.as_deref().map(read_token).transpose()?,
+            join_token: args
+                .join_token_file
+                .as_deref()
+                .map(read_token)
+                .transpose()?,
+        };
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
+            (None, None) => None,
+            _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
+        };
+        Ok(ServerBase {
+            data_dir,
+            _lock: lock,
+            auth,
+            tls,
+        })
+    }
+
+    /// Prints the warnings about open access.
+    pub fn warn_open(&self, addr: std::net::SocketAddr) {
+        if self.auth.api_token.is_none() {
+            println!(
+                "  warning: no --token-file: anyone who can reach {addr} can submit and kill jobs"
+            );
+        }
+        if self.auth.join_token.is_none() {
+            println!("  warning: no --join-token-file: any agent that can reach {addr} may join");
+        }
+    }
+}
+
+/// Core settings from the server's flags.
+pub fn core_config(args: &ServerArgs) -> CoreConfig {
+    CoreConfig {
+        strategy: match args.strategy {
+            gaffer_api::Placement::MostFreeMemory => gaffer_sched::Strategy::MostFreeMemory,
+            gaffer_api::Placement::Binpack => gaffer_sched::Strategy::Binpack,
+            gaffer_api::Placement::Spread => gaffer_sched::Strategy::Spread,
+        },
+        heartbeat_timeout: args.heartbeat_timeout.as_std(),
+        max_lost: args.max_lost,
+    }
+}
+
 /// `gaffer server`.
-pub fn server(args: ServerArgs) -> Result<()> {
-    let data_dir = prepare_dir(&args.data_dir)?;
-    let _lock = lock_data_dir(&data_dir)?;
-    let auth = Auth {
-        api_token: args.token_file.as_deref().map(read_token).transpose()?,
-        join_token: args
-            .join_token_file
-            .as_deref()
-            .map(read_token)
-            .transpose()?,
-    };
-    let db = data_dir.join("state.db");
+pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
+    if args.store.kind == StoreKind::Etcd {
+        return crate::ha::server(args, ca);
+    }
+    if args.advertise.is_some() {
+        return Err(anyhow!(
+            "--advertise is for HA servers: add --store etcd --etcd-endpoints URL,..."
+        ));
+    }
+    let base = ServerBase::new(&args)?;
+    let db = base.data_dir.join("state.db");
     let store =
         Arc::new(SqliteStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(c), Some(k)) => Some(crate::tls::server_config(c, k)?),
-        (None, None) => None,
-        _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let scheme = if base.tls.is_some() { "https" } else { "http" };
     let rt = runtime()?;
     rt.block_on(async move {
         let server = Server::start(ServerOptions {
             store,
-            data_dir: data_dir.clone(),
+            data_dir: base.data_dir.clone(),
             local_node: None,
             storage_dir: args.storage_dir.clone(),
-            core: CoreConfig {
-                strategy: match args.strategy {
-                    gaffer_api::Placement::MostFreeMemory => gaffer_sched::Strategy::MostFreeMemory,
-                    gaffer_api::Placement::Binpack => gaffer_sched::Strategy::Binpack,
-                    gaffer_api::Placement::Spread => gaffer_sched::Strategy::Spread,
-                },
-                heartbeat_timeout: args.heartbeat_timeout.as_std(),
-                max_lost: args.max_lost,
-            },
-            auth: auth.clone(),
+            core: core_config(&args),
+            auth: base.auth.clone(),
+            cluster: None,
         })?;
         let listener = bind(args.listen).await?;
         let addr = listener.local_addr()?;
         println!(
             "gaffer server: listening on {scheme}://{addr} (data in {})",
-            data_dir.display()
+            base.data_dir.display()
         );
-        if auth.api_token.is_none() {
-            println!(
-                "  warning: no --token-file: anyone who can reach {addr} can submit and kill jobs"
-            );
-        }
-        if auth.join_token.is_none() {
-            println!("  warning: no --join-token-file: any agent that can reach {addr} may join");
-        }
-        serve(server, listener, tls).await
+        base.warn_open(addr);
+        serve(server, listener, base.tls.clone()).await
     })?;
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod commands;
 mod daemon;
+mod ha;
 mod tls;
 
 use clap::Parser;
@@ -60,7 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.format;
     match cli.command {
         Command::Dev(a) => daemon::dev(a).map(|_| 0),
-        Command::Server(a) => daemon::server(a).map(|_| 0),
+        Command::Server(a) => daemon::server(a, cli.ca.clone()).map(|_| 0),
         Command::Agent(a) => daemon::agent(a).map(|_| 0),
         Command::Node(n) => commands::node(&c, n),
         Command::Image(i) => commands::image(&c, fmt, i),
@@ -74,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rm(a) => commands::rm(&c, a),
         Command::Output(a) => commands::output(&c, fmt, a),
         Command::Nodes => commands::nodes(&c, fmt),
+        Command::Servers => commands::servers(&c, fmt),
         Command::Events(a) => commands::events(&c, fmt, a),
         Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
     }

@@ -28,42 +28,73 @@ pub fn ws_url(server: &str) -> String {
     format!("{s}/v1/agent/connect")
 }
 
-/// Keeps the agent connected to one of `servers` forever.
+/// Keeps the agent connected to one of `servers` forever. An HA follower answers with the
+/// leader's URL, which is tried next; after losing a connection the agent moves on to the next
+/// URL, so a dead leader is left behind at once.
 pub async fn run_remote(
     agent: Agent,
     servers: Vec<String>,
     join_token: Option<String>,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Duration::from_millis(100);
     let mut i = 0usize;
+    let mut hint: Option<String> = None;
     loop {
-        let url = ws_url(&servers[i % servers.len().max(1)]);
+        let server = hint
+            .take()
+            .unwrap_or_else(|| servers[i % servers.len().max(1)].clone());
+        let url = ws_url(&server);
         match connect(&url, join_token.as_deref(), tls.clone()).await {
             Ok(ws) => {
                 tracing::info!(%url, "connected to the server");
-                backoff = Duration::from_millis(200);
+                backoff = Duration::from_millis(100);
                 connection(&agent, ws).await;
                 tracing::warn!(%url, "lost the connection to the server; reconnecting");
+                i += 1;
+            }
+            Err(Refused {
+                leader: Some(leader),
+                ..
+            }) if leader != server => {
+                tracing::info!(%url, %leader, "this server is a follower; trying the leader");
+                hint = Some(leader);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
             Err(e) => {
-                tracing::warn!(%url, error = %e, "cannot connect to the server");
+                tracing::warn!(%url, error = %e.message, "cannot connect to the server");
                 i += 1;
             }
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Why a connection attempt failed, and the leader a follower named.
+struct Refused {
+    message: String,
+    leader: Option<String>,
+}
+
+impl From<String> for Refused {
+    fn from(message: String) -> Self {
+        Refused {
+            message,
+            leader: None,
+        }
+    }
+}
+
 async fn connect(
     url: &str,
     token: Option<&str>,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
-) -> Result<Ws, String> {
+) -> Result<Ws, Refused> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     if let Some(t) = token {
         let v = format!("Bearer {t}")
@@ -79,15 +110,22 @@ async fn connect(
     .await
     .map_err(|_| "timed out".to_string())?
     .map_err(|e| match e {
-        tokio_tungstenite::tungstenite::Error::Http(r) => format!(
-            "the server refused the agent: HTTP {} {}",
-            r.status(),
-            r.body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).to_string())
-                .unwrap_or_default()
-        ),
-        other => other.to_string(),
+        tokio_tungstenite::tungstenite::Error::Http(r) => Refused {
+            message: format!(
+                "the server refused the agent: HTTP {} {}",
+                r.status(),
+                r.body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+                    .unwrap_or_default()
+            ),
+            leader: r
+                .headers()
+                .get("gaffer-leader")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        },
+        other => other.to_string().into(),
     })?;
     Ok(ws)
 }

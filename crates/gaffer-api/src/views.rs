@@ -201,3 +201,31 @@ pub struct OutputFile {
     /// Size in bytes.
     pub size: u64,
 }
+
+/// One gaffer server of an HA cluster (`GET /v1/servers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServerView {
+    /// Member id (its advertised `host:port`).
+    pub id: String,
+    /// URL other servers, agents and clients reach it at (`--advertise`).
+    pub url: String,
+    /// True for the current leader.
+    pub leader: bool,
+    /// When it joined (Unix ms).
+    pub since: UnixMs,
+}
+
+/// The servers of an HA cluster and its leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServersView {
+    /// Live members (their etcd lease is current), leader first.
+    pub servers: Vec<ServerView>,
+    /// Id of the leader, if one is elected.
+    pub leader: Option<String>,
+    /// Leadership term: grows with every election (the leader key's etcd create revision).
+    pub term: Option<i64>,
+    /// Id of the server that answered.
+    pub answered_by: String,
+}

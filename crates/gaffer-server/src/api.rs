@@ -44,7 +44,18 @@ pub struct AppState {
     pub gateway: crate::gateway::Gateway,
     /// Tokens.
     pub auth: Auth,
+    /// The HA cluster's members (`GET /v1/servers`); `None` for a single server.
+    pub cluster: Option<ServersFn>,
 }
+
+/// Reads the members of an HA cluster and its leader.
+pub type ServersFn = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<
+            'static,
+            Result<gaffer_api::views::ServersView, String>,
+        > + Send
+        + Sync,
+>;
 
 /// Shared secrets: API clients present `api_token`, agents `join_token` (as bearer tokens).
 #[derive(Clone, Default)]
@@ -96,7 +107,7 @@ pub struct AppError {
 }
 
 impl AppError {
-    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, msg: impl Into<String>) -> Self {
         AppError {
             status,
             body: ErrorBody {
@@ -130,7 +141,7 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(status = %self.status, error = %self.body.error, "request failed");
         }
         (self.status, Json(self.body)).into_response()
@@ -236,6 +247,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{name}/enable", post(enable_node))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/agent/connect", get(crate::agent_link::connect))
+        .route("/v1/servers", get(servers))
         .merge(crate::ui::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
@@ -258,6 +270,7 @@ pub fn router(state: AppState) -> Router {
         logs,
         list_outputs,
         get_output,
+        servers,
         events,
         nodes,
         drain_node,
@@ -948,6 +961,23 @@ fn sse(e: &EventView) -> Event {
         .id(e.id.to_string())
         .event("transition")
         .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+/// The servers of an HA cluster, the leader and its term.
+#[utoipa::path(get, path = "/v1/servers", responses(
+    (status = 200, body = gaffer_api::views::ServersView),
+    (status = 404, body = ErrorBody, description = "A single server without HA"),
+))]
+async fn servers(State(st): State<AppState>) -> ApiResult<Json<gaffer_api::views::ServersView>> {
+    let Some(f) = &st.cluster else {
+        return Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            "this server runs without HA (its store is SQLite): it is the only server",
+        ));
+    };
+    f().await
+        .map(Json)
+        .map_err(|e| AppError::new(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
 /// Worker nodes.

@@ -11,6 +11,7 @@ pub mod agent_link;
 pub mod api;
 pub mod core;
 pub mod files;
+pub mod forward;
 pub mod gateway;
 pub mod shared;
 pub mod ui;
@@ -48,6 +49,8 @@ pub struct ServerOptions {
     pub core: CoreConfig,
     /// Tokens.
     pub auth: api::Auth,
+    /// HA membership (`GET /v1/servers`); `None` for a single server.
+    pub cluster: Option<api::ServersFn>,
 }
 
 /// A running server core with its API state.
@@ -59,6 +62,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     files: Files,
     auth: api::Auth,
+    cluster: Option<api::ServersFn>,
     thread: Option<JoinHandle<Result<(), String>>>,
     gateway: gateway::Gateway,
 }
@@ -96,6 +100,7 @@ impl Server {
             store: opts.store,
             files,
             auth: opts.auth,
+            cluster: opts.cluster,
             thread: Some(thread),
         })
     }
@@ -109,7 +114,36 @@ impl Server {
             files: self.files.clone(),
             gateway: self.gateway.clone(),
             auth: self.auth.clone(),
+            cluster: self.cluster.clone(),
         })
+    }
+
+    /// The API of an HA follower: no core runs; reads the store can answer are answered from
+    /// `store`, everything else goes to the leader (see [`forward`]).
+    pub fn follower_router(
+        store: Arc<dyn Store>,
+        data_dir: std::path::PathBuf,
+        auth: api::Auth,
+        cluster: Option<api::ServersFn>,
+        follower: forward::Follower,
+    ) -> axum::Router {
+        // A core handle whose receiver is gone: nothing a follower answers itself uses it.
+        let (tx, _) = std::sync::mpsc::channel::<Command>();
+        let core = CoreHandle::new(tx);
+        let gateway = gateway::Gateway::new(core.clone());
+        let files = Files::new(data_dir.join("outputs"), None, None, gateway.clone());
+        forward::router(
+            AppState {
+                core,
+                store,
+                shared: Arc::new(Shared::new()),
+                files,
+                gateway,
+                auth,
+                cluster,
+            },
+            follower,
+        )
     }
 
     /// Where agents connect.
