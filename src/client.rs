@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 /// How long a call keeps retrying while no server can take it (an HA election, a restart).
 const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Longest wait for the answer to one call that does not stream.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The API at one or several addresses (the servers of an HA cluster: any of them takes every
 /// call). A call goes to the server that answered last; when it cannot be reached the next one
@@ -59,10 +61,14 @@ impl Client {
         &self.bases[self.cur.load(Ordering::Relaxed) % self.bases.len()]
     }
 
-    fn req(&self, method: &str, path: &str) -> ureq::Request {
-        let r = self
+    fn req(&self, method: &str, path: &str, streams: bool) -> ureq::Request {
+        let mut r = self
             .agent
             .request(method, &format!("{}{path}", self.base()));
+        if !streams {
+            // A server cut off mid-call never answers: give up on it and try the next one.
+            r = r.timeout(CALL_TIMEOUT);
+        }
         match &self.token {
             Some(t) => r.set("Authorization", &format!("Bearer {t}")),
             None => r,
@@ -70,19 +76,21 @@ impl Client {
     }
 
     /// Sends a request built by `build` until it is answered, following the rules above.
-    /// `safe`: repeating the call cannot do it twice.
+    /// `safe`: repeating the call cannot do it twice. `streams`: the body is read for as long
+    /// as the user wants (logs, events, downloads), so the call has no overall deadline.
     fn call(
         &self,
         method: &str,
         path: &str,
         safe: bool,
+        streams: bool,
         send: impl Fn(ureq::Request) -> std::result::Result<ureq::Response, Box<ureq::Error>>,
     ) -> Result<ureq::Response> {
         let deadline = Instant::now() + RETRY_FOR;
         let mut tried = 0usize;
         let mut told = false;
         loop {
-            let e = match send(self.req(method, path)) {
+            let e = match send(self.req(method, path, streams)) {
                 Ok(r) => return Ok(r),
                 Err(e) => *e,
             };
@@ -140,14 +148,14 @@ impl Client {
 
     /// GET and decode JSON.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let resp = self.call("GET", path, true, |r| r.call().map_err(Box::new))?;
+        let resp = self.call("GET", path, true, false, |r| r.call().map_err(Box::new))?;
         resp.into_json()
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
     /// GET a streaming body.
     pub fn get_reader(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
-        let resp = self.call("GET", path, true, |r| r.call().map_err(Box::new))?;
+        let resp = self.call("GET", path, true, true, |r| r.call().map_err(Box::new))?;
         Ok(resp.into_reader())
     }
 
@@ -161,7 +169,7 @@ impl Client {
         let safe = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
-        let resp = self.call("POST", path, safe, |mut r| {
+        let resp = self.call("POST", path, safe, false, |mut r| {
             for (k, v) in headers {
                 r = r.set(k, v);
             }
@@ -173,7 +181,7 @@ impl Client {
 
     /// POST without a body; a 204 decodes as `null`.
     pub fn post_empty<T: DeserializeOwned + Default>(&self, path: &str) -> Result<T> {
-        let resp = self.call("POST", path, false, |r| r.call().map_err(Box::new))?;
+        let resp = self.call("POST", path, false, false, |r| r.call().map_err(Box::new))?;
         if resp.status() == 204 {
             return Ok(T::default());
         }
@@ -183,7 +191,7 @@ impl Client {
 
     /// DELETE.
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.call("DELETE", path, false, |r| r.call().map_err(Box::new))?;
+        self.call("DELETE", path, false, false, |r| r.call().map_err(Box::new))?;
         Ok(())
     }
 }

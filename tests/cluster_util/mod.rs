@@ -49,7 +49,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Runs `ip ARGS`; the error is its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
+pub fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
@@ -145,7 +145,7 @@ impl Net {
 
     /// Picks a third octet no other cluster on this machine uses, starting from one derived
     /// from the pid and a counter, and holds a lock file for it.
-    fn reserve_subnet(
+    pub fn reserve_subnet(
         pid: u32,
         serial: u32,
     ) -> Result<(u32, std::os::unix::net::UnixListener), String> {

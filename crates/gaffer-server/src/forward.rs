@@ -109,7 +109,23 @@ async fn forward(
         }
         return r;
     }
-    proxy(&f.http, &leader, req).await
+    // A call to a leader that stops being leader (killed, cut off) might never be answered:
+    // give up on it as soon as the election moves on, so the client can retry at once.
+    let mut changes = f.leader.clone();
+    let was = leader.clone();
+    let moved_on = async move {
+        let _ = changes
+            .wait_for(|l| l.as_deref() != Some(was.as_str()))
+            .await;
+    };
+    tokio::select! {
+        r = proxy(&f.http, &leader, req) => r,
+        _ = moved_on => AppError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the leader at {leader} lost its role while this call was forwarded; it may or may not have been applied: retry (with the same Idempotency-Key for a submit)"),
+        )
+        .into_response(),
+    }
 }
 
 /// Hop-by-hop headers, which a proxy must not pass on.

@@ -1,0 +1,309 @@
+//! HA on etcd, end to end: a 3-member etcd cluster, three `gaffer server --store etcd`
+//! processes and agents, each server and agent in its own network namespace (see
+//! tests/ha_util). Real processes, real etcd, real kills and a real network cut.
+
+mod cluster_util;
+mod ha_util;
+mod util;
+
+use ha_util::Ha;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn job_json(v: &Value) -> (String, String) {
+    (
+        v["id"].as_str().unwrap_or_default().to_string(),
+        v["state"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn followers_answer_forward_and_send_agents_to_the_leader() {
+    if !Ha::possible() {
+        return;
+    }
+    let mut ha = Ha::start(3, 1);
+    let v: Value = serde_json::from_str(&ha.gaffer(&["servers", "-o", "json"]).ok().stdout)
+        .expect("servers json");
+    let servers = v["servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 3, "{v}");
+    assert_eq!(
+        servers.iter().filter(|s| s["leader"] == true).count(),
+        1,
+        "{v}"
+    );
+    let term = v["term"].as_i64().expect("term");
+    let (leader, _) = ha.leader_seen_by(0).expect("leader");
+    let follower = (leader + 1) % 3;
+    let human = ha.gaffer(&["servers"]).ok().stdout;
+    assert!(
+        human.contains("leader") && human.contains(&format!("term {term}")),
+        "{human}"
+    );
+
+    // Everything through one follower only: submit (forwarded), status and jobs (answered from
+    // etcd), logs (forwarded to the leader, which reads them over the agent's stream).
+    let only = ha.url(follower);
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(cluster_util::BIN);
+        cmd.env("GAFFER_ADDR", &only).args(args);
+        util::run_cmd(cmd, Duration::from_secs(60))
+    };
+    let id = cli(&["submit", "-q", "--shell", "echo via-follower"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    cli(&["wait", &id]).ok();
+    let logs = cli(&["logs", &id]).ok().stdout;
+    assert_eq!(logs.trim(), "via-follower");
+    let jobs = cli(&["jobs", "-o", "json"]).ok().stdout;
+    assert!(jobs.contains(&id) && jobs.contains("succeeded"), "{jobs}");
+    let nodes = cli(&["nodes", "-o", "json"]).ok().stdout;
+    assert!(nodes.contains("\"a0\""), "{nodes}");
+    // A follower never runs a core: the write it forwarded is the leader's.
+    let (code, body) = ha.get(follower, "/v1/servers").expect("follower answers");
+    assert_eq!(code, 200, "{body}");
+
+    // The agent was given every server; it is connected to the leader, whichever that is.
+    let (code, _) = ha.get(leader, "/v1/nodes").expect("leader answers");
+    assert_eq!(code, 200);
+
+    // SIGTERM of the leader: it revokes its lease, so another is elected at once.
+    let t0 = Instant::now();
+    let status = ha.stop_server(leader);
+    assert!(status.success(), "leader stops cleanly: {status}");
+    let (new_leader, new_term) = ha.wait_leader(Some(leader), Duration::from_secs(20));
+    let took = t0.elapsed();
+    eprintln!("graceful stop of the leader: new leader after {took:?} (term {term} → {new_term})");
+    assert!(new_term > term, "terms grow: {term} → {new_term}");
+    assert_ne!(new_leader, leader);
+    ha.wait_node_ready("a0", Duration::from_secs(30));
+    let id2 = ha
+        .gaffer(&["submit", "-q", "--", "echo", "after"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    ha.gaffer(&["wait", &id2]).ok();
+    let v: Value = serde_json::from_str(&ha.gaffer(&["servers", "-o", "json"]).ok().stdout)
+        .expect("servers json");
+    assert_eq!(v["servers"].as_array().map(Vec::len), Some(2), "{v}");
+}
+
+/// The command of every job of the fail-over test: it records its start and end (also when it
+/// is killed) in one shared file, so that overlapping attempts of one job can be found.
+fn recorded_task(file: &std::path::Path) -> String {
+    let f = file.display();
+    format!(
+        "trap 'echo \"end $GAFFER_JOB_ID $$\" >> {f}; exit 143' TERM; \
+         echo \"start $GAFFER_JOB_ID $$\" >> {f}; sleep 0.3 & wait $!; \
+         echo \"end $GAFFER_JOB_ID $$\" >> {f}"
+    )
+}
+
+/// Submits job `n` until a server answers 201, rotating over the servers on connection errors
+/// and 5xx; every try carries the same `Idempotency-Key`. Returns the id and when the try that
+/// was accepted was sent.
+fn submit_until_accepted(
+    http: &ureq::Agent,
+    urls: &[String],
+    n: usize,
+    shell: &str,
+) -> (String, Instant) {
+    let body = json!({"name": format!("ha-{n}"), "shell": shell,
+                      "resources": {"cpus": 0.1, "memory": "32MiB"}});
+    let key = format!("ha-test-{n}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut k = n;
+    loop {
+        let url = format!("{}/v1/jobs", urls[k % urls.len()]);
+        let sent = Instant::now();
+        match http
+            .post(&url)
+            .set("Idempotency-Key", &key)
+            .send_json(&body)
+        {
+            Ok(r) => {
+                let v: Value = r.into_json().expect("submit answer");
+                return (v["ids"][0].as_str().expect("id").to_string(), sent);
+            }
+            Err(ureq::Error::Status(code, r)) if code >= 500 => {
+                let _ = r.into_string();
+            }
+            Err(ureq::Error::Status(code, r)) => {
+                panic!("submit {n}: {code} {}", r.into_string().unwrap_or_default())
+            }
+            Err(ureq::Error::Transport(_)) => {}
+        }
+        assert!(Instant::now() < deadline, "submit {n} not accepted in 90 s");
+        k += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn continuous_submits_survive_two_leader_kills_and_a_network_cut() {
+    if !Ha::possible() {
+        return;
+    }
+    const JOBS: usize = 1000;
+    let mut ha = Ha::start(3, 2);
+    let runs = ha.root().join("runs.log");
+    let shell = recorded_task(&runs);
+    let urls: Vec<String> = (0..3).map(|i| ha.url(i)).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let accepted: Arc<Mutex<Vec<(usize, String, Instant)>>> = Arc::default();
+    let client = {
+        let (done, accepted, urls, shell) =
+            (done.clone(), accepted.clone(), urls.clone(), shell.clone());
+        std::thread::spawn(move || {
+            let http = ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(1))
+                .timeout(Duration::from_secs(3))
+                .build();
+            for n in 0..JOBS {
+                let (id, sent) = submit_until_accepted(&http, &urls, n, &shell);
+                accepted.lock().expect("lock").push((n, id, sent));
+                done.store(n + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    let wait_done = |n: usize| {
+        util::wait_until("submits to progress", Duration::from_secs(180), || {
+            (done.load(Ordering::SeqCst) >= n).then_some(())
+        })
+    };
+    // How long after `t` the first submit that was accepted was sent.
+    let first_write_after = |t: Instant| {
+        util::wait_until(
+            "a submit accepted after the fault",
+            Duration::from_secs(60),
+            || {
+                accepted
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .find(|(_, _, at)| *at > t)
+                    .map(|(_, _, at)| at.duration_since(t))
+            },
+        )
+    };
+
+    let mut report = Vec::new();
+    for (round, at) in [(1, 150), (2, 400)] {
+        wait_done(at);
+        let (leader, term) = ha.wait_leader(None, Duration::from_secs(30));
+        let t = Instant::now();
+        ha.kill9_server(leader);
+        let (l2, term2) = ha.wait_leader(Some(leader), Duration::from_secs(30));
+        let elected = t.elapsed();
+        let write = first_write_after(t);
+        assert!(term2 > term);
+        report.push(format!(
+            "kill -9 #{round} of server {leader}: server {l2} leader after {elected:?}, first accepted submit after {write:?}"
+        ));
+        // As systemd would: the killed server comes back, as a follower.
+        ha.start_server(leader);
+    }
+
+    wait_done(650);
+    let (leader, term) = ha.wait_leader(None, Duration::from_secs(30));
+    let t = Instant::now();
+    ha.link(leader, false);
+    let (l3, term3) = ha.wait_leader(Some(leader), Duration::from_secs(30));
+    let elected = t.elapsed();
+    let write = first_write_after(t);
+    assert!(term3 > term);
+    report.push(format!(
+        "network cut of server {leader}: server {l3} leader after {elected:?}, first accepted submit after {write:?}"
+    ));
+    // The cut leader cannot renew its lease: it must step down on its own.
+    let log = ha
+        .root()
+        .join(format!("server-{leader}-{}.err", ha.launches(leader)));
+    util::wait_until("the cut leader steps down", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stepping down")
+            .then_some(())
+    });
+    ha.link(leader, true);
+
+    client.join().expect("client thread");
+    for r in &report {
+        eprintln!("fail-over: {r}");
+    }
+
+    // Every acknowledged job exists exactly once and succeeds.
+    let accepted = accepted.lock().expect("lock").clone();
+    assert_eq!(accepted.len(), JOBS);
+    let ids: HashSet<&str> = accepted.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), JOBS, "two submits got the same id");
+    let final_jobs = util::wait_until("every job final", Duration::from_secs(240), || {
+        let page = ha.get_json("/v1/jobs?limit=10000")?;
+        let jobs: Vec<(String, String)> = page["jobs"].as_array()?.iter().map(job_json).collect();
+        jobs.iter()
+            .all(|(_, s)| !matches!(s.as_str(), "pending" | "running"))
+            .then_some(jobs)
+    });
+    assert_eq!(
+        final_jobs.len(),
+        JOBS,
+        "every job exists once: no retried submit created a duplicate"
+    );
+    let states: HashMap<&str, &str> = final_jobs
+        .iter()
+        .map(|(id, s)| (id.as_str(), s.as_str()))
+        .collect();
+    let mut bad = Vec::new();
+    for (n, id, _) in &accepted {
+        match states.get(id.as_str()) {
+            Some(&"succeeded") => {}
+            other => bad.push(format!("ha-{n} {id}: {other:?}")),
+        }
+    }
+    assert!(bad.is_empty(), "jobs not succeeded: {bad:?}");
+
+    // No two attempts of one task ran at the same time: per job, starts and ends alternate.
+    let text = std::fs::read_to_string(&runs).expect("runs log");
+    let mut open: BTreeMap<String, u32> = BTreeMap::new();
+    let mut runs_per_job: BTreeMap<String, u32> = BTreeMap::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(what), Some(job)) = (w.next(), w.next()) else {
+            continue;
+        };
+        let c = open.entry(job.to_string()).or_default();
+        match what {
+            "start" => {
+                assert_eq!(
+                    *c, 0,
+                    "job {job} started while another attempt ran:\n{line}"
+                );
+                *c = 1;
+                *runs_per_job.entry(job.to_string()).or_default() += 1;
+            }
+            "end" => *c = 0,
+            _ => {}
+        }
+    }
+    assert_eq!(runs_per_job.len(), JOBS, "every job ran");
+    let reruns = runs_per_job.values().filter(|&&r| r > 1).count();
+    eprintln!("{reruns} of {JOBS} jobs ran more than once (attempts lost in a fail-over, never concurrently)");
+
+    // The cut server is back as a follower once its link is up.
+    let v = util::wait_until("three servers again", Duration::from_secs(60), || {
+        let v = ha.get_json("/v1/servers")?;
+        (v["servers"].as_array()?.len() == 3).then_some(v)
+    });
+    assert_eq!(
+        v["term"].as_i64(),
+        Some(term3),
+        "no election after the cut: {v}"
+    );
+}
