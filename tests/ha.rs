@@ -307,3 +307,69 @@ fn continuous_submits_survive_two_leader_kills_and_a_network_cut() {
         "no election after the cut: {v}"
     );
 }
+
+#[test]
+fn a_frozen_leader_writes_nothing_after_it_is_replaced() {
+    if !Ha::possible() {
+        return;
+    }
+    let mut ha = Ha::start(3, 1);
+    let (old, term) = ha.wait_leader(None, Duration::from_secs(30));
+    let before = ha.get_json("/v1/jobs?limit=100").expect("jobs")["jobs"]
+        .as_array()
+        .map(Vec::len);
+    // Freeze the leader past its lease: it cannot notice that it lost its role.
+    let pid = nix::unistd::Pid::from_raw(ha.server_pid(old));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let (new, term2) = ha.wait_leader(Some(old), Duration::from_secs(30));
+    assert!(term2 > term && new != old);
+    // A submit sent straight to the deposed leader, which wakes up still believing it leads:
+    // the write it attempts is refused by the fence and the job must not exist.
+    let url = format!("{}/v1/jobs", ha.url(old));
+    let sender = std::thread::spawn(move || {
+        let http = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(15))
+            .build();
+        match http
+            .post(&url)
+            .send_json(json!({"name": "from-the-deposed", "command": ["true"]}))
+        {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    let (code, body) = sender.join().expect("sender");
+    eprintln!("submit to the deposed leader: {code} {body}");
+    assert_ne!(code, 201, "a deposed leader accepted a write: {body}");
+    // It steps down and comes back as a follower of the new leader.
+    let log = ha
+        .root()
+        .join(format!("server-{old}-{}.err", ha.launches(old)));
+    util::wait_until(
+        "the deposed leader steps down",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("stepping down")
+                .then_some(())
+        },
+    );
+    let v = util::wait_until("three servers again", Duration::from_secs(30), || {
+        let v = ha.get_json("/v1/servers")?;
+        (v["servers"].as_array()?.len() == 3).then_some(v)
+    });
+    assert_eq!(v["term"].as_i64(), Some(term2), "{v}");
+    let jobs = ha.get_json("/v1/jobs?limit=100").expect("jobs");
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), before, "{jobs}");
+    assert!(!jobs.to_string().contains("from-the-deposed"));
+    // The same submit through the cluster works.
+    let id = ha
+        .gaffer(&["submit", "-q", "--name", "after-freeze", "--", "true"])
+        .ok()
+        .stdout;
+    ha.gaffer(&["wait", id.trim()]).ok();
+}

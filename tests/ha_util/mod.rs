@@ -300,6 +300,11 @@ impl Ha {
         self.servers[i].launches
     }
 
+    /// Pid of server `i` (`ip netns exec` execs the server itself).
+    pub fn server_pid(&self, i: usize) -> i32 {
+        self.servers[i].child.as_ref().expect("server running").id() as i32
+    }
+
     /// SIGKILLs server `i` and reaps it.
     pub fn kill9_server(&mut self, i: usize) {
         let mut c = self.servers[i].child.take().expect("server running");
