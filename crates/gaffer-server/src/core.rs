@@ -339,6 +339,10 @@ pub struct Core {
     pull_tx: UnboundedSender<OutputPull>,
 }
 
+/// Extra time nodes known only from the store get to reconnect after the core starts: an
+/// agent treats a server as gone after 10 s of silence (`gaffer_agent::remote::SILENCE`).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// Outputs of an ended attempt to copy from its node: (node, attempt, paths).
 pub type OutputPull = (String, AttemptKey, Vec<String>);
 
@@ -385,8 +389,10 @@ impl Core {
             }
             if let (TaskState::Assigned | TaskState::Running, Some(n)) = (t.state, &t.node) {
                 // Until its agent reconnects, the node is known only by these attempts; if it
-                // never does, the heartbeat timeout declares them lost.
-                let now = now_ms();
+                // never does, the heartbeat timeout declares them lost. An agent connected to a
+                // server that died without closing its connection (a new HA leader took over)
+                // notices only after its silence limit, so it gets that long on top.
+                let now = now_ms() + RECONNECT_GRACE.as_millis() as u64;
                 let node = core.nodes.entry(n.clone()).or_insert_with(|| Node {
                     info: NodeInfo {
                         name: n.clone(),
