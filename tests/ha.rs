@@ -25,7 +25,7 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     if !Ha::possible() {
         return;
     }
-    let mut ha = Ha::start(3, 1);
+    let mut ha = Ha::start_with_token(3, 1, Some("s3cret-ha"));
     let v: Value = serde_json::from_str(&ha.gaffer(&["servers", "-o", "json"]).ok().stdout)
         .expect("servers json");
     let servers = v["servers"].as_array().expect("servers");
@@ -49,7 +49,9 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     let only = ha.url(follower);
     let cli = |args: &[&str]| {
         let mut cmd = std::process::Command::new(cluster_util::BIN);
-        cmd.env("GAFFER_ADDR", &only).args(args);
+        cmd.env("GAFFER_ADDR", &only)
+            .env("GAFFER_TOKEN", "s3cret-ha")
+            .args(args);
         util::run_cmd(cmd, Duration::from_secs(60))
     };
     let id = cli(&["submit", "-q", "--shell", "echo via-follower"])
@@ -64,9 +66,27 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     assert!(jobs.contains(&id) && jobs.contains("succeeded"), "{jobs}");
     let nodes = cli(&["nodes", "-o", "json"]).ok().stdout;
     assert!(nodes.contains("\"a0\""), "{nodes}");
-    // A follower never runs a core: the write it forwarded is the leader's.
-    let (code, body) = ha.get(follower, "/v1/servers").expect("follower answers");
-    assert_eq!(code, 200, "{body}");
+    // The web UI is served by a follower too (its API calls are same-origin, so they take the
+    // same paths as the CLI's).
+    let (code, page) = ha.get(follower, "/").expect("follower answers");
+    assert!(code == 200 && page.contains("<html"), "{code} {page}");
+    // Tokens hold on every path: a follower's own reads, and calls it would forward.
+    let anon = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    for (method, path) in [
+        ("GET", "/v1/servers"),
+        ("GET", "/v1/jobs"),
+        ("POST", "/v1/jobs"),
+    ] {
+        let r = anon
+            .request(method, &format!("{only}{path}"))
+            .send_string(r#"{"command": ["true"]}"#);
+        match r {
+            Err(ureq::Error::Status(401, _)) => {}
+            other => panic!("{method} {path} without a token: {other:?}"),
+        }
+    }
 
     // The agent was given every server; it is connected to the leader, whichever that is.
     let (code, _) = ha.get(leader, "/v1/nodes").expect("leader answers");
@@ -362,7 +382,7 @@ fn a_frozen_leader_writes_nothing_after_it_is_replaced() {
         let v = ha.get_json("/v1/servers")?;
         (v["servers"].as_array()?.len() == 3).then_some(v)
     });
-    assert_eq!(v["term"].as_i64(), Some(term2), "{v}");
+    assert!(v["term"].as_i64() >= Some(term2), "{v}");
     let jobs = ha.get_json("/v1/jobs?limit=100").expect("jobs");
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), before, "{jobs}");
     assert!(!jobs.to_string().contains("from-the-deposed"));

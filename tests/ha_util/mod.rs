@@ -176,6 +176,8 @@ pub struct Ha {
     etcd: Option<Etcd>,
     net: Option<Bridge>,
     http: ureq::Agent,
+    /// API token every server requires (`--token-file`), if any.
+    pub token: Option<String>,
 }
 
 /// Port every server listens on inside its namespace.
@@ -193,6 +195,11 @@ impl Ha {
 
     /// `servers` servers and `agents` agents (named a0, a1, ...), each in its own namespace.
     pub fn start(servers: usize, agents: usize) -> Ha {
+        Self::start_with_token(servers, agents, None)
+    }
+
+    /// Like [`Ha::start`], every server requiring the API token `token`.
+    pub fn start_with_token(servers: usize, agents: usize, token: Option<&str>) -> Ha {
         let tmp = tempfile::Builder::new()
             .prefix("gaffer-ha-")
             .tempdir()
@@ -223,8 +230,12 @@ impl Ha {
                 .timeout_connect(Duration::from_secs(2))
                 .timeout(Duration::from_secs(10))
                 .build(),
+            token: token.map(str::to_string),
             tmp,
         };
+        if let Some(t) = token {
+            std::fs::write(ha.root().join("api.token"), format!("{t}\n")).expect("token file");
+        }
         for i in 0..servers {
             ha.start_server(i);
         }
@@ -287,8 +298,11 @@ impl Ha {
             .args(["--etcd-endpoints", &self.etcd_endpoints().join(",")])
             .args(["--listen", &format!("{addr}:{PORT}")])
             .args(["--advertise", &self.url(i)])
-            .args(["--lease-ttl", LEASE_TTL])
-            .arg("--data-dir")
+            .args(["--lease-ttl", LEASE_TTL]);
+        if self.token.is_some() {
+            cmd.arg("--token-file").arg(self.root().join("api.token"));
+        }
+        cmd.arg("--data-dir")
             .arg(self.root().join(format!("server-{i}")))
             .stdout(File::create(self.root().join(format!("server-{i}-{n}.out"))).expect("log"))
             .stderr(File::create(self.root().join(format!("server-{i}-{n}.err"))).expect("log"));
@@ -355,7 +369,11 @@ impl Ha {
 
     /// GET `path` from server `i`: status and body; `None` when it cannot be reached.
     pub fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
-        match self.http.get(&format!("{}{path}", self.url(i))).call() {
+        let mut req = self.http.get(&format!("{}{path}", self.url(i)));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
             Ok(r) => {
                 let code = r.status();
                 Some((code, r.into_string().unwrap_or_default()))
@@ -438,6 +456,9 @@ impl Ha {
     pub fn gaffer(&self, args: &[&str]) -> crate::util::Out {
         let mut cmd = Command::new(BIN);
         cmd.env("GAFFER_ADDR", self.all_urls()).args(args);
+        if let Some(t) = &self.token {
+            cmd.env("GAFFER_TOKEN", t);
+        }
         crate::util::run_cmd(cmd, Duration::from_secs(60))
     }
 
