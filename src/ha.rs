@@ -38,7 +38,7 @@ where
             Ok(v) => return v,
             Err(e) => {
                 tries += 1;
-                eprintln!("gaffer server: waiting for etcd ({what}, try {tries}): {e:#}");
+                eprintln!("gaffer server: waiting for etcd ({what}, try {tries}): {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -55,6 +55,21 @@ fn switchable(current: Arc<RwLock<axum::Router>>) -> axum::Router {
                 Err(never) => match never {},
             }
         }
+    })
+}
+
+/// The router while etcd cannot be reached yet.
+fn waiting_router() -> axum::Router {
+    use axum::http::{header, StatusCode};
+    axum::Router::new().fallback(|| async {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(gaffer_api::views::ErrorBody {
+                error: "this gaffer server is waiting for etcd; retry in a moment".into(),
+                fields: Vec::new(),
+            }),
+        )
     })
 }
 
@@ -109,6 +124,13 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
             endpoints.join(",")
         );
         base.warn_open(addr);
+        // Serve at once: until etcd answers, every call gets a 503 that says why.
+        let current = Arc::new(RwLock::new(waiting_router()));
+        let app = switchable(current.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut http = tokio::spawn(daemon::http(listener, app, base.tls.clone(), async move {
+            let _ = stop_rx.await;
+        }));
 
         let store_endpoints = endpoints.clone();
         let store_prefix = prefix.clone();
@@ -165,12 +187,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
                 http: http_client,
             },
         );
-        let current = Arc::new(RwLock::new(follower));
-        let app = switchable(current.clone());
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut http = tokio::spawn(daemon::http(listener, app, base.tls.clone(), async move {
-            let _ = stop_rx.await;
-        }));
+        *current.write().unwrap_or_else(|p| p.into_inner()) = follower;
         let core_slot: Arc<std::sync::Mutex<Option<gaffer_server::core::CoreHandle>>> =
             Arc::default();
 
