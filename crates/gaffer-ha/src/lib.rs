@@ -208,6 +208,11 @@ impl Member {
                     }));
                     return Ok(term);
                 }
+                Ok(Err((None, _))) => {
+                    // The key vanished between the comparison and the read: campaign again.
+                    self.leader_tx.send_replace(None);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 Ok(Err((leader, mod_rev))) => {
                     self.leader_tx.send_replace(leader);
                     if let Err(e) = self.wait_deleted(&key, mod_rev).await {
