@@ -1,6 +1,7 @@
 //! The `gaffer` binary: the CLI, `gaffer dev`, and the hidden `gaffer shim` task supervisor.
 //! It is the only place that wires the crates together.
 
+mod admin;
 mod cli;
 mod client;
 mod commands;
@@ -77,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Nodes => commands::nodes(&c, fmt),
         Command::Servers => commands::servers(&c, fmt),
         Command::Events(a) => commands::events(&c, fmt, a),
+        Command::Admin(a) => admin::run(fmt, a),
         Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
     }
 }

@@ -943,6 +943,45 @@ impl Store for EtcdStore {
         }
     }
 
+    fn idempotency_keys(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<JobId>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let space = self.k("idem/");
+        let start = match after {
+            // The smallest key after `space + after`.
+            Some(a) => {
+                let mut k = format!("{space}{a}").into_bytes();
+                k.push(0);
+                k
+            }
+            None => space.clone().into_bytes(),
+        };
+        let end = prefix_end(space.as_bytes());
+        let kvs = self.run("read idempotency keys", move |mut kv| async move {
+            let o = GetOptions::new()
+                .with_range(end)
+                .with_limit(i64::from(limit));
+            Ok(kv.get(start, Some(o)).await?.take_kvs())
+        })?;
+        kvs.iter()
+            .map(|kv| {
+                let key = std::str::from_utf8(&kv.key()[space.len()..])
+                    .map_err(|e| StoreError::Corrupt {
+                        what: format!("etcd key {}", String::from_utf8_lossy(kv.key())),
+                        detail: format!("idempotency key is not UTF-8: {e}"),
+                    })?
+                    .to_string();
+                let ids: Vec<u64> = from_json(kv)?;
+                Ok((key, ids.into_iter().map(JobId).collect()))
+            })
+            .collect()
+    }
+
     fn ended_per_minute(&self, since: UnixMs) -> Result<Vec<(UnixMs, u64, u64)>> {
         let start = format!("{}/ended/{since:020}", self.p).into_bytes();
         let end = prefix_end(self.k("ended/").as_bytes());

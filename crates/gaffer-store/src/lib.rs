@@ -202,6 +202,14 @@ pub trait Store: Send + Sync {
     fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>>;
     /// Jobs created by an earlier submit with this idempotency key.
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>>;
+    /// Every idempotency key greater than `after` (from the first with `None`) in byte order,
+    /// at most `limit` of them, each with the jobs its submit created. The core only looks keys
+    /// up; this listing is for `gaffer admin snapshot`.
+    fn idempotency_keys(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<JobId>)>>;
     /// Task attempts that ended at or after `since` (Unix ms), counted per minute:
     /// `(minute start, succeeded, failed)`, where failed covers `failed`, `timed_out`,
     /// `oom_killed` and `lost`. Minutes without any are left out; oldest first.

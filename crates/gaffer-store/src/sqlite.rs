@@ -590,22 +590,48 @@ impl Store for SqliteStore {
             })
             .optional()
         })?;
-        match ids {
-            None => Ok(None),
-            Some(s) => s
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    p.parse()
-                        .map_err(|e: gaffer_api::ids::BadJobId| StoreError::Corrupt {
-                            what: format!("idempotency key {key}"),
-                            detail: e.to_string(),
-                        })
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-        }
+        ids.map(|s| parse_ids(key, &s)).transpose()
     }
+
+    fn idempotency_keys(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<(String, Vec<JobId>)>> {
+        // The primary key's BINARY collation compares bytes: the order etcd keeps keys in.
+        let rows: Vec<(String, String)> = self.read(|c| match after {
+            Some(a) => c
+                .prepare_cached(
+                    "SELECT key, ids FROM idempotency WHERE key > ?1 ORDER BY key LIMIT ?2",
+                )?
+                .query_map(params![a, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect(),
+            None => c
+                .prepare_cached("SELECT key, ids FROM idempotency ORDER BY key LIMIT ?1")?
+                .query_map(params![limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect(),
+        })?;
+        rows.into_iter()
+            .map(|(key, ids)| {
+                let ids = parse_ids(&key, &ids)?;
+                Ok((key, ids))
+            })
+            .collect()
+    }
+}
+
+/// The job ids of an idempotency key, stored comma-separated.
+fn parse_ids(key: &str, s: &str) -> Result<Vec<JobId>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse()
+                .map_err(|e: gaffer_api::ids::BadJobId| StoreError::Corrupt {
+                    what: format!("idempotency key {key}"),
+                    detail: e.to_string(),
+                })
+        })
+        .collect()
 }
 
 // Tests: the same scenarios run against every backend in tests/conformance.rs.

@@ -193,6 +193,7 @@ conformance!(
     lazy_tasks_and_attempts,
     events_order_filter_and_limit,
     idempotency_keys,
+    idempotency_keys_are_listed_in_byte_order,
     tasks_in_states_and_active_index,
     updates_keep_spec_and_missing_updates_are_ignored,
     large_batch_in_one_commit,
@@ -672,6 +673,56 @@ fn idempotency_keys(fx: &dyn Fixture) {
     assert_eq!(fx.open().load_active().unwrap().next_job_id, 100);
     // Empty batches are fine.
     s.commit(&Batch::default()).unwrap();
+}
+
+fn idempotency_keys_are_listed_in_byte_order(fx: &dyn Fixture) {
+    let s = fx.open();
+    assert_eq!(s.idempotency_keys(None, 10).unwrap(), []);
+    let mut b = Batch::default();
+    for id in 1..=4 {
+        b.insert_jobs.push(job(id, 1));
+    }
+    // Written out of order; `a/x` sorts between `a` and `b` byte-wise, `Z` before `a`.
+    b.idempotency.push(("b".into(), vec![JobId(2)]));
+    b.idempotency.push(("a/x".into(), vec![JobId(3), JobId(4)]));
+    b.idempotency.push(("a".into(), vec![JobId(1)]));
+    b.idempotency.push(("Z key".into(), vec![]));
+    s.commit(&b).unwrap();
+    let all = |v: Vec<(String, Vec<JobId>)>| -> Vec<(String, Vec<u64>)> {
+        v.into_iter()
+            .map(|(k, ids)| (k, ids.into_iter().map(|i| i.0).collect()))
+            .collect()
+    };
+    let s = fx.open();
+    assert_eq!(
+        all(s.idempotency_keys(None, 100).unwrap()),
+        [
+            ("Z key".to_string(), vec![]),
+            ("a".to_string(), vec![1]),
+            ("a/x".to_string(), vec![3, 4]),
+            ("b".to_string(), vec![2]),
+        ]
+    );
+    // Pages: `after` is exclusive, `limit` bounds the page.
+    let p1 = s.idempotency_keys(None, 2).unwrap();
+    assert_eq!(all(p1.clone()).len(), 2);
+    assert_eq!(p1[1].0, "a");
+    let p2 = s.idempotency_keys(Some(&p1[1].0), 2).unwrap();
+    assert_eq!(
+        all(p2),
+        [("a/x".to_string(), vec![3, 4]), ("b".to_string(), vec![2])]
+    );
+    assert_eq!(s.idempotency_keys(Some("b"), 2).unwrap(), []);
+    assert_eq!(s.idempotency_keys(Some("a0"), 10).unwrap().len(), 1);
+    assert_eq!(s.idempotency_keys(None, 0).unwrap(), []);
+    // Deleting a job leaves its key (a resubmit still returns the old ids), as lookups do.
+    s.commit(&Batch {
+        delete_jobs: vec![JobId(2)],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(s.idempotency_keys(None, 100).unwrap().len(), 4);
+    assert_eq!(s.idempotent_ids("b").unwrap(), Some(vec![JobId(2)]));
 }
 
 fn tasks_in_states_and_active_index(fx: &dyn Fixture) {
