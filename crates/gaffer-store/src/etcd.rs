@@ -18,9 +18,10 @@
 //! | `P/ended/{time}/{id}` | `s`/`f` for task events that end an attempt ([`Store::ended_per_minute`]) |
 //! | `P/idem/{key}` | JSON array of job ids |
 //!
-//! `list_jobs` is a descending range with a limit over `P/jobs/` or `P/state/{state}/`. A name
-//! filter is a substring test applied while paging through that range, so a rare name costs a scan
-//! of the jobs older than the cursor (in pages of [`PAGE`] keys), as SQLite's `instr` does.
+//! `list_jobs` reads `P/jobs/` or `P/state/{state}/` newest first in ascending windows of ids
+//! that move backwards from the cursor (see [`newest`]): etcd ignores the limit of a descending
+//! range and would read every job. A name filter is a substring test applied to each window, so a
+//! rare name costs a scan of the jobs older than the cursor, as SQLite's `instr` does.
 //!
 //! # Batches
 //! [`Store::commit`] first reads the current records of updated and deleted jobs (an update keeps
@@ -48,8 +49,8 @@
 
 use crate::{ActiveState, Batch, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
+    TxnOp, TxnOpResponse,
 };
 use gaffer_api::state::TaskCounts;
 use gaffer_api::views::{AttemptView, EventView, JobPage, TaskView};
@@ -260,6 +261,63 @@ fn prefix_end(p: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// Ids in the first window [`newest`] reads, per wanted entry.
+const WINDOW_PER_WANTED: u64 = 2;
+/// The widest window [`newest`] reads at once, in ids.
+const MAX_WINDOW: u64 = 4 * PAGE as u64;
+
+/// Up to `want` entries of the keys `space{n:020}` with `n < below` that pass `keep`, greatest
+/// `n` first.
+///
+/// etcd ignores the limit of a range sorted in descending order: it reads the whole range and
+/// sorts it, so "the newest 50 jobs" would cost a read of every job. Instead this reads
+/// ascending windows of numbers backwards from `below`: `[below - w, below)`, then the window
+/// below that, each `w` four times the previous one (up to [`MAX_WINDOW`]), until enough
+/// entries are found or number 0 is reached. With dense numbers (job ids) the first window
+/// usually suffices; a sparse index or a rare name costs more windows, but never a read of keys
+/// above `below` or a sort.
+async fn newest(
+    kv: &mut KvClient,
+    space: &str,
+    below: u64,
+    want: usize,
+    keep: impl Fn(&KeyValue) -> bool,
+) -> std::result::Result<Vec<KeyValue>, etcd_client::Error> {
+    let mut out = Vec::new();
+    let mut hi = below;
+    let mut w = (want as u64 * WINDOW_PER_WANTED).clamp(64, MAX_WINDOW);
+    while hi > 0 {
+        let lo = hi.saturating_sub(w);
+        let end = format!("{space}{hi:020}").into_bytes();
+        let mut from = format!("{space}{lo:020}").into_bytes();
+        let mut window = Vec::new();
+        loop {
+            let o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut r = kv.get(from.clone(), Some(o)).await?;
+            let more = r.more();
+            let kvs = r.take_kvs();
+            let n = kvs.len();
+            if let Some(last) = kvs.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            window.extend(kvs.into_iter().filter(|kv| keep(kv)));
+            if !more || n == 0 {
+                break;
+            }
+        }
+        for kv in window.into_iter().rev() {
+            out.push(kv);
+            if out.len() >= want {
+                return Ok(out);
+            }
+        }
+        hi = lo;
+        w = (w * 4).min(MAX_WINDOW);
+    }
+    Ok(out)
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -481,24 +539,33 @@ impl EtcdStore {
         })
     }
 
-    /// The greatest zero-padded number under `prefix`, if any.
-    fn last_number(&self, prefix: String) -> Result<Option<u64>> {
-        let p = prefix.clone();
-        let kv = self.run("read", move |mut kv| async move {
-            let o = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Key, SortOrder::Descend)
-                .with_limit(1)
-                .with_keys_only();
-            let mut r = kv.get(p, Some(o)).await?;
-            Ok(r.take_kvs().into_iter().next())
-        })?;
-        Ok(kv.and_then(|kv| {
+    /// The greatest zero-padded number under `prefix` that is at least `hint`, if any: the keys
+    /// at or above the counter, which is normally none. (A descending range would find the
+    /// greatest key in one request, but etcd ignores the limit of a sorted range and reads all
+    /// of it: every event key.)
+    fn last_number_from(&self, prefix: String, hint: u64) -> Result<Option<u64>> {
+        let start = format!("{prefix}{hint:020}").into_bytes();
+        let kvs = self.scan(start, prefix_end(prefix.as_bytes()), true)?;
+        Ok(kvs.last().and_then(|kv| {
             std::str::from_utf8(&kv.key()[prefix.len()..])
                 .ok()?
                 .parse()
                 .ok()
         }))
+    }
+
+    /// A decimal counter under `meta/` (0 when absent).
+    fn counter(&self, name: &str) -> Result<u64> {
+        let key = self.k(&format!("meta/{name}"));
+        match self.get_one(key.clone())? {
+            Some(kv) => String::from_utf8_lossy(kv.value())
+                .parse::<u64>()
+                .map_err(|e| StoreError::Corrupt {
+                    what: key,
+                    detail: e.to_string(),
+                }),
+            None => Ok(0),
+        }
     }
 
     /// Writes `ops` in bounded transactions, each fenced.
@@ -612,27 +679,14 @@ impl Store for EtcdStore {
         for kv in self.scan_prefix(&self.k("atasks/"), false)? {
             st.tasks.push(from_json::<TaskRec>(&kv)?.into_row());
         }
-        let next = match self.get_one(self.k("meta/next_job_id"))? {
-            Some(kv) => String::from_utf8_lossy(kv.value())
-                .parse::<u64>()
-                .map_err(|e| StoreError::Corrupt {
-                    what: self.k("meta/next_job_id"),
-                    detail: e.to_string(),
-                })?,
-            None => 1,
-        };
-        let max_job = self.last_number(self.k("jobs/"))?.unwrap_or(0);
+        let next = self.counter("next_job_id")?.max(1);
+        let max_job = self.last_number_from(self.k("jobs/"), next)?.unwrap_or(0);
         st.next_job_id = next.max(max_job + 1);
-        let next_ev = match self.get_one(self.k("meta/next_event_id"))? {
-            Some(kv) => String::from_utf8_lossy(kv.value())
-                .parse::<u64>()
-                .map_err(|e| StoreError::Corrupt {
-                    what: self.k("meta/next_event_id"),
-                    detail: e.to_string(),
-                })?,
-            None => 1,
-        };
-        st.next_event_id = (self.last_number(self.k("events/"))?.unwrap_or(0) + 1).max(next_ev);
+        let next_ev = self.counter("next_event_id")?.max(1);
+        let max_ev = self
+            .last_number_from(self.k("events/"), next_ev)?
+            .unwrap_or(0);
+        st.next_event_id = next_ev.max(max_ev + 1);
         Ok(st)
     }
 
@@ -758,55 +812,32 @@ impl Store for EtcdStore {
         };
         // Full records in the range, or only names (final states' index).
         let full = !matches!(q.state, Some(s) if s.is_final());
-        let start = space.as_bytes().to_vec();
-        let end = match q.before {
-            Some(b) => format!("{space}{:020}", b.0).into_bytes(),
-            None => prefix_end(space.as_bytes()),
+        // Job ids below which to look: the cursor, else one past the greatest id in the space.
+        let below = match q.before {
+            Some(b) => b.0,
+            None => {
+                let next = self.counter("next_job_id")?.max(1);
+                let last = self.last_number_from(space.clone(), next)?.unwrap_or(0);
+                next.max(last + 1)
+            }
         };
         let name = q.name.clone();
         let want = limit + 1;
-        // Descending pages; keep matching entries until `want` are found.
         let hits: Vec<KeyValue> = self.run("list jobs", move |mut kv| async move {
-            let mut hits = Vec::new();
-            let mut end = end;
-            loop {
-                let page = if name.is_some() { PAGE } else { want as i64 };
-                let o = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_sort(SortTarget::Key, SortOrder::Descend)
-                    .with_limit(page);
-                let mut r = kv.get(start.clone(), Some(o)).await?;
-                let more = r.more();
-                let kvs = r.take_kvs();
-                let n = kvs.len();
-                if let Some(last) = kvs.last() {
-                    end = last.key().to_vec();
-                }
-                for kv in kvs {
-                    let keep = match &name {
-                        None => true,
-                        Some(name) => {
-                            let text = if full {
-                                serde_json::from_slice::<JobRec>(kv.value())
-                                    .map(|r| r.name)
-                                    .unwrap_or_default()
-                            } else {
-                                String::from_utf8_lossy(kv.value()).into_owned()
-                            };
-                            text.contains(name.as_str())
-                        }
+            let keep = |kv: &KeyValue| match &name {
+                None => true,
+                Some(name) => {
+                    let text = if full {
+                        serde_json::from_slice::<JobRec>(kv.value())
+                            .map(|r| r.name)
+                            .unwrap_or_default()
+                    } else {
+                        String::from_utf8_lossy(kv.value()).into_owned()
                     };
-                    if keep {
-                        hits.push(kv);
-                        if hits.len() >= want {
-                            return Ok(hits);
-                        }
-                    }
+                    text.contains(name.as_str())
                 }
-                if !more || n == 0 {
-                    return Ok(hits);
-                }
-            }
+            };
+            newest(&mut kv, &space, below, want, keep).await
         })?;
         let mut rows = if full {
             self.jobs_from(&hits)?
