@@ -64,8 +64,6 @@ pub const BATCH_ROWS: usize = 10_000;
 const PROGRESS_JOBS: u64 = 10_000;
 /// ... and every this many events.
 const PROGRESS_EVENTS: u64 = 100_000;
-/// Task indices per `list_tasks` read when a job has many task rows.
-const TASK_RANGE: u32 = 10_000;
 
 /// `gaffer admin ...`.
 pub fn run(fmt: Format, cmd: AdminCommand) -> Result<i32> {
@@ -713,51 +711,29 @@ struct Chunk {
 /// Reads jobs `ids` with their tasks and attempts and encodes them.
 fn read_jobs(store: &dyn Store, ids: &[JobId]) -> Result<Chunk> {
     let mut c = Chunk::default();
-    for &id in ids {
-        let job = store
-            .get_job(id)
-            .with_context(|| format!("cannot read job {id}"))?
-            .ok_or_else(|| {
-                anyhow!(
-                    "job {id} was deleted while the snapshot was being taken: stop every gaffer \
-                     server using this store and take the snapshot again"
-                )
-            })?;
-        let tasks = store
-            .tasks_in_states(id, &TaskState::ALL)
-            .with_context(|| format!("cannot read the tasks of job {id}"))?;
-        let mut attempts: Vec<(u32, AttemptView)> = Vec::new();
-        if tasks.len() <= 4 {
-            for t in &tasks {
-                let list = store
-                    .attempts(id, t.index)
-                    .with_context(|| format!("cannot read the attempts of job {id}"))?;
-                attempts.extend(list.into_iter().map(|a| (t.index, a)));
+    let histories = store
+        .job_histories(ids)
+        .with_context(|| match (ids.first(), ids.last()) {
+            (Some(a), Some(b)) => {
+                format!("cannot read jobs {a} to {b} with their tasks and attempts")
             }
-        } else {
-            // Many rows (an array job): read attempts by ranges of indices.
-            let lo = tasks.iter().map(|t| t.index).min().unwrap_or(0);
-            let hi = tasks.iter().map(|t| t.index).max().unwrap_or(0) + 1;
-            let mut from = lo;
-            while from < hi {
-                let n = (hi - from).min(TASK_RANGE);
-                let views = store
-                    .list_tasks(&job, from, n)
-                    .with_context(|| format!("cannot read the attempts of job {id}"))?;
-                for v in views {
-                    attempts.extend(v.attempts.into_iter().map(|a| (v.index, a)));
-                }
-                from += n;
-            }
-        }
+            _ => "cannot read jobs".to_string(),
+        })?;
+    for (&id, h) in ids.iter().zip(histories) {
+        let h = h.ok_or_else(|| {
+            anyhow!(
+                "job {id} was deleted while the snapshot was being taken: stop every gaffer \
+                 server using this store and take the snapshot again"
+            )
+        })?;
         c.counts.jobs += 1;
-        push_line(&mut c.text, &Rec::Job(Box::new(job.into())))?;
-        c.counts.tasks += tasks.len() as u64;
-        for t in tasks {
+        push_line(&mut c.text, &Rec::Job(Box::new(h.job.into())))?;
+        c.counts.tasks += h.tasks.len() as u64;
+        for t in h.tasks {
             push_line(&mut c.text, &Rec::Task(t.into()))?;
         }
-        c.counts.attempts += attempts.len() as u64;
-        for (index, a) in attempts {
+        c.counts.attempts += h.attempts.len() as u64;
+        for (index, a) in h.attempts {
             push_line(
                 &mut c.text,
                 &Rec::Attempt(Box::new(AttemptRec::new(id, index, a))),

@@ -47,7 +47,7 @@
 //! on it and the calling thread waits on a channel, so calls work from plain threads, from
 //! `spawn_blocking` closures and even from inside another runtime's worker (where they block it).
 
-use crate::{ActiveState, Batch, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
+use crate::{ActiveState, Batch, JobHistory, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
     TxnOp, TxnOpResponse,
@@ -962,6 +962,57 @@ impl Store for EtcdStore {
             }
         }
         Ok(out)
+    }
+
+    /// Three range reads over the ids' span (jobs, task rows, attempts) instead of three round
+    /// trips per job: a snapshot of 100,000 jobs took minutes job by job.
+    fn job_histories(&self, ids: &[JobId]) -> Result<Vec<Option<JobHistory>>> {
+        let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let (lo, end) = (lo.0, hi.0 + 1);
+        let span = |space: &str| {
+            (
+                format!("{}/{space}/{lo:020}", self.p).into_bytes(),
+                format!("{}/{space}/{end:020}", self.p).into_bytes(),
+            )
+        };
+        let mut found: HashMap<u64, JobHistory> = HashMap::new();
+        let (from, to) = span("jobs");
+        for kv in self.scan(from, to, false)? {
+            let job = from_json::<JobRec>(&kv)?.into_row();
+            let history = JobHistory {
+                job,
+                tasks: Vec::new(),
+                attempts: Vec::new(),
+            };
+            found.insert(history.job.id.0, history);
+        }
+        let (from, to) = span("tasks");
+        for kv in self.scan(from, to, false)? {
+            let t = from_json::<TaskRec>(&kv)?.into_row();
+            if let Some(h) = found.get_mut(&t.job.0) {
+                h.tasks.push(t);
+            }
+        }
+        let (from, to) = span("attempts");
+        for kv in self.scan(from, to, false)? {
+            // P/attempts/{job}/{index}/{attempt}
+            let mut parts = kv.key().rsplit(|b| *b == b'/').skip(1);
+            let number = |part: Option<&[u8]>| -> Option<u64> {
+                std::str::from_utf8(part?).ok()?.parse().ok()
+            };
+            let (Some(index), Some(job)) = (number(parts.next()), number(parts.next())) else {
+                return Err(StoreError::Corrupt {
+                    what: format!("etcd key {}", String::from_utf8_lossy(kv.key())),
+                    detail: "not attempts/JOB/INDEX/ATTEMPT".into(),
+                });
+            };
+            if let Some(h) = found.get_mut(&job) {
+                h.attempts.push((index as u32, from_json(&kv)?));
+            }
+        }
+        Ok(ids.iter().map(|id| found.remove(&id.0)).collect())
     }
 
     fn idempotent_ids(&self, key: &str) -> Result<Option<Vec<JobId>>> {

@@ -214,6 +214,22 @@ pub trait Store: Send + Sync {
     /// `(minute start, succeeded, failed)`, where failed covers `failed`, `timed_out`,
     /// `oom_killed` and `lost`. Minutes without any are left out; oldest first.
     fn ended_per_minute(&self, since: UnixMs) -> Result<Vec<(UnixMs, u64, u64)>>;
+    /// Jobs `ids` with every stored task row and attempt, in the order of `ids` (`None` for a
+    /// job that does not exist): the whole record of each, for `gaffer admin snapshot`. Read
+    /// with range reads over the ids' span rather than a few reads per job, so callers should
+    /// pass ids that lie close together (a page of the job list).
+    fn job_histories(&self, ids: &[JobId]) -> Result<Vec<Option<JobHistory>>>;
+}
+
+/// A job with everything stored about it except its events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobHistory {
+    /// The job.
+    pub job: JobRow,
+    /// Its task rows (tasks that never ran have none), by index.
+    pub tasks: Vec<TaskRow>,
+    /// Its attempts as `(task index, attempt)`, by index, then attempt number.
+    pub attempts: Vec<(u32, AttemptView)>,
 }
 
 impl JobRow {

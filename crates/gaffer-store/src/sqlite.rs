@@ -1,11 +1,12 @@
 //! SQLite backend: one file, WAL journal, one writer connection and a small pool of readers so
 //! API reads never wait for a commit. Every [`Store::commit`] is one transaction (one fsync).
 
-use crate::{ActiveState, Batch, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
+use crate::{ActiveState, Batch, JobHistory, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
 use gaffer_api::state::TaskCounts;
 use gaffer_api::views::{AttemptView, EventView, JobPage, TaskView};
 use gaffer_api::{JobId, JobSpec, JobState, TaskState, UnixMs};
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -148,22 +149,40 @@ fn task_state(col: usize, s: String) -> rusqlite::Result<TaskState> {
 }
 
 fn attempt_from_row(r: &Row) -> rusqlite::Result<AttemptView> {
-    let outputs: Option<String> = r.get(10)?;
+    attempt_at(r, 0)
+}
+
+/// The attempt in columns `base..` (in the order of `ATTEMPT_COLS`).
+fn attempt_at(r: &Row, base: usize) -> rusqlite::Result<AttemptView> {
+    let outputs: Option<String> = r.get(base + 10)?;
     Ok(AttemptView {
-        attempt: r.get::<_, i64>(0)? as u32,
-        node: r.get(1)?,
-        state: task_state(2, r.get(2)?)?,
-        started_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-        ended_at: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-        exit_code: r.get(5)?,
-        signal: r.get(6)?,
-        message: r.get(7)?,
-        max_rss_bytes: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-        cpu_secs: r.get(9)?,
+        attempt: r.get::<_, i64>(base)? as u32,
+        node: r.get(base + 1)?,
+        state: task_state(base + 2, r.get(base + 2)?)?,
+        started_at: r.get::<_, Option<i64>>(base + 3)?.map(|v| v as u64),
+        ended_at: r.get::<_, Option<i64>>(base + 4)?.map(|v| v as u64),
+        exit_code: r.get(base + 5)?,
+        signal: r.get(base + 6)?,
+        message: r.get(base + 7)?,
+        max_rss_bytes: r.get::<_, Option<i64>>(base + 8)?.map(|v| v as u64),
+        cpu_secs: r.get(base + 9)?,
         outputs: match outputs {
-            Some(o) => serde_json::from_str(&o).map_err(|e| conv_err(10, e.to_string()))?,
+            Some(o) => serde_json::from_str(&o).map_err(|e| conv_err(base + 10, e.to_string()))?,
             None => Vec::new(),
         },
+    })
+}
+
+/// A task row from `TASK_COLS`.
+fn task_from_row(r: &Row) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        job: JobId(r.get::<_, i64>(0)? as u64),
+        index: r.get::<_, i64>(1)? as u32,
+        state: task_state(2, r.get(2)?)?,
+        attempts: r.get::<_, i64>(3)? as u32,
+        lost: r.get::<_, i64>(4)? as u32,
+        node: r.get(5)?,
+        not_before: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
     })
 }
 
@@ -180,6 +199,7 @@ fn event_from_row(r: &Row) -> rusqlite::Result<EventView> {
     })
 }
 
+const TASK_COLS: &str = "job_id, idx, state, attempts, lost, node, not_before";
 const ATTEMPT_COLS: &str =
     "attempt, node, state, started_at, ended_at, exit_code, signal, message, max_rss, cpu_secs, outputs";
 
@@ -463,25 +483,8 @@ impl Store for SqliteStore {
                  ORDER BY idx, attempt"
             ))?;
             let rows = q.query_map(params![job.id.0 as i64, from, end], |r| {
-                let idx = r.get::<_, i64>(0)? as u32;
-                // Shift columns by one: attempt_from_row expects them from 0.
-                let a = AttemptView {
-                    attempt: r.get::<_, i64>(1)? as u32,
-                    node: r.get(2)?,
-                    state: task_state(3, r.get(3)?)?,
-                    started_at: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-                    ended_at: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
-                    exit_code: r.get(6)?,
-                    signal: r.get(7)?,
-                    message: r.get(8)?,
-                    max_rss_bytes: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
-                    cpu_secs: r.get(10)?,
-                    outputs: match r.get::<_, Option<String>>(11)? {
-                        Some(o) => serde_json::from_str(&o).map_err(|e| conv_err(11, e.to_string()))?,
-                        None => Vec::new(),
-                    },
-                };
-                Ok((idx, a))
+                let a = attempt_at(r, 1)?;
+                Ok((r.get::<_, i64>(0)? as u32, a))
             })?;
             for row in rows {
                 let (idx, a) = row?;
@@ -533,24 +536,64 @@ impl Store for SqliteStore {
         })
     }
 
+    fn job_histories(&self, ids: &[JobId]) -> Result<Vec<Option<JobHistory>>> {
+        let (Some(lo), Some(hi)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(Vec::new());
+        };
+        let span = params![lo.0 as i64, hi.0 as i64];
+        let mut found: HashMap<u64, JobHistory> = self.read(|c| {
+            let mut found = HashMap::new();
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE id >= ?1 AND id <= ?2"
+            ))?;
+            for job in q.query_map(span, job_from_row)? {
+                let job = job?;
+                let history = JobHistory {
+                    job,
+                    tasks: Vec::new(),
+                    attempts: Vec::new(),
+                };
+                found.insert(history.job.id.0, history);
+            }
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE job_id >= ?1 AND job_id <= ?2 \
+                 ORDER BY job_id, idx"
+            ))?;
+            for t in q.query_map(span, task_from_row)? {
+                let t = t?;
+                if let Some(h) = found.get_mut(&t.job.0) {
+                    h.tasks.push(t);
+                }
+            }
+            let mut q = c.prepare_cached(&format!(
+                "SELECT job_id, idx, {ATTEMPT_COLS} FROM attempts \
+                 WHERE job_id >= ?1 AND job_id <= ?2 ORDER BY job_id, idx, attempt"
+            ))?;
+            let rows = q.query_map(span, |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u32,
+                    attempt_at(r, 2)?,
+                ))
+            })?;
+            for row in rows {
+                let (job, index, a) = row?;
+                if let Some(h) = found.get_mut(&job) {
+                    h.attempts.push((index, a));
+                }
+            }
+            Ok(found)
+        })?;
+        Ok(ids.iter().map(|id| found.remove(&id.0)).collect())
+    }
+
     fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>> {
         let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         self.read(|c| {
-            let mut q = c.prepare_cached(
-                "SELECT job_id, idx, state, attempts, lost, node, not_before FROM tasks \
-                 WHERE job_id = ?1 ORDER BY idx",
-            )?;
-            let rows = q.query_map([job.0 as i64], |r| {
-                Ok(TaskRow {
-                    job: JobId(r.get::<_, i64>(0)? as u64),
-                    index: r.get::<_, i64>(1)? as u32,
-                    state: task_state(2, r.get(2)?)?,
-                    attempts: r.get::<_, i64>(3)? as u32,
-                    lost: r.get::<_, i64>(4)? as u32,
-                    node: r.get(5)?,
-                    not_before: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                })
-            })?;
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE job_id = ?1 ORDER BY idx"
+            ))?;
+            let rows = q.query_map([job.0 as i64], task_from_row)?;
             let mut out = Vec::new();
             for row in rows {
                 let row = row?;

@@ -198,6 +198,7 @@ conformance!(
     updates_keep_spec_and_missing_updates_are_ignored,
     large_batch_in_one_commit,
     many_jobs_load,
+    job_histories_hold_every_row_of_each_job,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -878,6 +879,64 @@ fn large_batch_in_one_commit(fx: &dyn Fixture) {
     let active = s.load_active().unwrap();
     assert!(active.tasks.is_empty() && active.jobs.is_empty());
     assert!(s.events(0, None, 10).unwrap().is_empty());
+}
+
+fn job_histories_hold_every_row_of_each_job(fx: &dyn Fixture) {
+    let s = fx.open();
+    let mut b = Batch::default();
+    // Job 1: one task, two attempts. Job 2: an array of 20 with rows for 6 tasks (more than
+    // the default reads task by task), attempts on three of them. Job 3: none. Job 5: no rows.
+    b.insert_jobs.push(job(1, 1));
+    b.tasks.push(task(1, 0, TaskState::Failed));
+    b.attempts
+        .push((JobId(1), 0, attempt(2, TaskState::Failed)));
+    b.attempts
+        .push((JobId(1), 0, attempt(1, TaskState::Failed)));
+    let mut array = job(2, 20);
+    array.next_fresh = 6;
+    b.insert_jobs.push(array);
+    for i in 0..6 {
+        b.tasks.push(task(2, i, TaskState::Running));
+    }
+    for (i, n) in [(5, 1), (0, 1), (10, 1), (0, 2)] {
+        b.attempts
+            .push((JobId(2), i, attempt(n, TaskState::Running)));
+    }
+    b.insert_jobs.push(job(5, 1));
+    s.commit(&b).unwrap();
+
+    let ids = [JobId(5), JobId(3), JobId(2), JobId(1)];
+    let got = s.job_histories(&ids).unwrap();
+    assert_eq!(got.len(), 4);
+    assert!(got[1].is_none(), "job 3 does not exist");
+    let five = got[0].as_ref().unwrap();
+    assert_eq!(
+        (five.job.id, five.tasks.len(), five.attempts.len()),
+        (JobId(5), 0, 0)
+    );
+    let two = got[2].as_ref().unwrap();
+    assert_eq!(two.job.next_fresh, 6);
+    let rows: Vec<u32> = two.tasks.iter().map(|t| t.index).collect();
+    assert_eq!(rows, [0, 1, 2, 3, 4, 5]);
+    // Attempts by index, then number (index 10 has no row but its attempt is kept).
+    let at: Vec<(u32, u32)> = two.attempts.iter().map(|(i, a)| (*i, a.attempt)).collect();
+    assert_eq!(at, [(0, 1), (0, 2), (5, 1), (10, 1)]);
+    let one = got[3].as_ref().unwrap();
+    let at: Vec<(u32, u32)> = one.attempts.iter().map(|(i, a)| (*i, a.attempt)).collect();
+    assert_eq!(at, [(0, 1), (0, 2)]);
+    assert_eq!(one.tasks, vec![task(1, 0, TaskState::Failed)]);
+    // It agrees with the single reads.
+    for (id, h) in ids.iter().zip(&got) {
+        assert_eq!(s.get_job(*id).unwrap(), h.as_ref().map(|h| h.job.clone()));
+        let Some(h) = h else { continue };
+        assert_eq!(s.tasks_in_states(*id, &TaskState::ALL).unwrap(), h.tasks);
+        let mut single = Vec::new();
+        for index in [0, 1, 2, 3, 4, 5, 10] {
+            let list = s.attempts(*id, index).unwrap();
+            single.extend(list.into_iter().map(|a| (index, a)));
+        }
+        assert_eq!(single, h.attempts, "job {id}");
+    }
 }
 
 fn many_jobs_load(fx: &dyn Fixture) {
