@@ -66,6 +66,27 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     assert!(jobs.contains(&id) && jobs.contains("succeeded"), "{jobs}");
     let nodes = cli(&["nodes", "-o", "json"]).ok().stdout;
     assert!(nodes.contains("\"a0\""), "{nodes}");
+    // Why a job waits is known to the leader's scheduler only: a follower asks it for the
+    // status of one job, so the reason shows through a follower too.
+    let big = cli(&["submit", "-q", "--cpus", "4096", "--", "true"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let reason = util::wait_until(
+        "the pending reason through a follower",
+        Duration::from_secs(20),
+        || {
+            let (code, body) = ha.get(follower, &format!("/v1/jobs/{big}"))?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            assert_eq!(code, 200, "{body}");
+            v["pending_reason"].as_str().map(String::from)
+        },
+    );
+    assert!(reason.contains("4096"), "{reason}");
+    let status = cli(&["status", &big]).ok().stdout;
+    assert!(status.contains(&reason), "{status}");
+    cli(&["kill", &big]).ok();
     // The web UI is served by a follower too (its API calls are same-origin, so they take the
     // same paths as the CLI's).
     let (code, page) = ha.get(follower, "/").expect("follower answers");

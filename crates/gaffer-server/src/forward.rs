@@ -3,6 +3,9 @@
 //!
 //! Answered locally (straight from the shared store): `GET /v1/jobs`, `GET /v1/jobs/{id}`,
 //! `/v1/stats/timeline`, `/v1/servers`, `/v1/openapi.json`, `/healthz` and the web UI's files.
+//! One exception: the status of one job is asked of the leader first, since only the leader
+//! knows why a pending task waits (`pending_reason` lives in its scheduler's memory); when the
+//! leader does not answer within [`STATUS_FROM_LEADER`], the store answers.
 //! Forwarded (streamed both ways, so `logs -f` and the event stream work through a follower):
 //! every write, and the reads that need the leader's memory or its agent streams (nodes, logs,
 //! outputs, events, metrics). An agent that connects to a follower is told where the leader is
@@ -27,6 +30,10 @@ pub const LEADER_HEADER: &str = "gaffer-leader";
 /// Header marking a request a follower forwarded (a server that is not leader refuses to
 /// forward it again, so a stale view can never loop a request between followers).
 pub const FORWARDED_HEADER: &str = "gaffer-forwarded";
+
+/// How long a follower waits for the leader's answer to a job status before it answers from
+/// the store (without the pending reason).
+pub const STATUS_FROM_LEADER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a follower needs to forward.
 #[derive(Clone)]
@@ -79,6 +86,11 @@ async fn forward(
     next: axum::middleware::Next,
 ) -> Response {
     if answered_locally(req.method(), req.uri().path()) {
+        if let Some((url, headers)) = status_call(&f, &req) {
+            if let Some(r) = status_from_leader(&f.http, url, headers).await {
+                return r;
+            }
+        }
         return next.run(req).await;
     }
     let leader = f.leader.borrow().clone();
@@ -126,6 +138,50 @@ async fn forward(
         )
         .into_response(),
     }
+}
+
+/// URL and headers to ask the leader for a job status (see the module docs), or `None` when
+/// the store should answer: another call, no other leader, or a call already forwarded.
+fn status_call(f: &Follower, req: &Request) -> Option<(String, HeaderMap)> {
+    let segs: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').collect();
+    if req.method() != Method::GET
+        || !matches!(segs.as_slice(), ["", "v1", "jobs", id] if !id.is_empty())
+        || req.headers().contains_key(FORWARDED_HEADER)
+    {
+        return None;
+    }
+    let leader = f.leader.borrow().clone().filter(|l| *l != f.own_url)?;
+    let path = req.uri().path_and_query().map(|p| p.as_str())?;
+    let mut headers = HeaderMap::new();
+    copy_headers(req.headers(), &mut headers);
+    headers.insert(FORWARDED_HEADER, header::HeaderValue::from_static("1"));
+    Some((format!("{}{path}", leader.trim_end_matches('/')), headers))
+}
+
+/// The leader's answer to a [`status_call`], or `None` without a timely, non-5xx one.
+async fn status_from_leader(
+    http: &reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+) -> Option<Response> {
+    let resp = http
+        .get(url)
+        .headers(headers)
+        .timeout(STATUS_FROM_LEADER)
+        .send()
+        .await
+        .ok()?;
+    // A leader that is stepping down or loading answers 5xx: the store knows as much.
+    if resp.status().is_server_error() {
+        return None;
+    }
+    let status = resp.status();
+    let mut out = Response::builder().status(status);
+    if let Some(h) = out.headers_mut() {
+        copy_headers(resp.headers(), h);
+    }
+    let body = resp.bytes().await.ok()?;
+    out.body(Body::from(body)).ok()
 }
 
 /// Hop-by-hop headers, which a proxy must not pass on.
