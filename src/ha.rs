@@ -15,7 +15,7 @@
 use crate::cli::ServerArgs;
 use crate::daemon::{self, ServerBase};
 use anyhow::{anyhow, Context, Result};
-use gaffer_ha::{HaConfig, Member};
+use gaffer_ha::{HaConfig, HaError, Member};
 use gaffer_server::api::ServersFn;
 use gaffer_server::forward::Follower;
 use gaffer_server::{Server, ServerOptions};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
 /// Retries `f` until it succeeds, printing why it waits.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> T
+async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -35,7 +35,9 @@ where
     let mut tries = 0u32;
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
+            // Waiting does not help a configuration mistake.
+            Err(e) if matches!(e.downcast_ref(), Some(HaError::Duplicate { .. })) => return Err(e),
             Err(e) => {
                 tries += 1;
                 eprintln!("gaffer server: waiting for etcd ({what}, try {tries}): {e}");
@@ -114,7 +116,14 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
         .connect_timeout(Duration::from_secs(2))
         .build()
         .context("cannot build the HTTP client that forwards calls to the leader")?;
-    let ttl = args.lease_ttl.as_std().max(Duration::from_secs(1));
+    let ttl = args.lease_ttl.as_std();
+    if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+        return Err(anyhow!(
+            "--lease-ttl must be a whole number of seconds, at least 1s (etcd leases count in \
+             seconds), not {ttl:?}; 2s to 5s suits most clusters: a dead leader is replaced \
+             after about one TTL"
+        ));
+    }
     let rt = daemon::runtime()?;
     let r = rt.block_on(async move {
         let listener = daemon::bind(args.listen).await?;
@@ -142,7 +151,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
                     .map_err(anyhow::Error::from)
             }
         })
-        .await;
+        .await?;
         let store = Arc::new(store);
         let cfg = HaConfig {
             endpoints: endpoints.clone(),
@@ -154,7 +163,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
             let cfg = cfg.clone();
             async move { Member::join(cfg).await.map_err(anyhow::Error::from) }
         })
-        .await;
+        .await?;
         println!("gaffer server: joined as {}; campaigning for leader", member.id());
 
         let m = member.clone();

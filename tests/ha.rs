@@ -109,6 +109,48 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
         }
     }
 
+    // A second server advertising a live member's URL is refused once the old registration
+    // outlives a lease TTL (it could have been a previous run of the same server), and the
+    // member keeps its registration.
+    let dup_dir = tempfile::tempdir().expect("tempdir");
+    let mut dup = std::process::Command::new(cluster_util::BIN);
+    dup.args(["server", "--store", "etcd", "--etcd-prefix", "gaffer-test"])
+        .args(["--etcd-endpoints", &ha.etcd_endpoints().join(",")])
+        .args(["--listen", "127.0.0.1:0", "--lease-ttl", "2s"])
+        .args(["--advertise", &ha.url(leader)])
+        .arg("--data-dir")
+        .arg(dup_dir.path());
+    let out = util::run_cmd(dup, Duration::from_secs(30));
+    assert!(
+        out.code != 0 && out.stderr.contains("each server needs its own --advertise"),
+        "{out:?}"
+    );
+    let v = ha.get_json("/v1/servers").expect("servers");
+    let ids: Vec<&str> = v["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["url"].as_str())
+        .collect();
+    assert!(ids.contains(&ha.url(leader).as_str()), "{v}");
+    // --lease-ttl counts whole seconds.
+    let mut bad = std::process::Command::new(cluster_util::BIN);
+    bad.args([
+        "server",
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        "http://127.0.0.1:9",
+    ])
+    .args(["--advertise", "http://127.0.0.1:1", "--lease-ttl", "500ms"])
+    .arg("--data-dir")
+    .arg(dup_dir.path());
+    let out = util::run_cmd(bad, Duration::from_secs(30));
+    assert!(
+        out.code != 0 && out.stderr.contains("whole number of seconds"),
+        "{out:?}"
+    );
+
     // The agent was given every server; it is connected to the leader, whichever that is.
     let (code, _) = ha.get(leader, "/v1/nodes").expect("leader answers");
     assert_eq!(code, 200);

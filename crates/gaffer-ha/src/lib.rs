@@ -42,6 +42,18 @@ pub enum HaError {
         #[source]
         source: Box<etcd_client::Error>,
     },
+    /// Another live server is registered under this server's id (the same `--advertise`).
+    #[error(
+        "another gaffer server is registered as {id} (its etcd lease stayed live for twice the \
+         {ttl:?} TTL): each server needs its own --advertise URL; if that server is this one, \
+         running twice, stop the other process"
+    )]
+    Duplicate {
+        /// The member id both servers advertise.
+        id: String,
+        /// The lease TTL waited for.
+        ttl: Duration,
+    },
     /// This member's lease expired.
     #[error("this server's etcd lease expired (no renewal acknowledged within {0:?})")]
     LeaseLost(Duration),
@@ -115,7 +127,11 @@ impl Member {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            // HTTP/2 pings find a dead connection. etcd's server turns away clients that ping
+            // more often than every 5 s (`--grpc-keepalive-min-time`: GOAWAY "too many pings",
+            // which broke the leader watch every few seconds); a lost lease is found by the
+            // keep-alive loop's own deadlines, not by these pings.
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3));
         let mut client = Client::connect(cfg.endpoints.clone(), Some(opts))
             .await
             .map_err(|e| err("connect", e))?;
@@ -133,15 +149,41 @@ impl Member {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         };
+        // Register only where no live lease holds the key: a second server with the same
+        // --advertise would take the first one's identity (and its leadership, in the eyes of
+        // the followers). A previous run of this server killed moments ago still holds it
+        // until its lease expires (at most one TTL after its last renewal, a little more when
+        // etcd changes leader meanwhile), so wait two TTLs and a second before giving up.
         let key = format!("{}/servers/{}", cfg.prefix, rec.id);
-        client
-            .put(
-                key,
+        let register = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.as_str(),
                 serde_json::to_vec(&rec).expect("member record serializes"),
                 Some(PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(|e| err("register this server", e))?;
+            )]);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(2 * ttl as u64 + 1);
+        loop {
+            let r = client
+                .txn(register.clone())
+                .await
+                .map_err(|e| err("register this server", e))?;
+            if r.succeeded() {
+                break;
+            }
+            if tokio::time::Instant::now() >= give_up {
+                let _ = client.lease_revoke(lease).await;
+                return Err(HaError::Duplicate {
+                    id: rec.id,
+                    ttl: Duration::from_secs(ttl as u64),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let (leader_tx, _) = watch::channel(None);
         let (lost_tx, lost_rx) = watch::channel(false);
         let keeper = tokio::spawn(keep_alive(
