@@ -15,8 +15,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// The API at one or several addresses (the servers of an HA cluster: any of them takes every
 /// call). A call goes to the server that answered last; when it cannot be reached the next one
 /// is tried. A `503` (no leader yet) is retried for up to [`RETRY_FOR`], and so is a `502` or a
-/// lost connection when repeating the call is safe: reads, and submits, which always carry an
-/// `Idempotency-Key`.
+/// lost connection when repeating the call is safe: reads, kills and drains (idempotent), and
+/// submits, which always carry an `Idempotency-Key`.
 pub struct Client {
     bases: Vec<String>,
     cur: AtomicUsize,
@@ -155,8 +155,25 @@ impl Client {
 
     /// GET a streaming body.
     pub fn get_reader(&self, path: &str) -> Result<Box<dyn Read + Send + Sync>> {
-        let resp = self.call("GET", path, true, true, |r| r.call().map_err(Box::new))?;
-        Ok(resp.into_reader())
+        Ok(self.get_stream(path)?.into_reader())
+    }
+
+    /// GET a streaming response (its headers, then its body).
+    pub fn get_stream(&self, path: &str) -> Result<ureq::Response> {
+        self.call("GET", path, true, true, |r| r.call().map_err(Box::new))
+    }
+
+    /// POST JSON for a call that is idempotent by nature (kill, drain): retried like a read.
+    pub fn post_idempotent<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        let resp = self.call("POST", path, true, false, |r| {
+            r.send_json(body).map_err(Box::new)
+        })?;
+        resp.into_json()
+            .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
     /// POST JSON and decode JSON. A call with an `Idempotency-Key` header is safe to repeat.
@@ -179,9 +196,10 @@ impl Client {
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
-    /// POST without a body; a 204 decodes as `null`.
+    /// POST without a body, for an idempotent call (node drain and enable), so retried like a
+    /// read; a 204 decodes as `null`.
     pub fn post_empty<T: DeserializeOwned + Default>(&self, path: &str) -> Result<T> {
-        let resp = self.call("POST", path, false, false, |r| r.call().map_err(Box::new))?;
+        let resp = self.call("POST", path, true, false, |r| r.call().map_err(Box::new))?;
         if resp.status() == 204 {
             return Ok(T::default());
         }

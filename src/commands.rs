@@ -354,31 +354,63 @@ pub fn status(c: &Client, fmt: Format, a: StatusArgs) -> Result<i32> {
 /// `gaffer logs`.
 pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
     let id = job_id(&a.job)?;
-    let mut q = format!(
+    let q = format!(
         "/v1/jobs/{id}/logs?task={}&stream={}&follow={}",
         a.task,
         if a.stderr { "stderr" } else { "stdout" },
         a.follow
     );
-    if let Some(n) = a.attempt {
-        q.push_str(&format!("&attempt={n}"));
-    }
-    let mut r = c.get_reader(&q)?;
+    // A stream that breaks (the server or its leader died) is resumed at the byte it broke
+    // at, on the same attempt, through whichever server answers next.
+    let mut attempt = a.attempt;
+    let mut sent = 0u64;
     let mut out = std::io::stdout().lock();
     let mut buf = [0u8; 16 * 1024];
+    let mut broke_at: Option<Instant> = None;
     loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(anyhow!("the log stream broke: {e}")),
-        };
-        if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
-            break; // stdout closed (e.g. piped into head)
+        let mut path = format!("{q}&offset={sent}");
+        if let Some(n) = attempt {
+            path.push_str(&format!("&attempt={n}"));
         }
+        let resp = match c.get_stream(&path) {
+            Ok(r) => r,
+            Err(e) if broke_at.is_some() => {
+                return Err(e.context("the log stream broke and could not be resumed"))
+            }
+            Err(e) => return Err(e),
+        };
+        if attempt.is_none() {
+            attempt = resp
+                .header(gaffer_server::api::ATTEMPT_HEADER)
+                .and_then(|v| v.parse().ok());
+        }
+        let mut r = resp.into_reader();
+        let broke = loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(0),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break e,
+            };
+            if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                return Ok(0); // stdout closed (e.g. piped into head)
+            }
+            sent += n as u64;
+            broke_at = None;
+        };
+        if !a.follow || broke_at.is_some_and(|t| t.elapsed() > RESUME_FOR) {
+            return Err(anyhow!("the log stream broke: {broke}"));
+        }
+        if broke_at.is_none() {
+            eprintln!("gaffer: the log stream broke ({broke}); resuming at byte {sent}");
+            broke_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(0)
 }
+
+/// How long `logs -f` and `events -f` keep trying to resume a broken stream.
+const RESUME_FOR: Duration = Duration::from_secs(30);
 
 use std::io::Read as _;
 
@@ -388,7 +420,7 @@ pub fn kill(c: &Client, fmt: Format, a: JobsList) -> Result<i32> {
     for j in &a.jobs {
         let id = job_id(j)?;
         let v: serde_json::Value =
-            c.post(&format!("/v1/jobs/{id}/kill"), &serde_json::json!({}), &[])?;
+            c.post_idempotent(&format!("/v1/jobs/{id}/kill"), &serde_json::json!({}))?;
         if fmt == Format::Human {
             let state = v["state"].as_str().unwrap_or("?");
             if matches!(state, "succeeded" | "failed") {
@@ -669,51 +701,70 @@ fn print_event(e: &EventView, fmt: Format) -> Result<()> {
 /// `gaffer events`.
 pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
     let job = a.job.as_deref().map(job_id).transpose()?;
-    let after = match (a.after, a.follow) {
+    let mut after = match (a.after, a.follow) {
         (Some(n), _) => Some(n),
         (None, false) => Some(0),
         (None, true) => None,
     };
-    let mut q = String::from("/v1/events?");
-    if let Some(n) = after {
-        q.push_str(&format!("after={n}&"));
-    }
-    if let Some(j) = job {
-        q.push_str(&format!("job={j}"));
-    }
-    let r = c.get_reader(&q)?;
-    let reader = BufReader::new(r);
     let idle = !a.follow;
-    // Without -f we stop once the replay is done: the server then only sends keep-alives.
-    let (tx, rx) = std::sync::mpsc::channel::<Option<String>>();
-    std::thread::spawn(move || {
-        for line in reader.lines() {
-            match line {
-                Ok(l) => {
-                    if tx.send(Some(l)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        let _ = tx.send(None);
-    });
+    let mut broke_at: Option<Instant> = None;
     loop {
-        let line = if idle {
-            match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(l) => l,
-                Err(_) => return Ok(0),
-            }
-        } else {
-            rx.recv().ok().flatten()
-        };
-        let Some(line) = line else { return Ok(0) };
-        if let Some(data) = line.strip_prefix("data:") {
-            let e: EventView =
-                serde_json::from_str(data.trim()).context("bad event from the server")?;
-            print_event(&e, fmt)?;
+        let mut q = String::from("/v1/events?");
+        if let Some(n) = after {
+            q.push_str(&format!("after={n}&"));
         }
+        if let Some(j) = job {
+            q.push_str(&format!("job={j}"));
+        }
+        let r = c.get_reader(&q)?;
+        let reader = BufReader::new(r);
+        // Without -f we stop once the replay is done: the server then only sends keep-alives.
+        let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let end = line.is_err();
+                if tx.send(line.map_err(|e| e.to_string())).is_err() || end {
+                    return;
+                }
+            }
+            let _ = tx.send(Err("the server ended the stream".into()));
+        });
+        let broke = loop {
+            let line = if idle {
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(l) => l,
+                    Err(_) => return Ok(0),
+                }
+            } else {
+                rx.recv()
+                    .unwrap_or_else(|_| Err("the stream reader stopped".into()))
+            };
+            let line = match line {
+                Ok(l) => l,
+                Err(e) if idle => return Err(anyhow!("the event stream broke: {e}")),
+                Err(e) => break e,
+            };
+            if let Some(data) = line.strip_prefix("data:") {
+                let e: EventView =
+                    serde_json::from_str(data.trim()).context("bad event from the server")?;
+                print_event(&e, fmt)?;
+                after = Some(e.id);
+                broke_at = None;
+            }
+        };
+        // -f: the stream only ends when its server goes away; resume after the last event
+        // through whichever server answers next.
+        if broke_at.is_some_and(|t| t.elapsed() > RESUME_FOR) {
+            return Err(anyhow!("the event stream broke: {broke}"));
+        }
+        if broke_at.is_none() {
+            eprintln!(
+                "gaffer: the event stream broke ({broke}); resuming after event {}",
+                after.map_or("(none yet)".to_string(), |n| n.to_string())
+            );
+            broke_at = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -456,3 +456,111 @@ fn a_frozen_leader_writes_nothing_after_it_is_replaced() {
         .stdout;
     ha.gaffer(&["wait", id.trim()]).ok();
 }
+
+/// Reads a child's stdout line by line into a channel.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `want`; returns every line up to it.
+fn until_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    want: &str,
+    timeout: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) => {
+                let done = l.contains(want);
+                seen.push(l);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {want:?} within {timeout:?}; got {seen:?}");
+}
+
+#[test]
+fn log_and_event_streams_resume_across_a_leader_kill() {
+    if !Ha::possible() {
+        return;
+    }
+    let mut ha = Ha::start(3, 1);
+    let (leader, _) = ha.wait_leader(None, Duration::from_secs(30));
+    ha.wait_node_ready("a0", Duration::from_secs(30));
+    // 60 lines over about 12 s: the job outlives the fail-over.
+    let id = ha
+        .gaffer(&[
+            "submit",
+            "-q",
+            "--shell",
+            "for i in $(seq 1 60); do echo line-$i; sleep 0.2; done",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let spawn = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(cluster_util::BIN);
+        cmd.env("GAFFER_ADDR", ha.all_urls())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("spawn gaffer")
+    };
+    let mut logs = spawn(&["logs", "-f", &id]);
+    let mut events = spawn(&["events", "-f", "--after", "0", "--job", &id, "-o", "json"]);
+    let log_rx = lines_of(&mut logs);
+    let ev_rx = lines_of(&mut events);
+    let mut got = until_line(&log_rx, "line-3", Duration::from_secs(30));
+    let mut evs = until_line(&ev_rx, "\"to\":\"running\"", Duration::from_secs(30));
+    let v = ha.get_json(&format!("/v1/jobs/{id}")).expect("status");
+    assert_eq!(v["state"], "running", "the job outlives the kill: {v}");
+
+    ha.kill9_server(leader);
+    let t0 = Instant::now();
+    // `logs -f` resumes on the same attempt at the byte it broke at and ends with the job.
+    let status = util::wait_child(&mut logs, Duration::from_secs(90)).expect("logs -f ends");
+    got.extend(log_rx.try_iter());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut logs.stderr.take().expect("stderr"), &mut err).ok();
+    eprintln!("logs -f ended {:?} after the kill: {err}", t0.elapsed());
+    assert!(status.success(), "logs -f: {status}; stderr: {err}");
+    let want: Vec<String> = (1..=60).map(|i| format!("line-{i}")).collect();
+    assert_eq!(got, want, "stderr: {err}");
+    // `events -f` resumes after its last event: the end of the job arrives, nothing twice.
+    evs.extend(until_line(&ev_rx, "\"succeeded\"", Duration::from_secs(60)));
+    let _ = events.kill();
+    let _ = events.wait();
+    let ids: Vec<u64> = evs
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("event JSON");
+            v["id"].as_u64().expect("event id")
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let v = ha.get_json(&format!("/v1/jobs/{id}")).expect("status");
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(
+        v["task_list"][0]["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+}

@@ -567,7 +567,12 @@ struct LogParams {
     attempt: Option<u32>,
     stream: Option<String>,
     follow: Option<bool>,
+    offset: Option<u64>,
 }
+
+/// Header of a log response naming the attempt it reads (when one exists yet), so that a
+/// client can resume the same attempt at a byte offset after a broken stream.
+pub const ATTEMPT_HEADER: &str = "gaffer-attempt";
 
 /// Picks the attempt to read: the given one, else the latest.
 async fn pick_attempt(
@@ -589,7 +594,8 @@ async fn pick_attempt(
     params(("id" = String, Path), ("task" = Option<u32>, Query, description = "task index, default 0"),
            ("attempt" = Option<u32>, Query, description = "default: the latest"),
            ("stream" = Option<String>, Query, description = "stdout (default) or stderr"),
-           ("follow" = Option<bool>, Query, description = "keep streaming while the task runs")),
+           ("follow" = Option<bool>, Query, description = "keep streaming while the task runs"),
+           ("offset" = Option<u64>, Query, description = "first byte to send, default 0 (resuming a broken stream: pass the attempt from the gaffer-attempt header too)")),
     responses((status = 200, description = "log bytes", body = String, content_type = "text/plain"), (status = 404, body = ErrorBody)))]
 async fn logs(
     State(st): State<AppState>,
@@ -618,10 +624,12 @@ async fn logs(
         }
     };
     let follow = p.follow.unwrap_or(false);
+    let offset = p.offset.unwrap_or(0);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let current = pick_attempt(&st, id, task, p.attempt).await?;
     if !follow {
         // Check that there is something to read before answering 200.
-        if let Some(a) = pick_attempt(&st, id, task, p.attempt).await? {
+        if let Some(a) = &current {
             st.files
                 .read(&a.node, attempt_key(id, task, a.attempt), file, 0, 1)
                 .await
@@ -630,12 +638,27 @@ async fn logs(
                 })?;
         }
     }
+    // Pin the attempt this response reads, so that it is the one the header names.
+    let want = p.attempt.or(current.as_ref().map(|a| a.attempt));
     let st2 = st.clone();
     tokio::spawn(async move {
-        let _ = stream_log(st2, id, task, p.attempt, file, follow, tx).await;
+        let read = LogRead {
+            job: id,
+            task,
+            want,
+            file,
+            follow,
+            from: offset,
+        };
+        let _ = stream_log(st2, read, tx).await;
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+    let mut resp = ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    if let Some(n) = want {
+        resp.headers_mut()
+            .insert(ATTEMPT_HEADER, header::HeaderValue::from(n));
+    }
+    Ok(resp)
 }
 
 fn attempt_key(job: JobId, index: u32, attempt: u32) -> gaffer_api::AttemptKey {
@@ -646,17 +669,31 @@ fn attempt_key(job: JobId, index: u32, attempt: u32) -> gaffer_api::AttemptKey {
     }
 }
 
-/// Streams a log file; with `follow`, keeps streaming as it grows until its attempt has ended
-/// and every byte was sent.
-async fn stream_log(
-    st: AppState,
+/// What [`stream_log`] reads: attempt `want` (else the latest) of a task, from byte `from`.
+struct LogRead {
     job: JobId,
     task: u32,
     want: Option<u32>,
     file: &'static str,
     follow: bool,
+    from: u64,
+}
+
+/// Streams a log file; with `follow`, keeps streaming as it grows until its attempt has ended
+/// and every byte was sent.
+async fn stream_log(
+    st: AppState,
+    r: LogRead,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> Result<(), ()> {
+    let LogRead {
+        job,
+        task,
+        want,
+        file,
+        follow,
+        from,
+    } = r;
     let tick = Duration::from_millis(100);
     // Wait for an attempt to exist (the task may still be pending).
     let attempt = loop {
@@ -676,7 +713,7 @@ async fn stream_log(
         tokio::time::sleep(tick).await;
     };
     let key = attempt_key(job, task, attempt.attempt);
-    let mut offset = 0u64;
+    let mut offset = from;
     loop {
         let chunk = match st
             .files
