@@ -394,6 +394,8 @@ struct Opened {
     empty_hint: String,
     /// etcd prefix (for the fence message).
     etcd_prefix: Option<String>,
+    /// A server leads the cluster whose state this is (etcd only: SQLite is locked instead).
+    led: bool,
     _lock: Option<nix::fcntl::Flock<File>>,
 }
 
@@ -444,6 +446,7 @@ fn open_store(a: &AdminStoreArgs, what: Use) -> Result<Opened> {
                     db.display()
                 ),
                 etcd_prefix: None,
+                led: false,
                 _lock: Some(lock),
             })
         }
@@ -462,6 +465,9 @@ fn open_store(a: &AdminStoreArgs, what: Use) -> Result<Opened> {
             let desc = format!("etcd {} (prefix {prefix})", endpoints.join(","));
             let mut store = EtcdStore::connect(endpoints, &prefix)
                 .with_context(|| format!("cannot open the store in {desc}"))?;
+            let led = store
+                .exists("leader")
+                .with_context(|| format!("cannot read the leader key in {desc}"))?;
             if what == Use::Restore {
                 // Every write requires that no server leads this cluster: a leader's core
                 // would not see the restored rows, and would overwrite them.
@@ -475,6 +481,7 @@ fn open_store(a: &AdminStoreArgs, what: Use) -> Result<Opened> {
                      '{prefix}/') with every server of that cluster stopped"
                 ),
                 etcd_prefix: Some(prefix),
+                led,
                 _lock: None,
             })
         }
@@ -800,6 +807,14 @@ fn job_states(counts: &[(JobState, u64)]) -> BTreeMap<&'static str, u64> {
 fn snapshot(fmt: Format, a: SnapshotArgs) -> Result<i32> {
     let t0 = Instant::now();
     let src = open_store(&a.store, Use::Snapshot)?;
+    if src.led && !a.force {
+        bail!(
+            "a gaffer server leads the cluster in {} and may write while the snapshot is taken: \
+             stop every server of that cluster first (or pass --force to take it anyway; it is \
+             refused if the state changes meanwhile)",
+            src.desc
+        );
+    }
     let store = &*src.store;
     let read_err = |what: &str| format!("cannot read {what} from {}", src.desc);
     let active = store
@@ -809,6 +824,16 @@ fn snapshot(fmt: Format, a: SnapshotArgs) -> Result<i32> {
         .count_jobs()
         .with_context(|| read_err("the job counts"))?;
     let total: u64 = states.iter().map(|(_, n)| n).sum();
+    if total == 0 && active.next_job_id <= 1 && active.next_event_id <= 1 {
+        let hint = match &src.etcd_prefix {
+            Some(p) => format!("is --etcd-prefix {p} the one the servers use?"),
+            None => "is --data-dir the server's data directory?".to_string(),
+        };
+        eprintln!(
+            "warning: {} holds no gaffer state (no jobs, no events): {hint}",
+            src.desc
+        );
+    }
 
     let mut out = SnapshotOut::create(&a.file)?;
     let header = Header {

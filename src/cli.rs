@@ -526,9 +526,9 @@ pub enum AdminCommand {
 with counts and a checksum. It is written to a temporary file next to FILE and renamed when \
 complete. Logs and output files stay in the data directories; only the store is copied.\n\n\
 With --store sqlite the data directory is locked: the snapshot refuses while a server or \
-`gaffer dev` uses it. With --store etcd, stop every server of the cluster first: a snapshot \
-taken while a leader writes is refused if the store changed meanwhile, but may otherwise mix \
-two moments.\n\n\
+`gaffer dev` uses it. With --store etcd, stop every server of the cluster first: the snapshot \
+refuses while one of them is leader, unless --force (then it is refused if the store changed \
+meanwhile, but may otherwise mix two moments).\n\n\
 Examples:\n  gaffer admin snapshot --data-dir /var/lib/gaffer state.snap\n  \
 gaffer admin snapshot --data-dir .gaffer - | zstd > state.snap.zst\n  \
 gaffer admin snapshot --store etcd --etcd-endpoints http://e1:2379 state.snap"
@@ -568,6 +568,10 @@ pub struct SnapshotArgs {
     /// File to write (`-`: standard output).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// With --store etcd: take the snapshot although a server leads the cluster (it is still
+    /// refused if the state changes while it is taken).
+    #[arg(long)]
+    pub force: bool,
     /// The store to read.
     #[command(flatten)]
     pub store: AdminStoreArgs,

@@ -803,6 +803,23 @@ fn restore_refuses_a_non_empty_store_a_data_dir_in_use_and_an_etcd_cluster_with_
         0,
         "a refused restore writes nothing"
     );
+    // A snapshot is refused too while a server leads, unless forced; an empty prefix warns.
+    let two_snap = root.join("two.snap");
+    let mut args = vec!["admin", "snapshot"];
+    args.extend_from_slice(&etcd_args(&etcd, "two"));
+    args.push(path(&two_snap));
+    refused(
+        &gaffer(&args),
+        &["leads the cluster", "prefix two", "--force"],
+    );
+    assert!(!two_snap.exists());
+    args.push("--force");
+    let out = gaffer(&args).ok();
+    assert!(
+        out.stderr.contains("holds no gaffer state") && out.stderr.contains("--etcd-prefix two"),
+        "{out:?}"
+    );
+    assert!(two_snap.exists());
 
     // Missing endpoints, and an unreachable etcd.
     let out = gaffer(&[

@@ -396,6 +396,11 @@ impl EtcdStore {
         Ok(s)
     }
 
+    /// Whether `P/{rest}` exists (e.g. `leader`: a server of this cluster leads).
+    pub fn exists(&self, rest: &str) -> Result<bool> {
+        Ok(self.get_one(self.k(rest))?.is_some())
+    }
+
     /// Every write transaction will compare `key` with `cond` and fail with
     /// [`StoreError::Fenced`] when it does not hold.
     pub fn with_fence(self, key: String, cond: FenceCond) -> Self {
