@@ -58,3 +58,22 @@ fn removing_a_running_dependency_fails_its_dependents() {
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["task_list"][0]["state"], "dependency_failed");
 }
+
+/// Fractional CPUs were summed in floating point: after tasks of 0.1 CPU ended, a node showed
+/// 0.0000000000000004 CPUs allocated, and a task asking for every CPU no longer fitted.
+#[test]
+fn fractional_cpus_are_released_exactly() {
+    let dev = Dev::start_with(&["--cpus", "2"]);
+    let id = dev.submit(json!({"command": ["true"], "array": 7, "resources": {"cpus": 0.1}}));
+    assert_eq!(
+        dev.wait_final(&id, Duration::from_secs(30))["state"],
+        "succeeded"
+    );
+    let nodes = dev.get_json("/v1/nodes");
+    assert_eq!(nodes[0]["cpus_allocated"], json!(0.0), "{nodes}");
+    let all = dev.submit(json!({"command": ["true"], "resources": {"cpus": 2}}));
+    assert_eq!(
+        dev.wait_final(&all, Duration::from_secs(30))["state"],
+        "succeeded"
+    );
+}

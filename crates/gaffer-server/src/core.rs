@@ -283,6 +283,16 @@ impl ActiveJob {
     }
 }
 
+/// CPUs in thousandths, the unit of a node's allocation.
+fn milli(cpus: f64) -> u64 {
+    (cpus * 1000.0).round().max(0.0) as u64
+}
+
+/// Thousandths of CPUs back as CPUs.
+fn cpus_of(milli: u64) -> f64 {
+    milli as f64 / 1000.0
+}
+
 fn strategy_of(p: Option<Placement>, default: Strategy) -> Strategy {
     match p {
         None => default,
@@ -302,7 +312,8 @@ struct Node {
     reregister_asked: bool,
     conn: u64,
     tx: Option<UnboundedSender<ServerMsg>>,
-    cpus_alloc: f64,
+    /// CPUs allocated, in thousandths (sums of fractions like 0.1 drift in floating point).
+    cpus_alloc_m: u64,
     mem_alloc: u64,
     memory_free: u64,
     last_seen: UnixMs,
@@ -409,7 +420,7 @@ impl Core {
                     reregister_asked: false,
                     conn: 0,
                     tx: None,
-                    cpus_alloc: 0.0,
+                    cpus_alloc_m: 0,
                     mem_alloc: 0,
                     memory_free: 0,
                     last_seen: now,
@@ -900,7 +911,8 @@ impl Core {
                             attempt: t.attempt,
                         };
                         if n.running.remove(&key) {
-                            n.cpus_alloc -= job.row.spec.cpus();
+                            n.cpus_alloc_m =
+                                n.cpus_alloc_m.saturating_sub(milli(job.row.spec.cpus()));
                             n.mem_alloc -= job.row.spec.resources.memory.map(|m| m.0).unwrap_or(0);
                         }
                     }
@@ -951,7 +963,7 @@ impl Core {
             reregister_asked: false,
             conn,
             tx: None,
-            cpus_alloc: 0.0,
+            cpus_alloc_m: 0,
             mem_alloc: 0,
             memory_free: info.memory,
             last_seen: now,
@@ -965,7 +977,7 @@ impl Core {
         node.tx = Some(tx);
         node.last_seen = now;
         node.running.clear();
-        node.cpus_alloc = 0.0;
+        node.cpus_alloc_m = 0;
         node.mem_alloc = 0;
 
         let mut reported: HashMap<AttemptKey, AttemptReport> = reports
@@ -997,7 +1009,7 @@ impl Core {
         for (key, state, cpus, mem) in ours {
             let n = self.nodes.get_mut(&name).expect("node inserted");
             n.running.insert(key);
-            n.cpus_alloc += cpus;
+            n.cpus_alloc_m += milli(cpus);
             n.mem_alloc += mem;
             match reported.remove(&key) {
                 Some(AttemptReport::Running { .. }) => {
@@ -1267,7 +1279,7 @@ impl Core {
         let mem = job.row.spec.resources.memory.map(|m| m.0).unwrap_or(0);
         if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
             if n.running.remove(&key) {
-                n.cpus_alloc = (n.cpus_alloc - cpus).max(0.0);
+                n.cpus_alloc_m = n.cpus_alloc_m.saturating_sub(milli(cpus));
                 n.mem_alloc = n.mem_alloc.saturating_sub(mem);
             }
         }
@@ -1417,7 +1429,7 @@ impl Core {
                     name: n.clone(),
                     ready: node.tx.is_some() && !node.down && !node.draining,
                     allow_host_tasks: node.info.allow_host_tasks,
-                    cpus_free: node.info.cpus - node.cpus_alloc,
+                    cpus_free: (node.info.cpus - cpus_of(node.cpus_alloc_m)).max(0.0),
                     memory_free: node.info.memory.saturating_sub(node.mem_alloc),
                     tasks: node.running.len() as u32,
                     labels: node.info.labels.clone(),
@@ -1585,7 +1597,7 @@ impl Core {
             .nodes
             .get_mut(node_name)
             .expect("placed on a known node");
-        node.cpus_alloc += demand.cpus;
+        node.cpus_alloc_m += milli(demand.cpus);
         node.mem_alloc += demand.memory;
         node.running.insert(key);
         self.outbox
@@ -1631,7 +1643,7 @@ impl Core {
                 labels: n.info.labels.clone(),
                 images: n.info.images.clone(),
                 cpus_total: n.info.cpus,
-                cpus_allocated: n.cpus_alloc,
+                cpus_allocated: cpus_of(n.cpus_alloc_m),
                 memory_total: n.info.memory,
                 memory_allocated: n.mem_alloc,
                 memory_free: n.memory_free,
