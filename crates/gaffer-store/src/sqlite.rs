@@ -214,22 +214,11 @@ impl Store for SqliteStore {
             st.jobs = q
                 .query_map([], job_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut q = w.prepare(
-                "SELECT job_id, idx, state, attempts, lost, node, not_before FROM tasks \
-                 WHERE state IN ('pending', 'assigned', 'running')",
-            )?;
+            let mut q = w.prepare(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE state IN ('pending', 'assigned', 'running')"
+            ))?;
             st.tasks = q
-                .query_map([], |r| {
-                    Ok(TaskRow {
-                        job: JobId(r.get::<_, i64>(0)? as u64),
-                        index: r.get::<_, i64>(1)? as u32,
-                        state: task_state(2, r.get(2)?)?,
-                        attempts: r.get::<_, i64>(3)? as u32,
-                        lost: r.get::<_, i64>(4)? as u32,
-                        node: r.get(5)?,
-                        not_before: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                    })
-                })?
+                .query_map([], task_from_row)?
                 .collect::<rusqlite::Result<_>>()?;
             let next_job: Option<i64> = w
                 .query_row(
