@@ -141,8 +141,17 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(status = %self.status, error = %self.body.error, "request failed");
+        match self.status {
+            // An election under way: expected, and retried by the clients.
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            // Someone else failed (a leader that died, an agent out of reach).
+            StatusCode::BAD_GATEWAY => {
+                tracing::warn!(status = %self.status, error = %self.body.error, "request failed")
+            }
+            s if s.is_server_error() => {
+                tracing::error!(status = %self.status, error = %self.body.error, "request failed")
+            }
+            _ => {}
         }
         (self.status, Json(self.body)).into_response()
     }
