@@ -443,7 +443,7 @@ pub struct StatusArgs {
 /// `gaffer logs`.
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Job id.
+    /// Job id, or JOB.TASK (the form of GAFFER_TASK_ID, e.g. j-000003.2).
     pub job: String,
     /// Task index.
     #[arg(long, default_value_t = 0)]

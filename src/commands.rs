@@ -353,10 +353,22 @@ pub fn status(c: &Client, fmt: Format, a: StatusArgs) -> Result<i32> {
 
 /// `gaffer logs`.
 pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
-    let id = job_id(&a.job)?;
+    // `JOB.TASK` (the form of GAFFER_TASK_ID) names the task too.
+    let (id, task) = match a.job.rsplit_once('.') {
+        Some((job, index)) if !job.is_empty() => {
+            let index: u32 = index.parse().map_err(|_| {
+                anyhow!("`{}` is not a job id or JOB.TASK (like j-000003.2)", a.job)
+            })?;
+            if a.task != 0 && a.task != index {
+                bail!("`{}` names task {index}, but --task says {}", a.job, a.task);
+            }
+            (job_id(job)?, index)
+        }
+        _ => (job_id(&a.job)?, a.task),
+    };
     let q = format!(
         "/v1/jobs/{id}/logs?task={}&stream={}&follow={}",
-        a.task,
+        task,
         if a.stderr { "stderr" } else { "stdout" },
         a.follow
     );

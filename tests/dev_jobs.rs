@@ -300,6 +300,14 @@ fn array_of_100_tasks_runs_each_index_with_its_ids_in_the_environment() {
         assert_eq!(code, 200);
         assert_eq!(err, format!("{id} {id}.{i} 1\n"), "env of task {i}");
     }
+    // The CLI takes the task id as GAFFER_TASK_ID spells it.
+    let out = dev.gaffer(&["logs", &format!("{id}.42")]).ok();
+    assert_eq!(out.stdout, "42\n");
+    let out = dev.gaffer(&["logs", &format!("{id}.42"), "--task", "7"]);
+    assert!(
+        out.code != 0 && out.stderr.contains("--task says 7"),
+        "{out:?}"
+    );
 }
 
 #[test]
