@@ -38,6 +38,8 @@ fn main() {
                     .unwrap_or_else(|_| "info".into()),
             )
             .with_writer(std::io::stderr)
+            // Colours for a terminal only: not in log files and journals.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
     let code = match run(cli) {
