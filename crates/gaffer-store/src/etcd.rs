@@ -817,15 +817,12 @@ impl Store for EtcdStore {
         };
         // Full records in the range, or only names (final states' index).
         let full = !matches!(q.state, Some(s) if s.is_final());
-        // Job ids below which to look: the cursor, else one past the greatest id in the space.
-        let below = match q.before {
-            Some(b) => b.0,
-            None => {
-                let next = self.counter("next_job_id")?.max(1);
-                let last = self.last_number_from(space.clone(), next)?.unwrap_or(0);
-                next.max(last + 1)
-            }
-        };
+        // Job ids below which to look: one past the greatest id in the space, or the cursor
+        // if lower (a cursor far above every id would otherwise cost a read per empty window).
+        let next = self.counter("next_job_id")?.max(1);
+        let last = self.last_number_from(space.clone(), next)?.unwrap_or(0);
+        let top = next.max(last + 1);
+        let below = q.before.map_or(top, |b| b.0.min(top));
         let name = q.name.clone();
         let want = limit + 1;
         let hits: Vec<KeyValue> = self.run("list jobs", move |mut kv| async move {
