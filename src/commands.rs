@@ -731,15 +731,16 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
         let r = c.get_reader(&q)?;
         let reader = BufReader::new(r);
         // Without -f we stop once the replay is done: the server then only sends keep-alives.
-        let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+        // Lines, then `None` at a clean end of the stream (or an error).
+        let (tx, rx) = std::sync::mpsc::channel::<Option<Result<String, String>>>();
         std::thread::spawn(move || {
             for line in reader.lines() {
                 let end = line.is_err();
-                if tx.send(line.map_err(|e| e.to_string())).is_err() || end {
+                if tx.send(Some(line.map_err(|e| e.to_string()))).is_err() || end {
                     return;
                 }
             }
-            let _ = tx.send(Err("the server ended the stream".into()));
+            let _ = tx.send(None);
         });
         let broke = loop {
             let line = if idle {
@@ -748,13 +749,14 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
                     Err(_) => return Ok(0),
                 }
             } else {
-                rx.recv()
-                    .unwrap_or_else(|_| Err("the stream reader stopped".into()))
+                rx.recv().unwrap_or(None)
             };
             let line = match line {
-                Ok(l) => l,
-                Err(e) if idle => return Err(anyhow!("the event stream broke: {e}")),
-                Err(e) => break e,
+                Some(Ok(l)) => l,
+                None if idle => return Ok(0),
+                None => break "the server ended the stream".to_string(),
+                Some(Err(e)) if idle => return Err(anyhow!("the event stream broke: {e}")),
+                Some(Err(e)) => break e,
             };
             if let Some(data) = line.strip_prefix("data:") {
                 let e: EventView =
