@@ -263,6 +263,35 @@ fn prefix_end(p: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Every key-value in `[start, end)`, ascending, read in pages of [`PAGE`].
+async fn read_range(
+    kv: &mut KvClient,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    keys_only: bool,
+) -> std::result::Result<Vec<KeyValue>, etcd_client::Error> {
+    let mut out = Vec::new();
+    let mut from = start;
+    loop {
+        let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if keys_only {
+            o = o.with_keys_only();
+        }
+        let mut r = kv.get(from.clone(), Some(o)).await?;
+        let more = r.more();
+        let kvs = r.take_kvs();
+        if let Some(last) = kvs.last() {
+            from = last.key().to_vec();
+            from.push(0);
+        }
+        let n = kvs.len();
+        out.extend(kvs);
+        if !more || n == 0 {
+            return Ok(out);
+        }
+    }
+}
+
 /// Ids in the first window [`newest`] reads, per wanted entry.
 const WINDOW_PER_WANTED: u64 = 2;
 /// The widest window [`newest`] reads at once, in ids.
@@ -290,25 +319,14 @@ async fn newest(
     let mut w = (want as u64 * WINDOW_PER_WANTED).clamp(64, MAX_WINDOW);
     while hi > 0 {
         let lo = hi.saturating_sub(w);
-        let end = format!("{space}{hi:020}").into_bytes();
-        let mut from = format!("{space}{lo:020}").into_bytes();
-        let mut window = Vec::new();
-        loop {
-            let o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-            let mut r = kv.get(from.clone(), Some(o)).await?;
-            let more = r.more();
-            let kvs = r.take_kvs();
-            let n = kvs.len();
-            if let Some(last) = kvs.last() {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            window.extend(kvs.into_iter().filter(|kv| keep(kv)));
-            if !more || n == 0 {
-                break;
-            }
-        }
-        for kv in window.into_iter().rev() {
+        let window = read_range(
+            kv,
+            format!("{space}{lo:020}").into_bytes(),
+            format!("{space}{hi:020}").into_bytes(),
+            false,
+        )
+        .await?;
+        for kv in window.into_iter().rev().filter(|kv| keep(kv)) {
             out.push(kv);
             if out.len() >= want {
                 return Ok(out);
@@ -486,26 +504,7 @@ impl EtcdStore {
     /// Every key-value in `[start, end)`, ascending, read in pages.
     fn scan(&self, start: Vec<u8>, end: Vec<u8>, keys_only: bool) -> Result<Vec<KeyValue>> {
         self.run("range read", move |mut kv| async move {
-            let mut out = Vec::new();
-            let mut from = start;
-            loop {
-                let mut o = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
-                if keys_only {
-                    o = o.with_keys_only();
-                }
-                let mut r = kv.get(from.clone(), Some(o)).await?;
-                let more = r.more();
-                let kvs = r.take_kvs();
-                if let Some(last) = kvs.last() {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                let n = kvs.len();
-                out.extend(kvs);
-                if !more || n == 0 {
-                    return Ok(out);
-                }
-            }
+            read_range(&mut kv, start, end, keys_only).await
         })
     }
 
