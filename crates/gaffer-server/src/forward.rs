@@ -86,9 +86,11 @@ async fn forward(
     next: axum::middleware::Next,
 ) -> Response {
     if answered_locally(req.method(), req.uri().path()) {
-        if let Some((url, headers)) = status_call(&f, &req) {
-            if let Some(r) = status_from_leader(&f.http, url, headers).await {
-                return r;
+        if let Some((leader, ask)) = status_call(&f, &req) {
+            // A leader that is stepping down or loading answers 5xx: the store knows as much.
+            match send(&f.http, &leader, ask, Some(STATUS_FROM_LEADER)).await {
+                Ok(r) if !r.status().is_server_error() => return r,
+                _ => {}
             }
         }
         return next.run(req).await;
@@ -140,9 +142,9 @@ async fn forward(
     }
 }
 
-/// URL and headers to ask the leader for a job status (see the module docs), or `None` when
-/// the store should answer: another call, no other leader, or a call already forwarded.
-fn status_call(f: &Follower, req: &Request) -> Option<(String, HeaderMap)> {
+/// The leader and a copy of `req` to ask it for a job status (see the module docs), or `None`
+/// when the store should answer: another call, no other leader, or a call already forwarded.
+fn status_call(f: &Follower, req: &Request) -> Option<(String, Request)> {
     let segs: Vec<&str> = req.uri().path().trim_end_matches('/').split('/').collect();
     if req.method() != Method::GET
         || !matches!(segs.as_slice(), ["", "v1", "jobs", id] if !id.is_empty())
@@ -151,37 +153,10 @@ fn status_call(f: &Follower, req: &Request) -> Option<(String, HeaderMap)> {
         return None;
     }
     let leader = f.leader.borrow().clone().filter(|l| *l != f.own_url)?;
-    let path = req.uri().path_and_query().map(|p| p.as_str())?;
-    let mut headers = HeaderMap::new();
-    copy_headers(req.headers(), &mut headers);
-    headers.insert(FORWARDED_HEADER, header::HeaderValue::from_static("1"));
-    Some((format!("{}{path}", leader.trim_end_matches('/')), headers))
-}
-
-/// The leader's answer to a [`status_call`], or `None` without a timely, non-5xx one.
-async fn status_from_leader(
-    http: &reqwest::Client,
-    url: String,
-    headers: HeaderMap,
-) -> Option<Response> {
-    let resp = http
-        .get(url)
-        .headers(headers)
-        .timeout(STATUS_FROM_LEADER)
-        .send()
-        .await
-        .ok()?;
-    // A leader that is stepping down or loading answers 5xx: the store knows as much.
-    if resp.status().is_server_error() {
-        return None;
-    }
-    let status = resp.status();
-    let mut out = Response::builder().status(status);
-    if let Some(h) = out.headers_mut() {
-        copy_headers(resp.headers(), h);
-    }
-    let body = resp.bytes().await.ok()?;
-    out.body(Body::from(body)).ok()
+    let mut ask = Request::new(Body::empty());
+    *ask.uri_mut() = req.uri().clone();
+    *ask.headers_mut() = req.headers().clone();
+    Some((leader, ask))
 }
 
 /// Hop-by-hop headers, which a proxy must not pass on.
@@ -208,7 +183,25 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// Forwards `req` to the leader, streaming both ways; 502 when the leader does not answer.
 async fn proxy(http: &reqwest::Client, leader: &str, req: Request) -> Response {
+    send(http, leader, req, None).await.unwrap_or_else(|e| {
+        AppError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the leader at {leader} did not answer this forwarded call ({e}); if it died, a new leader is elected within seconds: retry"),
+        )
+        .into_response()
+    })
+}
+
+/// Sends `req` to the leader, marked as forwarded, within `timeout` (if any); the answer's
+/// body streams back.
+async fn send(
+    http: &reqwest::Client,
+    leader: &str,
+    req: Request,
+    timeout: Option<std::time::Duration>,
+) -> Result<Response, reqwest::Error> {
     let path = req
         .uri()
         .path_and_query()
@@ -220,29 +213,19 @@ async fn proxy(http: &reqwest::Client, leader: &str, req: Request) -> Response {
     copy_headers(&parts.headers, &mut headers);
     headers.insert(FORWARDED_HEADER, header::HeaderValue::from_static("1"));
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    let sent = http
-        .request(parts.method, &url)
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            return AppError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("the leader at {leader} did not answer this forwarded call ({e}); if it died, a new leader is elected within seconds: retry"),
-            )
-            .into_response()
-        }
-    };
+    let mut call = http.request(parts.method, &url).headers(headers).body(body);
+    if let Some(t) = timeout {
+        call = call.timeout(t);
+    }
+    let resp = call.send().await?;
     let mut out = Response::builder().status(resp.status());
     if let Some(h) = out.headers_mut() {
         copy_headers(resp.headers(), h);
     }
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
-    out.body(Body::from_stream(stream))
-        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+    Ok(out
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
 }
 
 #[cfg(test)]
