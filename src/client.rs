@@ -163,17 +163,13 @@ impl Client {
         self.call("GET", path, true, true, |r| r.call().map_err(Box::new))
     }
 
-    /// POST JSON for a call that is idempotent by nature (kill, drain): retried like a read.
+    /// POST JSON for a call that is idempotent by nature (kill): retried like a read.
     pub fn post_idempotent<T: DeserializeOwned>(
         &self,
         path: &str,
         body: &serde_json::Value,
     ) -> Result<T> {
-        let resp = self.call("POST", path, true, false, |r| {
-            r.send_json(body).map_err(Box::new)
-        })?;
-        resp.into_json()
-            .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
+        self.post_json(path, body, &[], true)
     }
 
     /// POST JSON and decode JSON. A call with an `Idempotency-Key` header is safe to repeat.
@@ -186,6 +182,16 @@ impl Client {
         let safe = headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"));
+        self.post_json(path, body, headers, safe)
+    }
+
+    fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+        safe: bool,
+    ) -> Result<T> {
         let resp = self.call("POST", path, safe, false, |mut r| {
             for (k, v) in headers {
                 r = r.set(k, v);

@@ -14,7 +14,7 @@ use gaffer_api::{ByteSize, JobId, JobSpec, Resources, TaskState};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -378,7 +378,7 @@ pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
     let mut sent = 0u64;
     let mut out = std::io::stdout().lock();
     let mut buf = [0u8; 16 * 1024];
-    let mut broke_at: Option<Instant> = None;
+    let mut resume = Resume::default();
     loop {
         let mut path = format!("{q}&offset={sent}");
         if let Some(n) = attempt {
@@ -386,7 +386,7 @@ pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
         }
         let resp = match c.get_stream(&path) {
             Ok(r) => r,
-            Err(e) if broke_at.is_some() => {
+            Err(e) if resume.resuming() => {
                 return Err(e.context("the log stream broke and could not be resumed"))
             }
             Err(e) => return Err(e),
@@ -408,21 +408,56 @@ pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
                 return Ok(0); // stdout closed (e.g. piped into head)
             }
             sent += n as u64;
-            broke_at = None;
+            resume.progressed();
         };
-        if !a.follow || broke_at.is_some_and(|t| t.elapsed() > RESUME_FOR) {
+        if !a.follow {
             return Err(anyhow!("the log stream broke: {broke}"));
         }
-        if broke_at.is_none() {
-            eprintln!("gaffer: the log stream broke ({broke}); resuming at byte {sent}");
-            broke_at = Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+        resume.broke("log", &broke, || format!("resuming at byte {sent}"))?;
     }
 }
 
-/// How long `logs -f` and `events -f` keep trying to resume a broken stream.
-const RESUME_FOR: Duration = Duration::from_secs(30);
+/// A followed stream (`logs -f`, `events -f`) that breaks when its server goes away, resumed
+/// through whichever server answers next.
+#[derive(Default)]
+struct Resume {
+    /// When it broke, if nothing arrived since.
+    broke_at: Option<Instant>,
+}
+
+impl Resume {
+    /// How long a stream may stay broken without anything arriving.
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+    fn resuming(&self) -> bool {
+        self.broke_at.is_some()
+    }
+
+    fn progressed(&mut self) {
+        self.broke_at = None;
+    }
+
+    /// Says once per break where it resumes, waits a moment; an error once it gave up.
+    fn broke(
+        &mut self,
+        what: &str,
+        why: &dyn std::fmt::Display,
+        at: impl FnOnce() -> String,
+    ) -> Result<()> {
+        match self.broke_at {
+            Some(t) if t.elapsed() > Self::GIVE_UP_AFTER => {
+                bail!("the {what} stream broke: {why}")
+            }
+            Some(_) => {}
+            None => {
+                eprintln!("gaffer: the {what} stream broke ({why}); {}", at());
+                self.broke_at = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+}
 
 use std::io::Read as _;
 
@@ -719,7 +754,7 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
         (None, true) => None,
     };
     let idle = !a.follow;
-    let mut broke_at: Option<Instant> = None;
+    let mut resume = Resume::default();
     loop {
         let mut q = String::from("/v1/events?");
         if let Some(n) = after {
@@ -763,22 +798,17 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
                     serde_json::from_str(data.trim()).context("bad event from the server")?;
                 print_event(&e, fmt)?;
                 after = Some(e.id);
-                broke_at = None;
+                resume.progressed();
             }
         };
         // -f: the stream only ends when its server goes away; resume after the last event
         // through whichever server answers next.
-        if broke_at.is_some_and(|t| t.elapsed() > RESUME_FOR) {
-            return Err(anyhow!("the event stream broke: {broke}"));
-        }
-        if broke_at.is_none() {
-            eprintln!(
-                "gaffer: the event stream broke ({broke}); resuming after event {}",
+        resume.broke("event", &broke, || {
+            format!(
+                "resuming after event {}",
                 after.map_or("(none yet)".to_string(), |n| n.to_string())
-            );
-            broke_at = Some(Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(200));
+            )
+        })?;
     }
 }
 
