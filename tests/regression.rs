@@ -77,3 +77,18 @@ fn fractional_cpus_are_released_exactly() {
         "succeeded"
     );
 }
+
+/// Daemon logs written to a file were full of terminal colour codes.
+#[test]
+fn logs_written_to_a_file_have_no_colour_codes() {
+    let dev = Dev::start();
+    let log = util::wait_until(
+        "the agent's registration in the log",
+        Duration::from_secs(20),
+        || {
+            let s = dev.dev_stderr();
+            s.contains("agent registered").then_some(s)
+        },
+    );
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}
