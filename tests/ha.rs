@@ -533,8 +533,22 @@ fn log_and_event_streams_resume_across_a_leader_kill() {
     let v = ha.get_json(&format!("/v1/jobs/{id}")).expect("status");
     assert_eq!(v["state"], "running", "the job outlives the kill: {v}");
 
+    let sleeper = ha
+        .gaffer(&["submit", "-q", "--", "sleep", "600"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+
     ha.kill9_server(leader);
     let t0 = Instant::now();
+    // A kill sent during the election is retried (it is idempotent) until a leader takes it.
+    ha.gaffer(&["kill", &sleeper]).ok();
+    let v = util::wait_until("the killed job to end", Duration::from_secs(60), || {
+        let v = ha.get_json(&format!("/v1/jobs/{sleeper}"))?;
+        (v["state"] != "pending" && v["state"] != "running").then_some(v)
+    });
+    assert_eq!(v["state"], "killed", "{v}");
     // `logs -f` resumes on the same attempt at the byte it broke at and ends with the job.
     let status = util::wait_child(&mut logs, Duration::from_secs(90)).expect("logs -f ends");
     got.extend(log_rx.try_iter());
