@@ -655,6 +655,7 @@ async fn logs(
             job: id,
             task,
             want,
+            found: current,
             file,
             follow,
             from: offset,
@@ -683,6 +684,8 @@ struct LogRead {
     job: JobId,
     task: u32,
     want: Option<u32>,
+    /// That attempt, when the request already found it.
+    found: Option<gaffer_api::views::AttemptView>,
     file: &'static str,
     follow: bool,
     from: u64,
@@ -699,27 +702,31 @@ async fn stream_log(
         job,
         task,
         want,
+        found,
         file,
         follow,
         from,
     } = r;
     let tick = Duration::from_millis(100);
     // Wait for an attempt to exist (the task may still be pending).
-    let attempt = loop {
-        match pick_attempt(&st, job, task, want).await {
-            Ok(Some(a)) => break a,
-            Ok(None) if !follow => return Ok(()),
-            Ok(None) => {}
-            Err(_) => return Err(()),
-        }
-        match st.store.get_job(job) {
-            Ok(Some(r)) if !r.state.is_final() => {}
-            _ => return Ok(()),
-        }
-        if tx.is_closed() {
-            return Err(());
-        }
-        tokio::time::sleep(tick).await;
+    let attempt = match found {
+        Some(a) => a,
+        None => loop {
+            match pick_attempt(&st, job, task, want).await {
+                Ok(Some(a)) => break a,
+                Ok(None) if !follow => return Ok(()),
+                Ok(None) => {}
+                Err(_) => return Err(()),
+            }
+            match st.store.get_job(job) {
+                Ok(Some(r)) if !r.state.is_final() => {}
+                _ => return Ok(()),
+            }
+            if tx.is_closed() {
+                return Err(());
+            }
+            tokio::time::sleep(tick).await;
+        },
     };
     let key = attempt_key(job, task, attempt.attempt);
     let mut offset = from;
