@@ -34,20 +34,25 @@
 //! 3. It brings `lo` up (network `none`), drops the capability bounding set
 //!    to Docker's default set, switches to `uid:gid` (supplementary groups =
 //!    `[gid]`), sets the effective/permitted capabilities (the default set for
-//!    uid 0, none otherwise), sets `no_new_privs`, restores the signal mask and
-//!    SIGPIPE, arms `PR_SET_PDEATHSIG(SIGKILL)` and `execve`s the task. Setup
-//!    errors travel back to the shim over a close-on-exec pipe.
+//!    uid 0, none otherwise), sets `no_new_privs` and arms
+//!    `PR_SET_PDEATHSIG(SIGKILL)`.
+//! 4. It becomes the container's init ([`crate::init`]): it forks the task,
+//!    which restores the signal mask and SIGPIPE and `execve`s the program,
+//!    while PID 1 forwards signals, reaps orphans and reports the task's exit
+//!    status through a pipe. Setup and exec errors travel back to the shim
+//!    over a close-on-exec pipe.
 //!
-//! The task itself is PID 1 (no init process, like `docker run` without
-//! `--init`): a SIGTERM only reaches it if it handles SIGTERM; other
-//! container processes always get it, and SIGKILL after the grace period
-//! always works. When PID 1 exits the kernel kills the rest of the namespace.
+//! The task is PID 2. A SIGTERM from the shim (timeout, kill) goes to the
+//! init, which passes it to every container process once, so a program
+//! that does not trap SIGTERM stops at once as on the host; SIGKILL after
+//! the grace period goes to the whole cgroup. When the task's main process
+//! exits, the init exits and the kernel kills the rest of the namespace.
 //!
 //! # Why nothing is left behind
 //!
 //! All mounts live only in the container's mount namespace: they disappear
 //! with its last process and are never visible in the host's mount table.
-//! If the shim dies, `PR_SET_PDEATHSIG` kills PID 1 and hence the whole
+//! If the shim dies, `PR_SET_PDEATHSIG` kills the init and hence the whole
 //! PID namespace. What can remain after a shim crash is the cgroup directory
 //! and `<dir>/ctr`, which [`cleanup_attempt`] removes (the shim itself does
 //! the same on every normal exit path).
@@ -65,13 +70,14 @@ use std::time::Duration;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, fork, pivot_root, ForkResult, Gid, Uid};
 use sha2::{Digest, Sha256};
 
 use crate::cgroup::{Cgroup, Limits};
 use crate::driver::{Driver, Finish, Launch, Task};
 use crate::error::{Error, Result};
+use crate::init;
 use crate::spec::{ContainerSpec, Network};
 
 /// Capabilities kept in the bounding set (Docker's default set): CHOWN,
@@ -216,6 +222,8 @@ pub(crate) struct ContainerDriver {
     dir: PathBuf,
     spec: ContainerSpec,
     cgroup: Option<Cgroup>,
+    /// Read end of the init's status pipe ([`init::read_task_status`]).
+    status_pipe: Option<OwnedFd>,
 }
 
 impl ContainerDriver {
@@ -224,6 +232,7 @@ impl ContainerDriver {
             dir: dir.to_path_buf(),
             spec,
             cgroup: None,
+            status_pipe: None,
         }
     }
 }
@@ -342,6 +351,8 @@ impl Driver for ContainerDriver {
 
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("cannot create pipe: {e}"))?;
+        let (status_rd, status_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot create pipe: {e}"))?;
         // Only the next child of the shim enters the new PID namespace; the
         // shim itself stays where it is (and never forks again).
         unshare(CloneFlags::CLONE_NEWPID)
@@ -354,7 +365,8 @@ impl Driver for ContainerDriver {
             Err(e) => Err(format!("cannot fork: {e}")),
             Ok(ForkResult::Child) => {
                 drop(rd);
-                let err = match child_main(&plan) {
+                drop(status_rd);
+                let err = match child_main(&plan, status_wr, &wr) {
                     Ok(never) => match never {},
                     Err(e) => e,
                 };
@@ -366,7 +378,9 @@ impl Driver for ContainerDriver {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(wr);
+                drop(status_wr);
                 drop(plan);
+                self.status_pipe = Some(status_rd);
                 let mut msg = String::new();
                 let _ = File::from(rd).read_to_string(&mut msg);
                 if msg.is_empty() {
@@ -383,14 +397,23 @@ impl Driver for ContainerDriver {
     }
 
     fn signal(&self, task: &Task, sig: Signal) {
-        // Every container process, PID 1 included, is in the cgroup (each
-        // gets the signal once; a second SIGTERM would re-run a shell trap).
-        match &self.cgroup {
-            Some(cg) => cg.signal(sig),
-            None => {
+        // SIGKILL goes to every process of the cgroup, the init included.
+        // Any other signal goes to the init alone, which passes it on to every
+        // other process of the container once (a second SIGTERM would re-run
+        // a shell trap).
+        match (&self.cgroup, sig) {
+            (Some(cg), Signal::SIGKILL) => cg.signal(sig),
+            _ => {
                 let _ = nix::sys::signal::kill(task.pid, sig);
             }
         }
+    }
+
+    fn task_status(&mut self, task: &Task, init_status: WaitStatus) -> WaitStatus {
+        self.status_pipe
+            .take()
+            .and_then(|pipe| init::read_task_status(&pipe, task.pid))
+            .unwrap_or(init_status)
     }
 
     fn finish(&mut self) -> Finish {
@@ -456,7 +479,11 @@ fn mkdirs(p: &Path) -> Result<(), String> {
 }
 
 /// Everything in the child between fork and exec. Returns only on error.
-fn child_main(p: &ChildPlan<'_>) -> Result<Infallible, String> {
+fn child_main(
+    p: &ChildPlan<'_>,
+    status_pipe: OwnedFd,
+    setup_err: &OwnedFd,
+) -> Result<Infallible, String> {
     let c = p.spec;
     for (fd, target) in [
         (p.stdin.as_raw_fd(), 0),
@@ -494,8 +521,7 @@ fn child_main(p: &ChildPlan<'_>) -> Result<Infallible, String> {
     }
     drop_privileges(c.uid, c.gid, p.last_cap)?;
     chdir(&p.cwd).map_err(|e| errno_msg(format_args!("cannot enter {}", p.cwd.display()), e))?;
-    // SAFETY: plain prctl/sigaction/sigprocmask calls on this thread with
-    // valid arguments; no memory is shared with other threads (there are none).
+    // SAFETY: plain prctl calls on this thread with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(format!(
@@ -503,12 +529,7 @@ fn child_main(p: &ChildPlan<'_>) -> Result<Infallible, String> {
                 io::Error::last_os_error()
             ));
         }
-        // Rust ignores SIGPIPE in main(); the task expects the default.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        libc::sigemptyset(empty.as_mut_ptr());
-        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
-        // Armed last: credential changes reset it. If the shim dies, PID 1
+        // Armed last: credential changes reset it. If the shim dies, the init
         // (and with it the whole PID namespace) is killed.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     }
@@ -525,13 +546,20 @@ fn child_main(p: &ChildPlan<'_>) -> Result<Infallible, String> {
         });
     let program = crate::driver::resolve_program(&argv0, &env_vec, &p.cwd)
         .map_err(|e| format!("failed to start `{argv0}` in the container: {e}"))?;
-    let prog = CString::new(program.as_os_str().as_bytes())
+    let path = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| format!("program path {} contains NUL", program.display()))?;
-    let e = nix::unistd::execve(&prog, &p.argv, &p.env).unwrap_err();
-    Err(errno_msg(
-        format_args!("failed to start `{argv0}` in the container"),
-        e,
-    ))
+    // The signal mask the shim blocked stays blocked: the init takes those
+    // signals with sigwait, and clears the mask in the task before its exec.
+    init::run(
+        &init::Program {
+            path: &path,
+            argv: &p.argv,
+            env: &p.env,
+            name: &argv0,
+        },
+        status_pipe,
+        setup_err,
+    )
 }
 
 /// Mount the overlay and the pseudo filesystems, then pivot into it.

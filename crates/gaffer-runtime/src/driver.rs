@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::spec::LaunchSpec;
@@ -60,6 +61,12 @@ pub(crate) trait Driver {
     /// Deliver `sig` to the task's processes. Errors (typically ESRCH once
     /// they are gone) are ignored.
     fn signal(&self, task: &Task, sig: Signal);
+
+    /// The task's outcome, given the wait status of its main process (a
+    /// container's init, whose status pipe carries the task's own status).
+    fn task_status(&mut self, _task: &Task, main_status: WaitStatus) -> WaitStatus {
+        main_status
+    }
 
     /// Called once, after every process of the task has been reaped (or the
     /// start failed): measure and release driver resources.

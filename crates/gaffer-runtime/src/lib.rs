@@ -34,6 +34,7 @@ mod driver;
 mod error;
 mod fsutil;
 pub mod image;
+mod init;
 mod outputs;
 mod procfs;
 pub mod pull;

@@ -257,6 +257,7 @@ fn execute<D: Driver>(
         mut message,
         ..
     } = sup;
+    let main_status = main_status.map(|ws| driver.task_status(&task, ws));
 
     let fin = driver.finish();
     if let Some(oom) = fin.oom {

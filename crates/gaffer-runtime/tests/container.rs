@@ -56,6 +56,10 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_containers {
     () => {
         if let Some(why) = skip_reason() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "container test needs root and overlayfs: {why} (CI=true: failing instead of skipping)"
+            );
             eprintln!("SKIPPED: container test needs root and overlayfs: {why}");
             return;
         }
@@ -303,12 +307,18 @@ fn runs_in_pid_namespace_with_hostname_and_workdir() {
     );
     assert_eq!(st.exit_code, Some(0), "{out} {}", t.stderr());
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "pid=1", "{out}");
+    // PID 1 is gaffer's init; the task is its first child.
+    assert_eq!(lines[0], "pid=2", "{out}");
     assert_eq!(lines[1], "task-host");
     assert_eq!(lines[2], "/work");
     let nps: usize = lines[3].trim().parse().unwrap();
-    // Header + sh + ps (+ wc), nothing from the host.
-    assert!(nps <= 4, "ps saw {nps} lines: {out}");
+    // Header + init + sh + ps (+ wc), nothing from the host.
+    assert!(nps <= 5, "ps saw {nps} lines: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["1", "init"]),
+        "{out}"
+    );
     assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
     assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
@@ -458,32 +468,101 @@ fn cpu_quota_is_enforced() {
 }
 
 #[test]
-fn timeout_and_kill_stop_the_container() {
+fn timeout_sends_sigterm_through_the_init() {
     require_containers!();
-    // A child that ignores nothing plus PID 1 that does not handle SIGTERM:
-    // only the SIGKILL after the grace period ends it.
+    // Neither process traps SIGTERM. As PID 1 the shell would ignore it and
+    // only the SIGKILL after the grace period would end the attempt; under
+    // the init, the SIGTERM of the timeout reaches both at once.
     let mut t = Ctr::sh("sleep 100 & sleep 100");
-    t.spec.timeout_ms = Some(300);
-    t.spec.kill_grace_ms = 300;
+    t.spec.timeout_ms = Some(1_000);
+    t.spec.kill_grace_ms = 5_000;
     let t0 = Instant::now();
     let st = t.run();
+    let took = t0.elapsed();
     assert_eq!(st.reason, EndReason::TimedOut, "{st:?}");
-    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
+    assert_eq!(st.exit_code, None, "{st:?}");
+    // The SIGKILL would come only after 1 s + 5 s.
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?}: SIGTERM did not end the task"
+    );
+    let ran = st.ended_at_ms - st.started_at_ms;
+    assert!((1_000..1_500).contains(&ran), "ran {ran} ms: {st:?}");
 
-    // kill_shim: PID 1 handles SIGTERM and exits gracefully.
-    let t = Ctr::sh("trap 'echo term; exit 7' TERM; sleep 100 & wait");
+    // A plain `sleep` as the whole task, as in `gaffer submit --image busybox
+    // --timeout 2s -- sleep 30`.
+    let mut t = Ctr::sh("");
+    t.spec.argv = vec!["sleep".into(), "30".into()];
+    t.spec.timeout_ms = Some(500);
+    t.spec.kill_grace_ms = 5_000;
+    let st = t.run();
+    assert_eq!(st.reason, EndReason::TimedOut, "{st:?}");
+    assert_eq!(st.signal, Some(libc::SIGTERM), "{st:?}");
+    let ran = st.ended_at_ms - st.started_at_ms;
+    assert!((500..1_000).contains(&ran), "ran {ran} ms: {st:?}");
+}
+
+#[test]
+fn kill_reaches_a_trap_once() {
+    require_containers!();
+    let t = Ctr::sh("trap 'echo term; exit 7' TERM; echo up; sleep 100 & wait");
     let child = t.start();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while t.survivors().len() < 2 {
+    while t.survivors().len() < 2 || t.stdout() != "up\n" {
         assert!(Instant::now() < deadline, "task did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    std::thread::sleep(Duration::from_millis(100));
     assert!(kill_shim(&t.dir).unwrap());
     let st = t.finish(child);
     assert_eq!(st.reason, EndReason::Killed, "{st:?}");
     assert_eq!(st.exit_code, Some(7), "{st:?}");
-    assert_eq!(t.stdout(), "term\n");
+    assert_eq!(t.stdout(), "up\nterm\n");
+}
+
+#[test]
+fn exit_codes_and_signals_are_the_tasks() {
+    require_containers!();
+    let st = Ctr::sh("exit 42").run();
+    assert_eq!(
+        (st.reason, st.exit_code, st.signal),
+        (EndReason::Exited, Some(42), None)
+    );
+    let st = Ctr::sh("true").run();
+    assert_eq!((st.exit_code, st.signal), (Some(0), None), "{st:?}");
+    // Killed by a signal it sent itself: reported as the signal, not 128+N.
+    let st = Ctr::sh("kill -USR1 $$; sleep 5").run();
+    assert_eq!(
+        (st.exit_code, st.signal),
+        (None, Some(libc::SIGUSR1)),
+        "{st:?}"
+    );
+    let st = Ctr::sh("kill -KILL $$").run();
+    assert_eq!(
+        (st.exit_code, st.signal),
+        (None, Some(libc::SIGKILL)),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn orphans_are_reaped_by_the_init() {
+    require_containers!();
+    // The inner shell exits at once, so its `sleep` is re-parented to PID 1.
+    // Once the sleep ends, an init that reaps makes its /proc entry vanish; a
+    // PID 1 that does not would leave a zombie (state Z) there.
+    let t = Ctr::sh(
+        "echo self=$$; sh -c 'sleep 0.2 & echo $! > /work/orphan'; read p < /work/orphan; \
+         grep PPid /proc/$p/status; \
+         for i in $(seq 200); do [ -e /proc/$p ] || break; sleep 0.05; done; \
+         if [ -e /proc/$p ]; then grep State /proc/$p/status; else echo reaped; fi",
+    );
+    let st = t.run();
+    let out = t.stdout();
+    assert_eq!(st.exit_code, Some(0), "{st:?} {out} {}", t.stderr());
+    assert!(out.starts_with("self=2\n"), "{out}");
+    assert!(out.contains("PPid:\t1\n"), "{out}");
+    assert!(out.ends_with("reaped\n"), "{out}");
 }
 
 #[test]
