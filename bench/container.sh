@@ -35,7 +35,7 @@ for a in sh echo true cat ls; do ln -s busybox "$ROOTFS/bin/$a"; done
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$ROOTFS/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$ROOTFS/etc/group"
 tar -C "$ROOTFS" -czf "$WORK/busybox.tar.gz" .
-"$GAFFER" image import busybox "$WORK/busybox.tar.gz" --data-dir "$WORK/data/agent" >/dev/null
+"$GAFFER" image import busybox "$WORK/busybox.tar.gz" --all-nodes >/dev/null
 for _ in $(seq 1 200); do
     curl -s "$GAFFER_ADDR/v1/nodes" | grep -q '"busybox"' && break
     sleep 0.1

@@ -6,6 +6,8 @@ use gaffer_api::{ByteSize, DurationSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::cli_images::{AgentCommand, ImageCommand};
+
 /// gaffer: a distributed job manager. Submit commands, watch them run, collect their output.
 #[derive(Debug, Parser)]
 #[command(
@@ -57,7 +59,7 @@ pub enum Command {
     /// Drain or re-enable a node.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Manage the container images of the agent on this machine.
+    /// The cluster's container images: import (upload to the server), ls, rm, pull.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Submit a job: `gaffer submit [OPTIONS] -- COMMAND [ARGS...]`, `--shell 'LINE'` or `-f FILE`.
@@ -220,9 +222,15 @@ fn label_pair(s: &str) -> Result<(String, String), String> {
 /// `gaffer agent`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  gaffer agent --server http://10.0.0.1:6464 --name n1 --labels zone=a,gpu=0 --allow-host-tasks"
+    after_help = "Example:\n  gaffer agent --server http://10.0.0.1:6464 --name n1 --labels zone=a,gpu=0 --allow-host-tasks\n  \
+gaffer agent image import tools tools.tar --data-dir /var/lib/gaffer-agent",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct AgentArgs {
+    /// Tools for this machine's agent instead of running one.
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
     /// Server URL(s), tried in turn (comma-separated).
     #[arg(long, required = true, value_delimiter = ',')]
     pub server: Vec<String>,
@@ -253,56 +261,6 @@ pub struct AgentArgs {
     /// CA certificate (PEM) that signed the server's TLS certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-}
-
-/// `gaffer image ...`: images live in each agent's data directory (`<dir>/images/<name>`);
-/// the agent reports them to the server within one heartbeat.
-#[derive(Debug, Subcommand)]
-pub enum ImageCommand {
-    /// Import a rootfs tarball (.tar, .tar.gz, .tar.zst), a `docker save` tarball or an OCI
-    /// image layout (directory or tar) as NAME.
-    Import {
-        /// Image name, e.g. busybox or tools/python:3.
-        name: String,
-        /// The file or directory to import.
-        path: PathBuf,
-        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
-        #[arg(long, default_value = ".gaffer/agent")]
-        data_dir: PathBuf,
-    },
-    /// Pull an image from an OCI registry (anonymously), e.g. `gaffer image pull debian:12` or
-    /// `gaffer image pull --insecure 127.0.0.1:5000/team/tool:1`. Picks the linux image for this
-    /// machine's architecture from a multi-platform index.
-    Pull {
-        /// Image reference: [REGISTRY/]REPOSITORY[:TAG|@DIGEST] (Docker Hub when no registry).
-        reference: String,
-        /// Name to store it as (default: the last component of the repository).
-        #[arg(long)]
-        name: Option<String>,
-        /// Talk plain HTTP to the registry (for a local test registry).
-        #[arg(long)]
-        insecure: bool,
-        /// Ask every node of the cluster (through the server) to pull it, instead of this machine.
-        #[arg(long)]
-        all_nodes: bool,
-        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
-        #[arg(long, default_value = ".gaffer/agent")]
-        data_dir: PathBuf,
-    },
-    /// List the images of the agent on this machine.
-    Ls {
-        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
-        #[arg(long, default_value = ".gaffer/agent")]
-        data_dir: PathBuf,
-    },
-    /// Remove an image.
-    Rm {
-        /// Image name.
-        name: String,
-        /// The agent's data directory (`gaffer dev`: .gaffer/agent).
-        #[arg(long, default_value = ".gaffer/agent")]
-        data_dir: PathBuf,
-    },
 }
 
 /// `gaffer node ...`.

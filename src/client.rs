@@ -213,6 +213,42 @@ impl Client {
             .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
     }
 
+    /// Whether GET `path` answers 200 (false on 404; other errors are errors).
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        let resp = self.call("GET", path, true, false, |r| match r.call() {
+            Err(ureq::Error::Status(404, resp)) => Ok(resp),
+            other => other.map_err(Box::new),
+        })?;
+        Ok(resp.status() != 404)
+    }
+
+    /// PUT a streamed body of `len` bytes (`None`: empty) and decode JSON. `open` makes a fresh
+    /// reader for every try: the call is retried like a read, so it must be idempotent (an
+    /// image upload named by its digest is). It has no overall deadline, as a download.
+    pub fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        len: Option<u64>,
+        open: impl Fn() -> std::io::Result<Box<dyn Read>>,
+    ) -> Result<T> {
+        let resp = self.call("PUT", path, true, true, |r| {
+            let body = open().map_err(|e| Box::new(ureq::Error::from(e)))?;
+            let r = r
+                .set("Content-Type", "application/octet-stream")
+                .set("Content-Length", &len.unwrap_or(0).to_string());
+            r.send(body).map_err(Box::new)
+        })?;
+        resp.into_json()
+            .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
+    }
+
+    /// DELETE and decode the JSON answer.
+    pub fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.call("DELETE", path, false, false, |r| r.call().map_err(Box::new))?;
+        resp.into_json()
+            .map_err(|e| anyhow!("the server sent a reply this CLI cannot read: {e}"))
+    }
+
     /// DELETE.
     pub fn delete(&self, path: &str) -> Result<()> {
         self.call("DELETE", path, false, false, |r| r.call().map_err(Box::new))?;

@@ -2,8 +2,8 @@
 //! people (tables) or scripts (`-o json`).
 
 use crate::cli::{
-    EventsArgs, Format, ImageCommand, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs,
-    RmArgs, StatusArgs, SubmitArgs, WaitArgs,
+    EventsArgs, Format, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs, RmArgs, StatusArgs,
+    SubmitArgs, WaitArgs,
 };
 use crate::client::{enc, Client};
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,13 +26,13 @@ fn job_id(s: &str) -> Result<JobId> {
         .map_err(|e: gaffer_api::ids::BadJobId| anyhow!("{e}"))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// "3s", "2m10s", "1h5m".
-fn short_duration(ms: u64) -> String {
+pub(crate) fn short_duration(ms: u64) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
@@ -49,7 +49,7 @@ fn short_duration(ms: u64) -> String {
     }
 }
 
-fn ago(t: u64) -> String {
+pub(crate) fn ago(t: u64) -> String {
     format!("{} ago", short_duration(now_ms().saturating_sub(t)))
 }
 
@@ -58,7 +58,7 @@ fn timestamp(t: u64) -> String {
 }
 
 /// Prints a table with columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -827,183 +827,6 @@ pub fn node(c: &Client, cmd: NodeCommand) -> Result<i32> {
         NodeCommand::Enable { node } => {
             let _: serde_json::Value = c.post_empty(&format!("/v1/nodes/{}/enable", enc(&node)))?;
             println!("{node} enabled");
-        }
-    }
-    Ok(0)
-}
-
-/// `gaffer image import|pull|ls|rm` on this machine's agent data directory.
-pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
-    match cmd {
-        ImageCommand::Import {
-            name,
-            path,
-            data_dir,
-        } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
-            let t0 = Instant::now();
-            let img = store
-                .import(&name, &path)
-                .with_context(|| format!("cannot import {} as `{name}`", path.display()))?;
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({"name": img.name, "rootfs": img.rootfs}))?;
-            } else {
-                println!(
-                    "imported {} as `{}` in {} ({}); agents report it within a heartbeat",
-                    path.display(),
-                    img.name,
-                    short_duration(t0.elapsed().as_millis() as u64),
-                    img.rootfs.display()
-                );
-            }
-        }
-        ImageCommand::Pull {
-            reference,
-            name,
-            insecure,
-            all_nodes: true,
-            ..
-        } => {
-            let body =
-                serde_json::json!({"reference": reference, "name": name, "insecure": insecure});
-            let v: serde_json::Value = c.post("/v1/images/pull", &body, &[])?;
-            if fmt == Format::Json {
-                print_json(&v)?;
-            } else {
-                let nodes: Vec<&str> = v["nodes"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
-                    .unwrap_or_default();
-                println!(
-                    "asked {} node(s) to pull {reference} as `{}`: {}; each lists it in `gaffer nodes` once done",
-                    nodes.len(),
-                    v["name"].as_str().unwrap_or_default(),
-                    nodes.join(", ")
-                );
-            }
-        }
-        ImageCommand::Pull {
-            reference,
-            name,
-            insecure,
-            data_dir,
-            ..
-        } => {
-            let name = match name {
-                Some(n) => n,
-                None => gaffer_runtime::default_image_name(&reference).with_context(|| {
-                    format!("cannot derive an image name from `{reference}`: pass --name")
-                })?,
-            };
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
-            let t0 = Instant::now();
-            let human = fmt == Format::Human;
-            let tty = human && std::io::stderr().is_terminal();
-            let mut bar: Option<indicatif::ProgressBar> = None;
-            let mut total = 0u64;
-            let mut manifest = String::new();
-            let mut progress = |p: &gaffer_runtime::PullProgress| {
-                use gaffer_runtime::PullProgress as P;
-                match p {
-                    P::Resolved {
-                        bytes,
-                        layers,
-                        digest,
-                    } => {
-                        total = *bytes;
-                        manifest.clone_from(digest);
-                        if human {
-                            eprintln!(
-                                "pulling {reference}: {layers} layer(s), {}",
-                                ByteSize(*bytes)
-                            );
-                        }
-                    }
-                    P::Layer {
-                        index, count, size, ..
-                    } => {
-                        let msg = format!("pulling layer {index}/{count} ({})", ByteSize(*size));
-                        if tty {
-                            let b = indicatif::ProgressBar::new(*size);
-                            b.set_style(
-                                indicatif::ProgressStyle::with_template(
-                                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-                                )
-                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                                .progress_chars("=> "),
-                            );
-                            b.set_message(msg);
-                            bar = Some(b);
-                        } else if human {
-                            eprintln!("{msg}");
-                        }
-                    }
-                    P::Bytes { done, .. } => {
-                        if let Some(b) = &bar {
-                            b.set_position(*done);
-                        }
-                    }
-                    P::Applied { .. } => {
-                        if let Some(b) = bar.take() {
-                            b.finish();
-                        }
-                    }
-                }
-            };
-            let res = store.pull_with_progress(&name, &reference, insecure, &mut progress);
-            if let Some(b) = bar.take() {
-                b.abandon();
-            }
-            let img = res?;
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({
-                    "name": img.name,
-                    "reference": reference,
-                    "rootfs": img.rootfs,
-                    "digest": manifest,
-                    "bytes": total,
-                    "config": img.config,
-                }))?;
-            } else {
-                println!(
-                    "pulled {reference} as `{}` in {} ({}); agents report it within a heartbeat",
-                    img.name,
-                    short_duration(t0.elapsed().as_millis() as u64),
-                    img.rootfs.display()
-                );
-            }
-        }
-        ImageCommand::Ls { data_dir } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
-            let images = store
-                .list()
-                .with_context(|| format!("cannot list images in {}", data_dir.display()))?;
-            if fmt == Format::Json {
-                let v: Vec<_> = images
-                    .iter()
-                    .map(|i| serde_json::json!({"name": i.name, "source": i.source, "imported_at": i.imported_at_ms, "user": i.config.user, "cmd": i.config.cmd}))
-                    .collect();
-                print_json(&v)?;
-            } else if images.is_empty() {
-                println!(
-                    "no images in {} (add one with gaffer image import NAME FILE)",
-                    data_dir.display()
-                );
-            } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| vec![i.name.clone(), ago(i.imported_at_ms), i.source.clone()])
-                    .collect();
-                table(&["NAME", "IMPORTED", "SOURCE"], &rows);
-            }
-        }
-        ImageCommand::Rm { name, data_dir } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
-            if store.remove(&name)? {
-                println!("removed image `{name}`");
-            } else {
-                bail!("no image `{name}` in {}", data_dir.display());
-            }
         }
     }
     Ok(0)

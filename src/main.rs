@@ -3,10 +3,12 @@
 
 mod admin;
 mod cli;
+mod cli_images;
 mod client;
 mod commands;
 mod daemon;
 mod ha;
+mod images;
 mod tls;
 
 use clap::Parser;
@@ -21,8 +23,8 @@ fn main() {
     }
     let cli = Cli::parse();
     let daemon = matches!(
-        cli.command,
-        Command::Dev(_) | Command::Server(_) | Command::Agent(_)
+        &cli.command,
+        Command::Dev(_) | Command::Server(_) | Command::Agent(cli::AgentArgs { command: None, .. })
     );
     if !daemon {
         // A CLI piped into `head` should end quietly, as Unix tools do.
@@ -65,9 +67,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Dev(a) => daemon::dev(a).map(|_| 0),
         Command::Server(a) => daemon::server(a, cli.ca.clone()).map(|_| 0),
-        Command::Agent(a) => daemon::agent(a).map(|_| 0),
+        Command::Agent(a) => match a.command {
+            Some(cli_images::AgentCommand::Image(i)) => images::agent_image(fmt, i),
+            None => daemon::agent(a).map(|_| 0),
+        },
         Command::Node(n) => commands::node(&c, n),
-        Command::Image(i) => commands::image(&c, fmt, i),
+        Command::Image(i) => images::image(&c, fmt, i),
         Command::Submit(a) => commands::submit(&c, fmt, *a),
         Command::Jobs(a) => commands::jobs(&c, fmt, a),
         Command::Status(a) => commands::status(&c, fmt, a),

@@ -727,6 +727,7 @@ fn image_rm_removes_an_imported_image_and_says_so_for_a_missing_one() {
     let agent = dev.data.join("agent");
     let agent = agent.to_str().unwrap();
     dev.gaffer(&[
+        "agent",
         "image",
         "import",
         "tiny",
@@ -735,13 +736,32 @@ fn image_rm_removes_an_imported_image_and_says_so_for_a_missing_one() {
         agent,
     ])
     .ok();
-    let ls = dev.gaffer(&["image", "ls", "--data-dir", agent]).ok();
-    assert!(ls.stdout.contains("tiny"), "{ls:?}");
-    dev.gaffer(&["image", "rm", "tiny", "--data-dir", agent])
+    let ls = dev
+        .gaffer(&["agent", "image", "ls", "--data-dir", agent])
         .ok();
-    let ls = dev.gaffer(&["image", "ls", "--data-dir", agent]).ok();
+    assert!(ls.stdout.contains("tiny"), "{ls:?}");
+    // The node reports it; the cluster's listing shows it as a node-only image.
+    util::wait_until("the node to report `tiny`", Duration::from_secs(20), || {
+        let images = dev.get_json("/v1/images");
+        images
+            .as_array()?
+            .iter()
+            .find(|i| i["name"] == "tiny")
+            .filter(|i| {
+                i["digest"].is_null() && i["nodes"].as_array().is_some_and(|n| n.len() == 1)
+            })
+            .map(|_| ())
+    });
+    let rm = dev.gaffer(&["image", "rm", "tiny"]);
+    assert_ne!(rm.code, 0);
+    assert!(rm.stderr.contains("gaffer agent image rm tiny"), "{rm:?}");
+    dev.gaffer(&["agent", "image", "rm", "tiny", "--data-dir", agent])
+        .ok();
+    let ls = dev
+        .gaffer(&["agent", "image", "ls", "--data-dir", agent])
+        .ok();
     assert!(!ls.stdout.contains("tiny"), "{ls:?}");
-    let again = dev.gaffer(&["image", "rm", "tiny", "--data-dir", agent]);
+    let again = dev.gaffer(&["agent", "image", "rm", "tiny", "--data-dir", agent]);
     assert_ne!(again.code, 0);
     assert!(again.stderr.contains("no image `tiny`"), "{again:?}");
 }

@@ -1,4 +1,4 @@
-//! `gaffer image pull` against a real registry: Debian's `docker-registry`
+//! `gaffer agent image pull` (and `gaffer image pull` through a server) against a real registry: Debian's `docker-registry`
 //! (the CNCF distribution server) started on a free loopback port with
 //! filesystem storage in a temp dir. The test pushes a two-layer busybox image
 //! (the second layer has a whiteout and an opaque directory), a
@@ -386,6 +386,7 @@ fn pull_from_a_real_registry() {
     // A tag, with the name derived from the repository.
     let reference = format!("{host}/test/busybox:1");
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",
@@ -418,6 +419,7 @@ fn pull_from_a_real_registry() {
     );
     // Human output names each layer with its size.
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",
@@ -436,6 +438,7 @@ fn pull_from_a_real_registry() {
 
     // An index: the linux/amd64 image is chosen (the arm64 one lacks layer 2).
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",
@@ -449,8 +452,8 @@ fn pull_from_a_real_registry() {
     check_pulled_rootfs(&data, "multi");
     assert_eq!(image_dirs(&data), ["again", "busybox", "multi"]);
 
-    // `gaffer image ls` shows the pulled images.
-    let out = gaffer(&["image", "ls", "--data-dir", data_s, "-o", "json"]);
+    // `gaffer agent image ls` shows the pulled images.
+    let out = gaffer(&["agent", "image", "ls", "--data-dir", data_s, "-o", "json"]);
     let ls: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = ls
         .as_array()
@@ -462,6 +465,7 @@ fn pull_from_a_real_registry() {
 
     // A missing tag: a clear error, nothing left behind.
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",
@@ -481,6 +485,7 @@ fn pull_from_a_real_registry() {
 
     // A missing repository, too.
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",
@@ -493,6 +498,7 @@ fn pull_from_a_real_registry() {
 
     // Without --insecure the client speaks TLS to a plain-HTTP registry.
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         &reference,
@@ -516,6 +522,7 @@ fn pull_from_a_real_registry() {
         .write_all(&content)
         .unwrap();
     let out = gaffer(&[
+        "agent",
         "image",
         "pull",
         "--insecure",

@@ -462,8 +462,32 @@ fn the_nodes_page_shows_the_node_and_drains_and_enables_it() {
     run(async {
         let dev = Dev::start_with(&["--cpus", "2", "--memory", "4G"]);
         dev.submit(json!({"name": "busy", "resources": {"cpus": 0.5, "memory": "1G"}, "shell": "sleep 300"}));
+        // An image in the cluster's catalog that no node has fetched yet.
+        let root = dev.tmp.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/motd"), "hello\n").unwrap();
+        let tarball = dev.tmp.path().join("tools.tar");
+        let st = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        dev.gaffer(&["image", "import", "tools", tarball.to_str().unwrap()])
+            .ok();
         let b = Browser::start().await;
         b.goto(&format!("{}/#/nodes", dev.addr)).await;
+        b.wait_js(
+            "the catalog image listed",
+            UI_TIMEOUT,
+            "const r = document.querySelector('#images-body tr[data-image=tools]'); \
+             return r && r.textContent.includes('sha256:') && r.textContent.includes('rootfs-tar') \
+               && r.textContent.includes('no node yet')",
+        )
+        .await;
         b.wait_js(
             "a ready node running one task",
             UI_TIMEOUT,
@@ -491,6 +515,15 @@ fn the_nodes_page_shows_the_node_and_drains_and_enables_it() {
             "the node ready again",
             UI_TIMEOUT,
             "const r = document.querySelector('#nodes-body tr[data-node]'); return r.dataset.state === 'ready'",
+        )
+        .await;
+        // The submit form offers the cluster's images.
+        b.goto(&format!("{}/#/submit", dev.addr)).await;
+        b.wait_js(
+            "the image suggested on the form",
+            UI_TIMEOUT,
+            "return document.querySelector('#f-image').getAttribute('list') === 'image-options' \
+               && !!document.querySelector('#image-options option[value=tools]')",
         )
         .await;
         b.quit().await;

@@ -515,9 +515,11 @@ impl Cluster {
         let out = root.join(format!("agent-{}-{}.out", a.spec.name, a.launches));
         let err = root.join(format!("agent-{}-{}.err", a.spec.name, a.launches));
         let mut cmd = match &netns {
+            // nsenter, not `ip netns exec`: that one also remounts /sys for the namespace, which
+            // hides the cgroup hierarchies the agent's containers need.
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(BIN);
                 c
             }
             None => Command::new(BIN),
@@ -552,7 +554,7 @@ impl Cluster {
         a.child = Some(cmd.spawn().expect("spawn gaffer agent"));
     }
 
-    /// Pid of agent `i` (with `ip netns exec`, the agent itself: ip execs it).
+    /// Pid of agent `i` (in a namespace, the agent itself: nsenter execs it).
     pub fn agent_pid(&self, i: usize) -> i32 {
         self.agents[i].child.as_ref().expect("agent running").id() as i32
     }

@@ -13,6 +13,7 @@
 //! the server says `Forget`, i.e. after the server has durably recorded the end.
 #![deny(missing_docs)]
 
+pub mod images;
 pub mod journal;
 pub mod remote;
 
@@ -190,6 +191,8 @@ struct Inner {
     watched: Mutex<HashSet<AttemptKey>>,
     /// Attempts not yet forgotten by the server.
     journal: journal::Journal,
+    /// The node's images; fetches from the server's catalog.
+    images: images::Images,
 }
 
 /// A node agent. Open it once; run one [`Agent::session`] per connection to the server.
@@ -229,6 +232,7 @@ impl Agent {
                 procs: Mutex::new(Procs::default()),
                 watched: Mutex::new(HashSet::new()),
                 journal,
+                images: images::Images::new(cfg.data_dir.clone()),
                 cfg,
             }),
         })
@@ -266,11 +270,12 @@ impl Agent {
             loop {
                 tick.tick().await;
                 let memory_free = meminfo("MemAvailable:").unwrap_or(0);
-                let images = hb.images();
+                let (images, image_digests) = hb.images.held();
                 if hb_up
                     .send(AgentMsg::Heartbeat {
                         memory_free,
                         images,
+                        image_digests,
                     })
                     .is_err()
                 {
@@ -300,6 +305,23 @@ impl Agent {
                             Err(e) => tracing::warn!(%reference, error = %e, "image pull failed"),
                         }
                     });
+                }
+                ServerMsg::BlobData { .. } => agent.images.answer(msg),
+                ServerMsg::FetchImage { name, digest, size } => {
+                    let a = agent.clone();
+                    tokio::spawn(async move {
+                        if !a.cfg.containers {
+                            return;
+                        }
+                        let send = |m| a.try_send(m);
+                        if let Err(e) = a.images.ensure(&name, &digest, size, &send).await {
+                            tracing::warn!(image = %name, error = %e, "image fetch failed");
+                        }
+                    });
+                }
+                ServerMsg::RemoveImage { name, digest } => {
+                    let a = agent.clone();
+                    tokio::task::spawn_blocking(move || a.images.remove_if(&name, &digest));
                 }
                 ServerMsg::Reregister => {
                     let _slot = lock(&agent.up);
@@ -348,26 +370,16 @@ impl Agent {
 }
 
 impl Inner {
-    /// Names of the images in `<data>/images` (each a directory with an `image.json`).
-    fn images(&self) -> Vec<String> {
-        let store = gaffer_runtime::ImageStore::new(&self.cfg.data_dir);
-        match store.list() {
-            Ok(images) => images.into_iter().map(|i| i.name).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list images");
-                Vec::new()
-            }
-        }
-    }
-
     fn node_info(&self) -> NodeInfo {
+        let (images, image_digests) = self.images.held();
         NodeInfo {
             name: self.cfg.name.clone(),
             cpus: self.cfg.cpus,
             memory: self.cfg.memory,
             allow_host_tasks: self.cfg.allow_host_tasks,
             labels: self.cfg.labels.clone(),
-            images: self.images(),
+            images,
+            image_digests,
             containers: self.containers(),
         }
     }
@@ -446,9 +458,14 @@ impl Inner {
     }
 
     fn send(&self, msg: AgentMsg) {
-        if let Some(up) = lock(&self.up).as_ref() {
-            let _ = up.send(msg);
-        }
+        self.try_send(msg);
+    }
+
+    /// Sends on the current uplink; false when there is none.
+    fn try_send(&self, msg: AgentMsg) -> bool {
+        lock(&self.up)
+            .as_ref()
+            .is_some_and(|up| up.send(msg).is_ok())
     }
 
     /// What to tell the server about every attempt it has not forgotten. Attempts whose
@@ -561,6 +578,19 @@ impl Inner {
     async fn start(self: Arc<Self>, l: TaskLaunch) {
         let key = l.key;
         let dir = self.cfg.attempt_dir(&key);
+        if let (Some(image), Some((digest, size)), true) =
+            (&l.image, &l.image_archive, self.cfg.containers)
+        {
+            let send = |m| self.try_send(m);
+            if let Err(msg) = self.images.ensure(image, digest, *size, &send).await {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(msg)
+                };
+                self.send(AgentMsg::Ended { key, result });
+                return;
+            }
+        }
         let spec = match &l.image {
             Some(image) if !self.cfg.containers => Err(format!(
                 "node {} cannot run containers (image `{image}`): it needs root and overlayfs",

@@ -24,6 +24,9 @@ pub enum AgentMsg {
         /// Images the node has now.
         #[serde(default)]
         images: Vec<String>,
+        /// Of those, the ones fetched from the server's catalog: name → archive digest.
+        #[serde(default)]
+        image_digests: std::collections::BTreeMap<String, String>,
     },
     /// The attempt's supervisor started.
     Started {
@@ -50,6 +53,18 @@ pub enum AgentMsg {
         /// Why nothing could be read (no such attempt or file).
         error: Option<String>,
     },
+    /// Read part of an image archive of the server's catalog; answered by
+    /// [`ServerMsg::BlobData`].
+    ReadBlob {
+        /// Request id, echoed in the answer.
+        req: u64,
+        /// `sha256:<hex>` of the archive.
+        digest: String,
+        /// Byte offset to start at.
+        offset: u64,
+        /// At most this many bytes.
+        max: u32,
+    },
 }
 
 /// A node's identity and capacity.
@@ -69,6 +84,9 @@ pub struct NodeInfo {
     /// Container images the node has.
     #[serde(default)]
     pub images: Vec<String>,
+    /// Of those, the ones fetched from the server's catalog: name → archive digest.
+    #[serde(default)]
+    pub image_digests: std::collections::BTreeMap<String, String>,
     /// Whether the node can run containers at all.
     #[serde(default)]
     pub containers: bool,
@@ -179,6 +197,32 @@ pub enum ServerMsg {
         /// The job.
         job: crate::JobId,
     },
+    /// Answer to [`AgentMsg::ReadBlob`].
+    BlobData {
+        /// The request's id.
+        req: u64,
+        /// Bytes read, base64 (standard alphabet); empty at the end of the archive.
+        data: String,
+        /// Why nothing could be read (no such archive).
+        error: Option<String>,
+    },
+    /// Fetch this image of the server's catalog now, unless the node has it
+    /// (`gaffer image import --all-nodes`).
+    FetchImage {
+        /// Image name.
+        name: String,
+        /// `sha256:<hex>` of its archive.
+        digest: String,
+        /// Archive size, bytes.
+        size: u64,
+    },
+    /// The image was removed from the catalog: remove the node's copy if it is that one.
+    RemoveImage {
+        /// Image name.
+        name: String,
+        /// `sha256:<hex>` of the archive that was removed.
+        digest: String,
+    },
 }
 
 /// Everything an agent needs to run one attempt.
@@ -196,6 +240,10 @@ pub struct TaskLaunch {
     pub workdir: Option<String>,
     /// Container image, if any.
     pub image: Option<String>,
+    /// The image's archive in the server's catalog (`sha256:<hex>`) and its size: the agent
+    /// fetches it unless it holds that image already. `None`: use the node's own image.
+    #[serde(default)]
+    pub image_archive: Option<(String, u64)>,
     /// Timeout, ms.
     pub timeout_ms: Option<u64>,
     /// SIGTERM → SIGKILL grace, ms.

@@ -152,6 +152,9 @@ pub struct NodeView {
     /// Container images the node has.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
+    /// Of those, the ones fetched from the server's image catalog: name → archive digest.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub image_digests: std::collections::BTreeMap<String, String>,
     /// CPUs it offers.
     pub cpus_total: f64,
     /// CPUs reserved by running tasks.
@@ -166,6 +169,33 @@ pub struct NodeView {
     pub running_tasks: u32,
     /// Milliseconds since its last heartbeat.
     pub heartbeat_age_ms: u64,
+}
+
+/// An image of the cluster: one in the server's catalog (`gaffer image import`), or one that
+/// only some nodes hold (imported or pulled on the node itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ImageView {
+    /// Image name, as tasks give it with `--image`.
+    pub name: String,
+    /// `sha256:<hex>` of the archive in the catalog; `None` for a node-only image.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Archive size, bytes (catalog images).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// `rootfs-tar`, `docker-save` or `oci-layout` (catalog images).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// When it was imported into the catalog (Unix ms).
+    #[serde(default)]
+    pub imported_at: Option<crate::UnixMs>,
+    /// Nodes that hold it: for a catalog image, those whose copy has its digest.
+    pub nodes: Vec<String>,
+    /// Nodes whose image of this name is another one (imported locally, or an older
+    /// version); they fetch the catalog's when a task needs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_nodes: Vec<String>,
 }
 
 /// Answer to a successful submit.

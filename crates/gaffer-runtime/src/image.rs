@@ -70,6 +70,10 @@ pub struct ImageMeta {
     /// The digest of the pulled manifest (`registry` images only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `sha256:<hex>` of the archive it was imported from, when that came from the server's
+    /// image catalog: a node holds a cluster image when the digests match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
 }
 
 /// An image in the store.
@@ -85,6 +89,8 @@ pub struct Image {
     pub imported_at_ms: u64,
     /// Run configuration.
     pub config: ImageConfig,
+    /// See [`ImageMeta::archive`].
+    pub archive: Option<String>,
 }
 
 impl ImageConfig {
@@ -306,12 +312,23 @@ impl ImageStore {
             source: meta.source,
             imported_at_ms: meta.imported_at_ms,
             config: meta.config,
+            archive: meta.archive,
         })
     }
 
     /// Import the image at `path` (see the module doc for the formats) as
     /// `name`, replacing any image of that name.
     pub fn import(&self, name: &str, path: &Path) -> Result<Image> {
+        self.import_as(name, path, None)
+    }
+
+    /// [`ImageStore::import`] of an archive from the server's image catalog, whose digest
+    /// (`sha256:<hex>`, already verified by the caller) is recorded with the image.
+    pub fn import_archive(&self, name: &str, path: &Path, digest: &str) -> Result<Image> {
+        self.import_as(name, path, Some(digest.to_string()))
+    }
+
+    fn import_as(&self, name: &str, path: &Path, archive: Option<String>) -> Result<Image> {
         let (guard, staging) = self.stage(name)?;
         let rootfs = staging.join("rootfs");
 
@@ -352,6 +369,7 @@ impl ImageStore {
             config,
             reference: None,
             digest: None,
+            archive,
         };
         self.commit(guard, meta, path)
     }
@@ -376,6 +394,7 @@ impl ImageStore {
             source: meta.source,
             imported_at_ms: meta.imported_at_ms,
             config: meta.config,
+            archive: meta.archive,
         }))
     }
 
@@ -419,7 +438,7 @@ impl ImageStore {
 }
 
 /// Open `path`, transparently decompressing gzip or zstd (by magic number).
-fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
+pub(crate) fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     let head = r.fill_buf().map_err(|e| Error::io("read", path, e))?;
@@ -436,7 +455,7 @@ fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
 
 /// A relative, normalised path of a tar entry, or `None` for the root
 /// entry; an error for absolute escapes or `..`.
-fn entry_rel_path(raw: &Path) -> Option<std::result::Result<PathBuf, String>> {
+pub(crate) fn entry_rel_path(raw: &Path) -> Option<std::result::Result<PathBuf, String>> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {

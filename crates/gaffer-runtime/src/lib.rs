@@ -28,6 +28,7 @@
 //! by an [`ImageStore`] ([`image`], registry pulls in [`pull`]); [`cleanup_attempt`] removes what a
 //! container attempt whose shim died left behind (its cgroup and `ctr/`).
 
+pub mod archive;
 mod cgroup;
 pub mod container;
 mod driver;

@@ -447,6 +447,7 @@ async fn pull_into(
         config,
         reference: Some(reference.to_string()),
         digest: Some(digest),
+        archive: None,
     };
     Ok((meta, PathBuf::from(reference)))
 }

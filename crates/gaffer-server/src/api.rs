@@ -42,6 +42,8 @@ pub struct AppState {
     pub files: crate::files::Files,
     /// Agent streams.
     pub gateway: crate::gateway::Gateway,
+    /// The image catalog (`None` on an HA follower, which forwards image calls).
+    pub catalog: Option<crate::images::Catalog>,
     /// Tokens.
     pub auth: Auth,
     /// The HA cluster's members (`GET /v1/servers`); `None` for a single server.
@@ -116,10 +118,10 @@ impl AppError {
             },
         }
     }
-    fn bad(msg: impl Into<String>) -> Self {
+    pub(crate) fn bad(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, msg)
     }
-    fn fields(fields: Vec<FieldError>) -> Self {
+    pub(crate) fn fields(fields: Vec<FieldError>) -> Self {
         let first = fields.first().map(|f| f.to_string()).unwrap_or_default();
         let more = if fields.len() > 1 {
             format!(" (and {} more)", fields.len() - 1)
@@ -177,7 +179,7 @@ impl From<gaffer_store::StoreError> for AppError {
     }
 }
 
-type ApiResult<T> = Result<T, AppError>;
+pub(crate) type ApiResult<T> = Result<T, AppError>;
 
 /// `Query` whose rejection is a JSON 400 like every other API error.
 struct Q<T>(T);
@@ -254,10 +256,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/enable", post(enable_node))
-        .route("/v1/images/pull", post(pull_image))
         .route("/v1/agent/connect", get(crate::agent_link::connect))
         .route("/v1/servers", get(servers))
         .merge(crate::ui::router())
+        .merge(crate::image_api::router())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -284,7 +286,11 @@ pub fn router(state: AppState) -> Router {
         nodes,
         drain_node,
         enable_node,
-        pull_image,
+        crate::image_api::pull_image,
+        crate::image_api::list_images,
+        crate::image_api::upload_image,
+        crate::image_api::remove_image,
+        crate::image_api::blob_info,
         healthz,
         metrics,
         crate::ui::timeline
@@ -308,8 +314,10 @@ pub fn router(state: AppState) -> Router {
         OutputFile,
         KillResponse,
         RetryResponse,
-        PullRequest,
-        PullAccepted,
+        crate::image_api::PullRequest,
+        crate::image_api::PullAccepted,
+        crate::image_api::BlobInfo,
+        gaffer_api::views::ImageView,
         crate::ui::Timeline,
         crate::ui::TimelineMinute
     ))
@@ -1072,63 +1080,4 @@ async fn enable_node(
 ) -> ApiResult<StatusCode> {
     st.core.enable(name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// What to pull on every node.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PullRequest {
-    /// `[REGISTRY/]REPOSITORY[:TAG|@DIGEST]`.
-    reference: String,
-    /// Name to store it as (default: the last component of the repository).
-    name: Option<String>,
-    /// Plain HTTP to the registry.
-    #[serde(default)]
-    insecure: bool,
-}
-
-/// Nodes asked to pull.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct PullAccepted {
-    /// Nodes that were told to pull; each reports the image in its next heartbeat once done.
-    nodes: Vec<String>,
-    /// The name the image will have.
-    name: String,
-}
-
-/// Ask every connected node to pull an image from a registry.
-#[utoipa::path(post, path = "/v1/images/pull", request_body = PullRequest,
-    responses((status = 202, body = PullAccepted), (status = 400, body = ErrorBody)))]
-async fn pull_image(
-    State(st): State<AppState>,
-    body: Result<Json<PullRequest>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<PullAccepted>)> {
-    let Json(req) = body.map_err(|e| AppError::bad(e.body_text()))?;
-    let name = match req.name {
-        Some(n) => n,
-        None => req
-            .reference
-            .split(['@', ':'])
-            .next()
-            .and_then(|r| r.rsplit('/').next())
-            .unwrap_or_default()
-            .to_string(),
-    };
-    if !gaffer_api::spec::valid_image_name(&name) || req.reference.trim().is_empty() {
-        return Err(AppError::fields(vec![FieldError::new(
-            "reference",
-            format!(
-                "`{}` does not name an image (or pass a valid `name`)",
-                req.reference
-            ),
-        )]));
-    }
-    let nodes = st
-        .gateway
-        .broadcast(&gaffer_api::proto::ServerMsg::PullImage {
-            reference: req.reference,
-            name: name.clone(),
-            insecure: req.insecure,
-        });
-    Ok((StatusCode::ACCEPTED, Json(PullAccepted { nodes, name })))
 }

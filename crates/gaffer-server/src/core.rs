@@ -132,6 +132,9 @@ pub enum Command {
         /// Node name.
         node: String,
     },
+    /// The server's image catalog changed: name → (archive digest, size). Tasks with one of
+    /// these images may go to any node that runs containers; it fetches the archive.
+    Images(std::collections::BTreeMap<String, (String, u64)>),
     /// Stop the loop after this round.
     Shutdown,
 }
@@ -348,6 +351,8 @@ pub struct Core {
     /// Ended attempts whose outputs should be copied to the server (after commit).
     pulls: Vec<OutputPull>,
     pull_tx: UnboundedSender<OutputPull>,
+    /// The image catalog ([`Command::Images`]).
+    catalog: std::collections::BTreeMap<String, (String, u64)>,
 }
 
 /// Extra time nodes known only from the store get to reconnect after the core starts: an
@@ -386,6 +391,7 @@ impl Core {
             migrating: HashSet::new(),
             pulls: Vec::new(),
             pull_tx,
+            catalog: Default::default(),
         };
         for row in active.jobs {
             core.jobs.insert(row.id, ActiveJob::new(row));
@@ -412,6 +418,7 @@ impl Core {
                         allow_host_tasks: false,
                         labels: Default::default(),
                         images: Vec::new(),
+                        image_digests: Default::default(),
                         containers: false,
                     },
                     address: String::new(),
@@ -701,8 +708,27 @@ impl Core {
                     }
                 }
             }
+            Command::Images(catalog) => self.set_catalog(catalog),
             Command::Shutdown => {}
         }
+    }
+
+    /// A new image catalog. Nodes drop the images removed from it at once (they are told to
+    /// delete their copies), rather than at their next heartbeat, so that no task is placed
+    /// on a copy that is about to go.
+    fn set_catalog(&mut self, catalog: std::collections::BTreeMap<String, (String, u64)>) {
+        for (name, (digest, _)) in &self.catalog {
+            if catalog.get(name).is_some_and(|(d, _)| d == digest) {
+                continue;
+            }
+            for n in self.nodes.values_mut() {
+                if n.info.image_digests.get(name) == Some(digest) {
+                    n.info.image_digests.remove(name);
+                    n.info.images.retain(|i| i != name);
+                }
+            }
+        }
+        self.catalog = catalog;
     }
 
     fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, r: Result<T, CoreError>) {
@@ -1203,16 +1229,18 @@ impl Core {
             AgentMsg::Heartbeat {
                 memory_free,
                 images,
+                image_digests,
             } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.memory_free = memory_free;
                     n.info.images = images;
+                    n.info.image_digests = image_digests;
                 }
             }
             AgentMsg::Started { key, at } => self.mark_running(key, at, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now),
-            // File reads are answered to the gateway, never to the core.
-            AgentMsg::FileData { .. } => {}
+            // File and archive reads are answered by the gateway, never by the core.
+            AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => {}
         }
     }
 
@@ -1433,8 +1461,14 @@ impl Core {
                     memory_free: node.info.memory.saturating_sub(node.mem_alloc),
                     tasks: node.running.len() as u32,
                     labels: node.info.labels.clone(),
+                    // The catalog's images count as present: the node fetches what it lacks.
                     images: if node.info.containers {
-                        node.info.images.iter().cloned().collect()
+                        node.info
+                            .images
+                            .iter()
+                            .chain(self.catalog.keys())
+                            .cloned()
+                            .collect()
                     } else {
                         Default::default()
                     },
@@ -1558,6 +1592,27 @@ impl Core {
                 job.row.counts.total.to_string(),
             ),
         ]);
+        let image_archive = spec
+            .image
+            .as_ref()
+            .and_then(|name| self.catalog.get(name).cloned());
+        // The node fetches the catalog's archive unless its copy of the image is that one.
+        let fetching = match (&spec.image, &image_archive) {
+            (Some(name), Some((digest, size))) => {
+                let held = self
+                    .nodes
+                    .get(node_name)
+                    .and_then(|n| n.info.image_digests.get(name));
+                (held != Some(digest)).then(|| {
+                    format!(
+                        "{node_name} is fetching image `{name}` ({}, {}) from the server",
+                        gaffer_api::units::ByteSize(*size),
+                        &digest[..digest.len().min(19)]
+                    )
+                })
+            }
+            _ => None,
+        };
         let launch = TaskLaunch {
             key,
             name: job.row.name.clone(),
@@ -1565,6 +1620,7 @@ impl Core {
             env,
             workdir: spec.workdir.clone(),
             image: spec.image.clone(),
+            image_archive,
             timeout_ms: spec.timeout.map(|t| t.0),
             kill_grace_ms: spec.kill_grace.unwrap_or(DEFAULT_KILL_GRACE).0,
             outputs: spec.outputs.clone(),
@@ -1587,7 +1643,7 @@ impl Core {
                 ended_at: None,
                 exit_code: None,
                 signal: None,
-                message: None,
+                message: fetching,
                 max_rss_bytes: None,
                 cpu_secs: None,
                 outputs: Vec::new(),
@@ -1642,6 +1698,7 @@ impl Core {
                 address: n.address.clone(),
                 labels: n.info.labels.clone(),
                 images: n.info.images.clone(),
+                image_digests: n.info.image_digests.clone(),
                 cpus_total: n.info.cpus,
                 cpus_allocated: cpus_of(n.cpus_alloc_m),
                 memory_total: n.info.memory,

@@ -5,6 +5,7 @@
 //! request/response exchanges with one agent that the core never sees.
 
 use crate::core::{Command, CoreHandle};
+use crate::images::Catalog;
 use gaffer_api::proto::{AgentMsg, ServerMsg};
 use gaffer_api::AttemptKey;
 use std::collections::HashMap;
@@ -18,6 +19,8 @@ use tokio::sync::oneshot;
 #[derive(Clone)]
 pub struct Gateway {
     core: CoreHandle,
+    /// Where agents fetch image archives from ([`AgentMsg::ReadBlob`]).
+    catalog: Option<Catalog>,
     next_conn: Arc<AtomicU64>,
     next_req: Arc<AtomicU64>,
     /// The current stream of each connected node.
@@ -25,6 +28,9 @@ pub struct Gateway {
     /// File reads waiting for their answer.
     reads: Arc<Mutex<HashMap<u64, oneshot::Sender<AgentMsg>>>>,
 }
+
+/// The most an answer to [`AgentMsg::ReadBlob`] carries.
+pub const MAX_BLOB_CHUNK: u32 = 4 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -40,10 +46,11 @@ pub struct RemoteChunk {
 }
 
 impl Gateway {
-    /// A gateway feeding `core`.
-    pub fn new(core: CoreHandle) -> Self {
+    /// A gateway feeding `core`; agents read image archives from `catalog`.
+    pub fn new(core: CoreHandle, catalog: Option<Catalog>) -> Self {
         Gateway {
             core,
+            catalog,
             next_conn: Arc::new(AtomicU64::new(1)),
             next_req: Arc::new(AtomicU64::new(1)),
             conns: Arc::new(Mutex::new(HashMap::new())),
@@ -107,6 +114,41 @@ impl Gateway {
         }
     }
 
+    /// Answers one [`AgentMsg::ReadBlob`] on `to`, reading the archive off the event loop.
+    fn send_blob(
+        &self,
+        to: &UnboundedSender<ServerMsg>,
+        req: u64,
+        digest: String,
+        offset: u64,
+        max: u32,
+    ) {
+        let catalog = self.catalog.clone();
+        let to = to.clone();
+        // Bounded so that one agent cannot make the server hold huge buffers.
+        let max = max.min(MAX_BLOB_CHUNK);
+        tokio::task::spawn_blocking(move || {
+            use base64::Engine as _;
+            let read = match &catalog {
+                Some(c) => c.read_blob(&digest, offset, max),
+                None => Err("this server keeps no image archives".to_string()),
+            };
+            let msg = match read {
+                Ok(data) => ServerMsg::BlobData {
+                    req,
+                    data: base64::engine::general_purpose::STANDARD.encode(data),
+                    error: None,
+                },
+                Err(e) => ServerMsg::BlobData {
+                    req,
+                    data: String::new(),
+                    error: Some(e),
+                },
+            };
+            let _ = to.send(msg);
+        });
+    }
+
     /// Connects an in-process agent: returns its uplink and downlink.
     pub fn connect_local(&self) -> (UnboundedSender<AgentMsg>, UnboundedReceiver<ServerMsg>) {
         let (up_tx, up_rx) = unbounded_channel::<AgentMsg>();
@@ -160,6 +202,16 @@ impl Gateway {
                 }) {
                     return;
                 }
+                continue;
+            }
+            if let AgentMsg::ReadBlob {
+                req,
+                digest,
+                offset,
+                max,
+            } = msg
+            {
+                self.send_blob(&mine, req, digest, offset, max);
                 continue;
             }
             if let AgentMsg::FileData { req, .. } = &msg {

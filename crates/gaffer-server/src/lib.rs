@@ -13,6 +13,8 @@ pub mod core;
 pub mod files;
 pub mod forward;
 pub mod gateway;
+pub mod image_api;
+pub mod images;
 pub mod shared;
 pub mod ui;
 
@@ -33,13 +35,17 @@ pub enum ServerError {
     /// The core thread could not start.
     #[error("cannot start the scheduler thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// The image catalog could not be opened.
+    #[error("cannot open the image catalog: {0}")]
+    Images(#[from] images::ImageError),
 }
 
 /// What a server is made of.
 pub struct ServerOptions {
     /// Durable state.
     pub store: Arc<dyn Store>,
-    /// The server's data directory (outputs copied from agents live under it).
+    /// The server's data directory (outputs copied from agents live under it, and the image
+    /// catalog unless `storage_dir` is set).
     pub data_dir: std::path::PathBuf,
     /// A node whose data directory is on this machine, and that directory (`gaffer dev`).
     pub local_node: Option<(String, std::path::PathBuf)>,
@@ -65,6 +71,7 @@ pub struct Server {
     cluster: Option<api::ServersFn>,
     thread: Option<JoinHandle<Result<(), String>>>,
     gateway: gateway::Gateway,
+    catalog: Option<images::Catalog>,
 }
 
 impl Server {
@@ -80,7 +87,14 @@ impl Server {
             .spawn(move || core::run(core, rx))
             .map_err(ServerError::Thread)?;
         let handle = CoreHandle::new(tx);
-        let gateway = gateway::Gateway::new(handle.clone());
+        let images_root = opts
+            .storage_dir
+            .as_deref()
+            .unwrap_or(&opts.data_dir)
+            .join("images");
+        let catalog = images::Catalog::open(images_root)?;
+        handle.send(Command::Images(catalog.snapshot()));
+        let gateway = gateway::Gateway::new(handle.clone(), Some(catalog.clone()));
         let files = Files::new(
             opts.data_dir.join("outputs"),
             opts.local_node,
@@ -95,6 +109,7 @@ impl Server {
         });
         Ok(Server {
             gateway,
+            catalog: Some(catalog),
             core: handle,
             shared,
             store: opts.store,
@@ -113,6 +128,7 @@ impl Server {
             shared: self.shared.clone(),
             files: self.files.clone(),
             gateway: self.gateway.clone(),
+            catalog: self.catalog.clone(),
             auth: self.auth.clone(),
             cluster: self.cluster.clone(),
         })
@@ -130,7 +146,7 @@ impl Server {
         // A core handle whose receiver is gone: nothing a follower answers itself uses it.
         let (tx, _) = std::sync::mpsc::channel::<Command>();
         let core = CoreHandle::new(tx);
-        let gateway = gateway::Gateway::new(core.clone());
+        let gateway = gateway::Gateway::new(core.clone(), None);
         let files = Files::new(data_dir.join("outputs"), None, None, gateway.clone());
         forward::router(
             AppState {
@@ -139,6 +155,7 @@ impl Server {
                 shared: Arc::new(Shared::new()),
                 files,
                 gateway,
+                catalog: None,
                 auth,
                 cluster,
             },

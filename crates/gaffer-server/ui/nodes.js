@@ -1,4 +1,5 @@
-// Nodes: state, labels, CPU and memory use, running tasks, heartbeat age; drain and enable.
+// Nodes: state, labels, images, CPU and memory use, running tasks, heartbeat age; drain and
+// enable. Below them, the cluster's images (the server's catalog and node-only ones).
 
 import { api } from './api.js';
 import { h, fill, badge, bar, fmtBytes, fmtDuration, confirmDialog, toast, keepFocus } from './util.js';
@@ -14,6 +15,7 @@ const cpu = (v) => (Math.round(v * 100) / 100).toString();
 
 export async function render(main, ctx) {
   const body = h('tbody', { id: 'nodes-body' });
+  const imagesBody = h('tbody', { id: 'images-body' });
   fill(main,
     h('div', { class: 'page-head' }, h('div', {}, h('h1', {}, 'Nodes'), h('div', { class: 'sub' }, 'Worker nodes and what they hold; refreshed every 2 seconds.'))),
     h('section', { class: 'panel flush', 'aria-label': 'Nodes' },
@@ -21,9 +23,18 @@ export async function render(main, ctx) {
         h('table', { id: 'nodes-table' },
           h('thead', {}, h('tr', {},
             h('th', { scope: 'col' }, 'Node'), h('th', { scope: 'col' }, 'State'), h('th', { scope: 'col', class: 'hide-sm' }, 'Labels'),
+            h('th', { scope: 'col', class: 'hide-sm' }, 'Images'),
             h('th', { scope: 'col' }, 'CPU'), h('th', { scope: 'col' }, 'Memory'), h('th', { scope: 'col', class: 'num' }, 'Tasks'),
             h('th', { scope: 'col', class: 'hide-sm' }, 'Heartbeat'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Actions')))),
-          body))));
+          body))),
+    h('section', { class: 'panel flush', 'aria-labelledby': 'images-h' },
+      h('h2', { id: 'images-h' }, 'Images'),
+      h('div', { class: 'table-wrap' },
+        h('table', { id: 'images-table' },
+          h('thead', {}, h('tr', {},
+            h('th', { scope: 'col' }, 'Image'), h('th', { scope: 'col', class: 'num' }, 'Size'), h('th', { scope: 'col', class: 'hide-sm' }, 'Digest'),
+            h('th', { scope: 'col', class: 'hide-sm' }, 'Format'), h('th', { scope: 'col' }, 'Held by'))),
+          imagesBody))));
 
   async function act(n, what) {
     let path;
@@ -48,7 +59,7 @@ export async function render(main, ctx) {
   async function load() {
     const nodes = await api('/v1/nodes', { signal: ctx.signal });
     if (!nodes.length) {
-      fill(body, h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No node has joined yet. Start one with ', h('code', {}, 'gaffer agent --server URL'), '.')));
+      fill(body, h('tr', {}, h('td', { colspan: 9, class: 'empty' }, 'No node has joined yet. Start one with ', h('code', {}, 'gaffer agent --server URL'), '.')));
       return;
     }
     keepFocus(body, () => fill(body, nodes.map((n) => h('tr', { 'data-node': n.name, 'data-state': n.state },
@@ -56,6 +67,8 @@ export async function render(main, ctx) {
       h('td', {}, badge(n.state)),
       h('td', { class: 'hide-sm' }, Object.keys(n.labels || {}).length
         ? Object.entries(n.labels).map(([k, v]) => h('span', { class: 'chip' }, `${k}=${v}`)) : h('span', { class: 'muted' }, '—')),
+      h('td', { class: 'hide-sm' }, (n.images || []).length
+        ? n.images.map((i) => h('span', { class: 'chip mono', title: (n.image_digests || {})[i] || 'imported or pulled on the node' }, i)) : h('span', { class: 'muted' }, '—')),
       h('td', {}, meter(n.cpus_allocated, n.cpus_total, cpu)),
       h('td', {}, meter(n.memory_allocated, n.memory_total, fmtBytes, `${fmtBytes(n.memory_free)} free`)),
       h('td', { class: 'num' }, String(n.running_tasks)),
@@ -64,6 +77,26 @@ export async function render(main, ctx) {
         ? h('button', { class: 'btn small', type: 'button', 'aria-label': `Drain ${n.name}`, onclick: () => act(n, 'drain') }, 'Drain')
         : h('button', { class: 'btn small', type: 'button', 'aria-label': `Enable ${n.name}`, onclick: () => act(n, 'enable') }, 'Enable'))))));
   }
-  await load();
-  ctx.every(2000, () => load().catch(() => {}));
+  async function loadImages() {
+    const images = await api('/v1/images', { signal: ctx.signal });
+    if (!images.length) {
+      fill(imagesBody, h('tr', {}, h('td', { colspan: 5, class: 'empty' }, 'No images yet. Add one with ', h('code', {}, 'gaffer image import NAME FILE'), '.')));
+      return;
+    }
+    const held = (i) => [
+      ...i.nodes.map((n) => h('span', { class: 'chip' }, n)),
+      ...(i.other_nodes || []).map((n) => h('span', { class: 'chip muted', title: 'holds another image of this name; fetches this one when a task needs it' }, n + ' (other)')),
+    ];
+    keepFocus(imagesBody, () => fill(imagesBody, images.map((i) => h('tr', { 'data-image': i.name },
+      h('td', {}, h('strong', { class: 'mono' }, i.name), i.digest ? null : h('div', { class: 'muted small' }, 'node only (not in the catalog)')),
+      h('td', { class: 'num nowrap' }, i.size != null ? fmtBytes(i.size) : '—'),
+      h('td', { class: 'hide-sm mono small', title: i.digest || '' }, i.digest ? i.digest.slice(0, 19) : '—'),
+      h('td', { class: 'hide-sm' }, i.format || '—'),
+      h('td', {}, held(i).length ? held(i) : h('span', { class: 'muted' }, 'no node yet (fetched when a task needs it)'))))));
+  }
+  await Promise.all([load(), loadImages()]);
+  ctx.every(2000, () => {
+    load().catch(() => {});
+    loadImages().catch(() => {});
+  });
 }

@@ -10,7 +10,7 @@ let draft = null;
 const FIELDS = [
   // id, label, hint, kind, width
   ['name', 'Name', 'Shown in listings; default: the program name.', 'text'],
-  ['image', 'Image', 'Container image; empty runs a host process.', 'text'],
+  ['image', 'Image', 'Container image (see Nodes → Images); empty runs a host process.', 'text'],
   ['workdir', 'Working directory', 'Absolute; default: a fresh directory per attempt.', 'text'],
   ['cpus', 'CPUs', 'Reserved per task, e.g. 0.5 (default 1).', 'text'],
   ['memory', 'Memory', 'Reserved per task, e.g. 256M, 2G.', 'text'],
@@ -116,6 +116,12 @@ export async function render(main, ctx) {
     h('option', { value: '' }, 'Server default (most free memory)'),
     h('option', { value: 'binpack' }, 'binpack'), h('option', { value: 'spread' }, 'spread'), h('option', { value: 'most_free_memory' }, 'most_free_memory'));
   const depends = h('input', { type: 'text', placeholder: 'j-000001, j-000002', autocomplete: 'off' });
+  // The cluster's images, offered as the image field's suggestions.
+  const imageOptions = h('datalist', { id: 'image-options' });
+  api('/v1/images', { signal: ctx.signal })
+    .then((images) => fill(imageOptions, images.map((i) => h('option', { value: i.name },
+      i.digest ? `in the catalog · ${i.nodes.length} node(s) hold it` : `on ${i.nodes.join(', ')} only`))))
+    .catch(() => {});
 
   const banner = h('div', { id: 'submit-error', role: 'alert' });
   const submitBtn = h('button', { class: 'btn primary', type: 'submit', id: 'submit-btn' }, 'Submit job');
@@ -125,7 +131,8 @@ export async function render(main, ctx) {
       field('run', 'Command line', 'Shell: one line for /bin/sh -c. Command: program and arguments, split like a shell would (quotes work).', runInput)),
     h('fieldset', {}, h('legend', {}, 'Job'),
       h('div', { class: 'form-grid' },
-        FIELDS.map(([id, label, hint]) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false' }))),
+        FIELDS.map(([id, label, hint]) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', list: id === 'image' ? 'image-options' : null }))),
+        imageOptions,
         field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
         field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends))),
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),

@@ -1,0 +1,219 @@
+//! The node's images as the server's catalog sees them, and fetching a catalog image the node
+//! lacks.
+//!
+//! A task whose image is in the server's catalog comes with the archive's digest
+//! ([`gaffer_api::proto::TaskLaunch::image_archive`]). Unless the node's image of that name
+//! was imported from that very archive, the agent reads the archive from the server over its
+//! own stream ([`AgentMsg::ReadBlob`], answered by [`ServerMsg::BlobData`]) into
+//! `<data>/images/.fetch-<hex>`, checks its size and sha256, and imports it with the image
+//! store (atomic: staged, then renamed into place). One fetch runs at a time; tasks waiting
+//! for the same image find it present once the first fetch is done. A failed fetch leaves
+//! nothing behind, and the task ends `spawn_failed` with the reason.
+
+use gaffer_api::proto::{AgentMsg, ServerMsg};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Bytes asked for per [`AgentMsg::ReadBlob`].
+const CHUNK: u32 = 4 << 20;
+/// How long one chunk may take to arrive.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Image bookkeeping of one agent.
+pub struct Images {
+    data_dir: PathBuf,
+    next_req: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<ServerMsg>>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a partly fetched archive unless it was consumed.
+struct PartFile(PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Images {
+    /// The images of the agent whose data directory is `data_dir`. Archives left half
+    /// fetched by an earlier run (killed mid-fetch) are deleted.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let dir = gaffer_runtime::ImageStore::new(&data_dir).images_dir();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".fetch-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Images {
+            data_dir,
+            next_req: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn store(&self) -> gaffer_runtime::ImageStore {
+        gaffer_runtime::ImageStore::new(&self.data_dir)
+    }
+
+    /// The names of the node's images, and the archive digest of those fetched from the
+    /// server's catalog.
+    pub fn held(&self) -> (Vec<String>, BTreeMap<String, String>) {
+        match self.store().list() {
+            Ok(images) => {
+                let digests = images
+                    .iter()
+                    .filter_map(|i| Some((i.name.clone(), i.archive.clone()?)))
+                    .collect();
+                (images.into_iter().map(|i| i.name).collect(), digests)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list images");
+                (Vec::new(), BTreeMap::new())
+            }
+        }
+    }
+
+    fn has(&self, name: &str, digest: &str) -> bool {
+        matches!(self.store().get(name), Ok(Some(i)) if i.archive.as_deref() == Some(digest))
+    }
+
+    /// Hands a [`ServerMsg::BlobData`] to the fetch waiting for it.
+    pub fn answer(&self, msg: ServerMsg) {
+        if let ServerMsg::BlobData { req, .. } = &msg {
+            if let Some(w) = lock(&self.waiting).remove(req) {
+                let _ = w.send(msg);
+            }
+        }
+    }
+
+    /// Makes sure the node's image `name` is the catalog's archive `digest` (`size` bytes),
+    /// fetching it through `send` if not.
+    pub async fn ensure(
+        &self,
+        name: &str,
+        digest: &str,
+        size: u64,
+        send: &(dyn Fn(AgentMsg) -> bool + Sync),
+    ) -> Result<(), String> {
+        if self.has(name, digest) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        if self.has(name, digest) {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        tracing::info!(image = %name, %digest, bytes = size, "fetching an image from the server");
+        let part = self
+            .fetch(digest, size, send)
+            .await
+            .map_err(|e| format!("cannot fetch image `{name}` ({digest}) from the server: {e}"))?;
+        let store = self.store();
+        let (n, d) = (name.to_string(), digest.to_string());
+        tokio::task::spawn_blocking(move || {
+            let imported = store.import_archive(&n, &part.0, &d);
+            drop(part);
+            imported
+        })
+        .await
+        .map_err(|e| format!("image import of `{name}` failed: {e}"))?
+        .map_err(|e| format!("cannot import image `{name}` fetched from the server: {e}"))?;
+        tracing::info!(image = %name, %digest, secs = t0.elapsed().as_secs_f64(), "image fetched");
+        Ok(())
+    }
+
+    /// Reads the archive into a part file and verifies it.
+    async fn fetch(
+        &self,
+        digest: &str,
+        size: u64,
+        send: &(dyn Fn(AgentMsg) -> bool + Sync),
+    ) -> Result<PartFile, String> {
+        use base64::Engine as _;
+        let images = self.store().images_dir();
+        std::fs::create_dir_all(&images)
+            .map_err(|e| format!("cannot create {}: {e}", images.display()))?;
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let part = PartFile(images.join(format!(".fetch-{hex}")));
+        let mut file = std::fs::File::create(&part.0)
+            .map_err(|e| format!("cannot create {}: {e}", part.0.display()))?;
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        loop {
+            let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&self.waiting).insert(req, tx);
+            let asked = send(AgentMsg::ReadBlob {
+                req,
+                digest: digest.to_string(),
+                offset,
+                max: CHUNK,
+            });
+            if !asked {
+                lock(&self.waiting).remove(&req);
+                return Err("not connected to the server".into());
+            }
+            let answer = tokio::time::timeout(CHUNK_TIMEOUT, rx).await;
+            lock(&self.waiting).remove(&req);
+            let (data, error) = match answer {
+                Ok(Ok(ServerMsg::BlobData { data, error, .. })) => (data, error),
+                Ok(_) => return Err("the connection to the server closed".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "no answer from the server within {}s at byte {offset}",
+                        CHUNK_TIMEOUT.as_secs()
+                    ))
+                }
+            };
+            if let Some(e) = error {
+                return Err(e);
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|e| format!("undecodable data from the server: {e}"))?;
+            if bytes.is_empty() {
+                break;
+            }
+            hasher.update(&bytes);
+            file.write_all(&bytes)
+                .map_err(|e| format!("cannot write {}: {e}", part.0.display()))?;
+            offset += bytes.len() as u64;
+            if offset > size {
+                break;
+            }
+        }
+        let got = format!("sha256:{:x}", hasher.finalize());
+        if offset != size || got != digest {
+            return Err(format!(
+                "the archive received is corrupt ({offset} of {size} bytes, sha256 {got}); nothing was kept"
+            ));
+        }
+        Ok(part)
+    }
+
+    /// The catalog dropped `name` (archive `digest`): remove the node's copy if it is that one.
+    pub fn remove_if(&self, name: &str, digest: &str) {
+        if !self.has(name, digest) {
+            return;
+        }
+        match self.store().remove(name) {
+            Ok(_) => {
+                tracing::info!(image = %name, %digest, "image removed (dropped from the catalog)")
+            }
+            Err(e) => tracing::warn!(image = %name, error = %e, "cannot remove an image"),
+        }
+    }
+}
