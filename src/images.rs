@@ -172,6 +172,9 @@ fn tar_layout(dir: &Path) -> Result<tempfile::NamedTempFile> {
 
 /// `gaffer image import`: hash, skip the upload if the server has the archive, else stream it.
 fn import(c: &Client, fmt: Format, name: &str, path: &Path, all_nodes: bool) -> Result<()> {
+    if !gaffer_runtime::image::valid_image_name(name) {
+        bail!("invalid image name `{name}`: use 1 to 128 characters from [a-z0-9._-], not starting with '.'");
+    }
     let t0 = Instant::now();
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -236,7 +239,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             path,
             data_dir,
         } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let store = gaffer_agent::images::node_store(&data_dir);
             let t0 = Instant::now();
             let img = store
                 .import(&name, &path)
@@ -267,7 +270,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
                     format!("cannot derive an image name from `{reference}`: pass --name")
                 })?,
             };
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let store = gaffer_agent::images::node_store(&data_dir);
             let t0 = Instant::now();
             let human = fmt == Format::Human;
             let tty = human && std::io::stderr().is_terminal();
@@ -346,7 +349,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             }
         }
         AgentImageCommand::Ls { data_dir } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let store = gaffer_agent::images::node_store(&data_dir);
             let images = store
                 .list()
                 .with_context(|| format!("cannot list images in {}", data_dir.display()))?;
@@ -370,7 +373,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             }
         }
         AgentImageCommand::Rm { name, data_dir } => {
-            let store = gaffer_runtime::ImageStore::new(&data_dir);
+            let store = gaffer_agent::images::node_store(&data_dir);
             if store.remove(&name)? {
                 println!("removed image `{name}`");
             } else {

@@ -209,3 +209,48 @@ fn memory_hog_ends_oom_killed_and_unknown_images_wait_with_a_reason() {
     assert_eq!(job["state"], "pending");
     dev.gaffer(&["kill", &id]).ok();
 }
+
+#[test]
+fn a_container_timeout_stops_the_task_with_sigterm_through_its_init() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dev = Dev::start();
+    import_busybox(&dev);
+    // busybox `sleep` has no SIGTERM handler: as PID 1 it would ignore the timeout's SIGTERM
+    // and end only by the SIGKILL after --kill-grace (here 10 s).
+    let id = dev.submit_cli(&[
+        "--image",
+        "busybox",
+        "--timeout",
+        "2s",
+        "--kill-grace",
+        "10s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    let job = dev.wait_final(&id, Duration::from_secs(60));
+    let a = &task0(&job)["attempts"][0];
+    assert_eq!(a["state"], "timed_out", "{job}");
+    assert_eq!(a["signal"], 15, "ended by SIGTERM: {job}");
+    let ran = a["ended_at"].as_u64().unwrap() - a["started_at"].as_u64().unwrap();
+    assert!(
+        (2_000..2_500).contains(&ran),
+        "ran {ran} ms: the timeout plus at most 0.5 s: {job}"
+    );
+    // An orphan of the task is reaped inside the container, and exit codes pass through.
+    let id = dev.submit_cli(&[
+        "--image",
+        "busybox",
+        "--shell",
+        "sh -c 'sleep 0.2 & echo $! > /work/p'; read p < /work/p; \
+         i=0; while [ $i -lt 100 ] && [ -e /proc/$p ]; do sleep 0.05; i=$((i + 1)); done; \
+         [ -e /proc/$p ] && exit 9; exit 3",
+    ]);
+    let job = dev.wait_final(&id, Duration::from_secs(60));
+    let a = &task0(&job)["attempts"][0];
+    assert_eq!(a["exit_code"], 3, "the orphan was not reaped: {job}");
+    assert_no_leftovers(&dev, &id);
+}

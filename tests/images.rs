@@ -45,7 +45,7 @@ fn rootfs_tarball(dir: &Path) -> PathBuf {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
     if Path::new("/bin/busybox").exists() {
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in ["sh", "echo", "cat", "hostname"] {
+        for a in ["sh", "echo", "cat", "hostname", "sleep", "ls"] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
         }
     }
@@ -161,6 +161,9 @@ fn refuse_bad_uploads(addr: &str, cli: &dyn Fn(&[&str]) -> util::Out, scratch: &
         data.len(),
         &data[..data.len() / 3],
     );
+    let out = cli(&["image", "import", "Not/A/Name", tarball.to_str().unwrap()]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("invalid image name"), "{out:?}");
     let (code, body) = put(addr, "/v1/images/Not%20A%20Name", &data);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("invalid image name"), "{body}");
@@ -206,6 +209,19 @@ fn dev_image_import_goes_to_the_server_and_bad_uploads_leave_nothing() {
         .ok();
     assert!(again.stdout.contains("already had"), "{again:?}");
     assert_server_keeps(&images, &[&digest]);
+    // The same without a Content-Length (an HA follower forwards bodies chunked).
+    let host = dev.addr.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "PUT /v1/images/tool3?digest={digest} HTTP/1.1\r\nHost: {host}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    dev.gaffer(&["image", "rm", "tool3"]).ok();
 
     refuse_bad_uploads(&dev.addr, &|a| dev.gaffer(a), dev.tmp.path());
     assert_server_keeps(&images, &[&digest]);
@@ -281,6 +297,58 @@ fn dev_task_runs_an_image_imported_through_the_server_and_rm_removes_the_nodes_c
     });
     assert_eq!(job["state"], "pending");
     dev.gaffer(&["kill", &id]).ok();
+}
+
+#[test]
+fn an_image_removed_while_a_container_runs_on_it_stays_until_the_container_ends() {
+    if no_containers().is_some() {
+        return;
+    }
+    let dev = Dev::start();
+    let tarball = rootfs_tarball(dev.tmp.path());
+    dev.gaffer(&["image", "import", "box", tarball.to_str().unwrap()])
+        .ok();
+    let id = dev.submit_cli(&[
+        "--image",
+        "box",
+        "--shell",
+        "echo up; while [ ! -e /work/go ]; do sleep 0.05; done; cat /etc/passwd; ls /bin/busybox",
+    ]);
+    let work = dev.attempt_dir(&id, 0, 1).join("work");
+    util::wait_until("the task to run", Duration::from_secs(60), || {
+        (dev.gaffer(&["logs", &id]).ok().stdout == "up\n").then_some(())
+    });
+    dev.gaffer(&["image", "rm", "box"]).ok();
+    let images = dev.data.join("agent/images");
+    util::wait_until("the node to drop `box`", Duration::from_secs(20), || {
+        (!images.join("box").exists()).then_some(())
+    });
+    let retired = || -> Vec<String> {
+        std::fs::read_dir(&images)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".rm-box-"))
+            .collect()
+    };
+    assert_eq!(
+        retired().len(),
+        1,
+        "the files stay while the container runs"
+    );
+    std::fs::write(work.join("go"), "").unwrap();
+    let job = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let out = dev.gaffer(&["logs", &id]).ok().stdout;
+    assert!(
+        out.contains("root:x:0:0") && out.contains("/bin/busybox"),
+        "the image's files were still there: {out}"
+    );
+    util::wait_until(
+        "the retired image to be deleted",
+        Duration::from_secs(20),
+        || retired().is_empty().then_some(()),
+    );
 }
 
 #[test]

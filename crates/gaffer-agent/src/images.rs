@@ -13,17 +13,55 @@
 use gaffer_api::proto::{AgentMsg, ServerMsg};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 /// Bytes asked for per [`AgentMsg::ReadBlob`].
 const CHUNK: u32 = 4 << 20;
 /// How long one chunk may take to arrive.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The image store of the agent whose data directory is `data_dir`, keeping the files of a
+/// removed or replaced image while a container of this node may run on them
+/// ([`gaffer_runtime::ImageStore::with_busy`], [`image_in_use`]).
+pub fn node_store(data_dir: &Path) -> gaffer_runtime::ImageStore {
+    let dir = data_dir.to_path_buf();
+    gaffer_runtime::ImageStore::new(data_dir).with_busy(std::sync::Arc::new(move |name: &str| {
+        image_in_use(&dir, name)
+    }))
+}
+
+/// Whether an attempt of this node that has not ended runs (or is about to run) on the image
+/// `name`: its launch spec names the image's root filesystem and it has no status yet. Read
+/// from the journal and the attempt directories, so it holds for attempts of an earlier run of
+/// the agent too, and from another process. Errors count as "in use".
+pub fn image_in_use(data_dir: &Path, name: &str) -> bool {
+    let Ok(live) = crate::journal::read_live(&data_dir.join("active.log")) else {
+        return true;
+    };
+    let rootfs = gaffer_runtime::ImageStore::new(data_dir)
+        .images_dir()
+        .join(name)
+        .join("rootfs");
+    live.iter().any(|key| {
+        let dir = crate::attempt_dir(data_dir, key.job, key.index, key.attempt);
+        if dir.join("status.json").exists() {
+            return false;
+        }
+        match std::fs::read(dir.join("spec.json")) {
+            // Not prepared yet (fetching its image): it runs on nothing so far.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+            Ok(data) => serde_json::from_slice::<gaffer_runtime::LaunchSpec>(&data)
+                .map(|spec| spec.container.is_some_and(|c| c.rootfs == rootfs))
+                .unwrap_or(true),
+        }
+    })
+}
 
 /// Image bookkeeping of one agent.
 pub struct Images {
@@ -56,6 +94,7 @@ impl Images {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        node_store(&data_dir).purge_retired();
         Images {
             data_dir,
             next_req: AtomicU64::new(1),
@@ -65,7 +104,15 @@ impl Images {
     }
 
     fn store(&self) -> gaffer_runtime::ImageStore {
-        gaffer_runtime::ImageStore::new(&self.data_dir)
+        node_store(&self.data_dir)
+    }
+
+    /// Deletes removed or replaced images that no container uses any more.
+    pub fn purge_retired(&self) {
+        let n = self.store().purge_retired();
+        if n > 0 {
+            tracing::info!(count = n, "deleted images no container uses any more");
+        }
     }
 
     /// The names of the node's images, and the archive digest of those fetched from the
@@ -86,7 +133,8 @@ impl Images {
         }
     }
 
-    fn has(&self, name: &str, digest: &str) -> bool {
+    /// Whether the node's image `name` was imported from the archive `digest`.
+    pub fn holds(&self, name: &str, digest: &str) -> bool {
         matches!(self.store().get(name), Ok(Some(i)) if i.archive.as_deref() == Some(digest))
     }
 
@@ -108,11 +156,11 @@ impl Images {
         size: u64,
         send: &(dyn Fn(AgentMsg) -> bool + Sync),
     ) -> Result<(), String> {
-        if self.has(name, digest) {
+        if self.holds(name, digest) {
             return Ok(());
         }
         let _one_at_a_time = self.fetching.lock().await;
-        if self.has(name, digest) {
+        if self.holds(name, digest) {
             return Ok(());
         }
         let t0 = std::time::Instant::now();
@@ -148,7 +196,8 @@ impl Images {
             .map_err(|e| format!("cannot create {}: {e}", images.display()))?;
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         let part = PartFile(images.join(format!(".fetch-{hex}")));
-        let mut file = std::fs::File::create(&part.0)
+        let mut file = tokio::fs::File::create(&part.0)
+            .await
             .map_err(|e| format!("cannot create {}: {e}", part.0.display()))?;
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
@@ -189,12 +238,17 @@ impl Images {
             }
             hasher.update(&bytes);
             file.write_all(&bytes)
+                .await
                 .map_err(|e| format!("cannot write {}: {e}", part.0.display()))?;
             offset += bytes.len() as u64;
             if offset > size {
                 break;
             }
         }
+        file.flush()
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", part.0.display()))?;
+        drop(file);
         let got = format!("sha256:{:x}", hasher.finalize());
         if offset != size || got != digest {
             return Err(format!(
@@ -206,7 +260,7 @@ impl Images {
 
     /// The catalog dropped `name` (archive `digest`): remove the node's copy if it is that one.
     pub fn remove_if(&self, name: &str, digest: &str) {
-        if !self.has(name, digest) {
+        if !self.holds(name, digest) {
             return;
         }
         match self.store().remove(name) {

@@ -60,24 +60,31 @@ fn rewrite(path: &Path, live: &BTreeSet<AttemptKey>) -> io::Result<(File, u64)> 
     Ok((file, data.len() as u64))
 }
 
+/// The attempts a journal file names, read without changing it (another process, such as
+/// `gaffer agent image rm`, may look while the agent runs).
+pub fn read_live(path: &Path) -> io::Result<BTreeSet<AttemptKey>> {
+    let mut live = BTreeSet::new();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            // A torn last line (agent killed mid-write) is ignored.
+            for (add, key) in text.lines().filter_map(parse) {
+                if add {
+                    live.insert(key);
+                } else {
+                    live.remove(&key);
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(live)
+}
+
 impl Journal {
     /// Opens (or creates) the journal, compacts it and returns the attempts it names.
     pub fn open(path: &Path) -> io::Result<(Journal, Vec<AttemptKey>)> {
-        let mut live = BTreeSet::new();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                // A torn last line (agent killed mid-write) is ignored.
-                for (add, key) in text.lines().filter_map(parse) {
-                    if add {
-                        live.insert(key);
-                    } else {
-                        live.remove(&key);
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        let live = read_live(path)?;
         let (file, bytes) = rewrite(path, &live)?;
         let keys = live.iter().copied().collect();
         Ok((

@@ -298,9 +298,7 @@ impl Agent {
                     let root = agent.cfg.data_dir.clone();
                     tokio::task::spawn_blocking(move || {
                         tracing::info!(%reference, %name, "pulling an image");
-                        match gaffer_runtime::ImageStore::new(&root)
-                            .pull(&name, &reference, insecure)
-                        {
+                        match images::node_store(&root).pull(&name, &reference, insecure) {
                             Ok(_) => tracing::info!(%reference, %name, "pulled"),
                             Err(e) => tracing::warn!(%reference, error = %e, "image pull failed"),
                         }
@@ -571,6 +569,8 @@ impl Inner {
             };
             lock(&self.watched).remove(&key);
             self.send(AgentMsg::Ended { key, result });
+            let a = self.clone();
+            tokio::task::spawn_blocking(move || a.images.purge_retired());
             return;
         }
     }
@@ -578,17 +578,35 @@ impl Inner {
     async fn start(self: Arc<Self>, l: TaskLaunch) {
         let key = l.key;
         let dir = self.cfg.attempt_dir(&key);
+        let mut journaled = false;
         if let (Some(image), Some((digest, size)), true) =
             (&l.image, &l.image_archive, self.cfg.containers)
         {
-            let send = |m| self.try_send(m);
-            if let Err(msg) = self.images.ensure(image, digest, *size, &send).await {
-                let result = AttemptResult {
-                    kind: EndKind::SpawnFailed,
-                    ..lost(msg)
+            if !self.images.holds(image, digest) {
+                // Fetching can take a while: meanwhile the attempt is journaled and watched
+                // like a running one, so that a reconnect reports it as running (not lost, to
+                // be started a second time elsewhere). A kill waits for the fetch to end.
+                let fetched = match self.journal.add(key) {
+                    Ok(()) => {
+                        journaled = true;
+                        lock(&self.watched).insert(key);
+                        let send = |m| self.try_send(m);
+                        let r = self.images.ensure(image, digest, *size, &send).await;
+                        lock(&self.watched).remove(&key);
+                        r
+                    }
+                    Err(e) => Err(format!(
+                        "cannot record the attempt in the agent journal: {e}"
+                    )),
                 };
-                self.send(AgentMsg::Ended { key, result });
-                return;
+                if let Err(msg) = fetched {
+                    let result = AttemptResult {
+                        kind: EndKind::SpawnFailed,
+                        ..lost(msg)
+                    };
+                    self.send(AgentMsg::Ended { key, result });
+                    return;
+                }
             }
         }
         let spec = match &l.image {
@@ -630,9 +648,12 @@ impl Inner {
             }
         };
         // A few small file operations: cheaper inline than a hop to the blocking pool.
-        let prepared = self
-            .journal
-            .add(key)
+        let journal = if journaled {
+            Ok(())
+        } else {
+            self.journal.add(key)
+        };
+        let prepared = journal
             .map_err(|e| format!("cannot record the attempt in the agent journal: {e}"))
             .and_then(|()| gaffer_runtime::prepare(&dir, &spec).map_err(|e| e.to_string()));
         if let Err(msg) = prepared {
@@ -652,6 +673,7 @@ impl Inner {
             self.send(AgentMsg::Ended { key, result });
             return;
         }
+        let container = spec.container.is_some();
         let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
         lock(&self.watched).insert(key);
         let mut child = match tokio::process::Command::from(cmd).spawn() {
@@ -700,6 +722,11 @@ impl Inner {
         };
         lock(&self.watched).remove(&key);
         self.send(AgentMsg::Ended { key, result });
+        if container {
+            // An image removed or replaced while this ran may be deletable now.
+            let a = self.clone();
+            tokio::task::spawn_blocking(move || a.images.purge_retired());
+        }
     }
 
     fn kill(&self, key: AttemptKey) {

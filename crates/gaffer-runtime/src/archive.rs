@@ -19,6 +19,10 @@ use crate::image::{entry_rel_path, fmt_err, open_decompressed};
 
 /// `manifest.json` and `index.json` are read into memory; anything bigger is not one.
 const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest long-name or PAX extension entry accepted.
+const MAX_EXTENSION: u64 = 64 << 10;
+/// How many names within three levels of the root are remembered for the manifest checks.
+const MAX_NAMES: usize = 200_000;
 
 /// The format of an image archive, as recorded in `image.json` `source`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +79,29 @@ pub fn inspect(path: &Path) -> Result<ArchiveFormat> {
     let mut files: HashSet<PathBuf> = HashSet::new();
     let (mut manifest, mut index) = (None::<Vec<u8>>, None::<Vec<u8>>);
     let mut entries = 0u64;
-    for entry in archive.entries().map_err(broken)? {
+    // Raw: long-name and PAX extension entries come as entries of their own instead of being
+    // read into memory by the tar crate, so a small compressed upload cannot make the server
+    // hold gigabytes. Names this check needs are all shorter than a tar header's 100 bytes.
+    for entry in archive.entries().map_err(broken)?.raw(true) {
         let mut entry = entry.map_err(broken)?;
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            if entry.size() > MAX_EXTENSION {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "an extended tar header of {} bytes (at most {MAX_EXTENSION})",
+                        entry.size()
+                    ),
+                ));
+            }
+            io::copy(&mut entry, &mut io::sink()).map_err(broken)?;
+            continue;
+        }
         entries += 1;
         let raw = entry.path().map_err(broken)?.into_owned();
         let rel = match entry_rel_path(&raw) {
@@ -99,7 +124,15 @@ pub fn inspect(path: &Path) -> Result<ArchiveFormat> {
                 io::copy(&mut entry, &mut io::sink()).map_err(broken)?;
             }
         }
-        if let Some(r) = rel {
+        // Only names a manifest can refer to (`<dir>/layer.tar`, `blobs/<alg>/<hex>`, ...),
+        // and only so many of them.
+        if let Some(r) = rel.filter(|r| r.components().count() <= 3) {
+            if files.len() >= MAX_NAMES {
+                return Err(fmt_err(
+                    path,
+                    format!("more than {MAX_NAMES} entries near the top of the archive"),
+                ));
+            }
             files.insert(r);
         }
     }
@@ -219,5 +252,20 @@ mod tests {
         )]);
         let e = inspect_bytes(&docker).unwrap_err().to_string();
         assert!(e.contains("c.json"), "{e}");
+        // A PAX header far bigger than any real one.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(1 << 20);
+        h.set_cksum();
+        b.append(&h, &vec![b'x'; 1 << 20][..]).unwrap();
+        let e = inspect_bytes(&b.into_inner().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("extended tar header"), "{e}");
+        // Long names still work: a rootfs with a path over 100 bytes.
+        let long = format!("usr/{}/file", "d".repeat(150));
+        let rootfs = tar_of(&[(long.as_str(), b"x")]);
+        assert_eq!(inspect_bytes(&rootfs).unwrap(), ArchiveFormat::RootfsTar);
     }
 }

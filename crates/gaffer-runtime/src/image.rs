@@ -183,10 +183,24 @@ pub fn valid_image_name(name: &str) -> bool {
         })
 }
 
+/// Tells whether a running container may be using the image of a name (see
+/// [`ImageStore::with_busy`]).
+pub type BusyFn = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The images of one node, under `<root>/images/`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    busy: Option<BusyFn>,
+}
+
+impl std::fmt::Debug for ImageStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageStore")
+            .field("root", &self.root)
+            .field("busy", &self.busy.is_some())
+            .finish()
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -217,7 +231,54 @@ impl Drop for Staging {
 impl ImageStore {
     /// A store whose images live in `<root>/images/` (created on import).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        ImageStore { root: root.into() }
+        ImageStore {
+            root: root.into(),
+            busy: None,
+        }
+    }
+
+    /// A store that keeps a removed or replaced image's files while `busy(name)` says a
+    /// container may still run on them: they are the lower layer of its overlay, and deleting
+    /// them would pull files out from under it. Such an image is renamed out of the way at
+    /// once (no new task sees it) and deleted by [`ImageStore::purge_retired`] later.
+    pub fn with_busy(mut self, busy: BusyFn) -> Self {
+        self.busy = Some(busy);
+        self
+    }
+
+    /// Deletes a retired image directory now, unless a container may still use it.
+    fn retire(&self, name: &str, dir: &Path) {
+        if self.busy.as_ref().is_some_and(|busy| busy(name)) {
+            return;
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    /// Deletes the retired images (removed or replaced ones, `.rm-*` and `.old-*`) that no
+    /// container uses any more. Returns how many were deleted.
+    pub fn purge_retired(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.images_dir()) else {
+            return 0;
+        };
+        let mut purged = 0;
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            // `.{kind}-{name}-{pid}-{ms}-{n}`, see temp_name.
+            let Some(rest) = file
+                .strip_prefix(".rm-")
+                .or_else(|| file.strip_prefix(".old-"))
+            else {
+                continue;
+            };
+            let name = rest.rsplitn(4, '-').nth(3).unwrap_or_default();
+            if self.busy.as_ref().is_some_and(|busy| busy(name)) {
+                continue;
+            }
+            if fs::remove_dir_all(e.path()).is_ok() {
+                purged += 1;
+            }
+        }
+        purged
     }
 
     /// `<root>/images`.
@@ -304,7 +365,7 @@ impl ImageStore {
         }
         guard.0 = None;
         if replaced {
-            let _ = fs::remove_dir_all(&old);
+            self.retire(name, &old);
         }
         Ok(Image {
             name: meta.name,
@@ -421,8 +482,8 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Delete the image called `name`; `Ok(false)` if there was none.
-    /// Containers already running on it keep their mounted view.
+    /// Delete the image called `name`; `Ok(false)` if there was none. With
+    /// [`ImageStore::with_busy`], its files stay (hidden) while containers use them.
     pub fn remove(&self, name: &str) -> Result<bool> {
         Self::check_name(name)?;
         let dir = self.images_dir().join(name);
@@ -431,6 +492,9 @@ impl ImageStore {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("rename", dir, e)),
+        }
+        if self.busy.as_ref().is_some_and(|busy| busy(name)) {
+            return Ok(true);
         }
         fs::remove_dir_all(&trash).map_err(|e| Error::io("remove", trash, e))?;
         Ok(true)

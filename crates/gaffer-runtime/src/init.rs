@@ -131,7 +131,7 @@ pub(crate) fn run(
     // the task's at its exec. The caller's OwnedFd is never dropped, because
     // this function does not return from here on.
     let _ = nix::unistd::close(setup_err.as_raw_fd());
-    // SAFETY: PR_SET_NAME with a NUL-terminated string of at most 16 bytes.
+    // SAFETY: prctl calls with a NUL-terminated name of at most 16 bytes and integer flags.
     unsafe {
         libc::prctl(
             libc::PR_SET_NAME,
@@ -140,6 +140,11 @@ pub(crate) fn run(
             0,
             0,
         );
+        // The init is a fork of the shim: its memory and /proc/1/environ hold the agent's
+        // environment. Not dumpable, its /proc files are closed to the task even when the task
+        // runs as root (reading them needs CAP_SYS_PTRACE, which containers do not have). The
+        // task's own exec resets this for the task.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     supervise(child, &wait_set, status_pipe)
 }

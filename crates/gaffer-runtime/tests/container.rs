@@ -506,7 +506,8 @@ fn timeout_sends_sigterm_through_the_init() {
 #[test]
 fn kill_reaches_a_trap_once() {
     require_containers!();
-    let t = Ctr::sh("trap 'echo term; exit 7' TERM; echo up; sleep 100 & wait");
+    // The trap does not exit at once: a second SIGTERM in the next 300 ms would print again.
+    let t = Ctr::sh("trap 'echo term' TERM; echo up; sleep 100 & wait; sleep 0.3; exit 7");
     let child = t.start();
     let deadline = Instant::now() + Duration::from_secs(10);
     while t.survivors().len() < 2 || t.stdout() != "up\n" {
@@ -552,7 +553,7 @@ fn orphans_are_reaped_by_the_init() {
     // Once the sleep ends, an init that reaps makes its /proc entry vanish; a
     // PID 1 that does not would leave a zombie (state Z) there.
     let t = Ctr::sh(
-        "echo self=$$; sh -c 'sleep 0.2 & echo $! > /work/orphan'; read p < /work/orphan; \
+        "echo self=$$; sh -c 'sleep 1 & echo $! > /work/orphan'; read p < /work/orphan; \
          grep PPid /proc/$p/status; \
          for i in $(seq 200); do [ -e /proc/$p ] || break; sleep 0.05; done; \
          if [ -e /proc/$p ]; then grep State /proc/$p/status; else echo reaped; fi",
@@ -867,4 +868,18 @@ fn container_start_is_fast() {
         eprintln!("container attempt, network {net:?} (start + run true + cleanup): {per:?} each");
         assert!(per < Duration::from_millis(500), "{per:?} per container");
     }
+}
+
+#[test]
+fn the_init_is_closed_to_the_task_even_as_root() {
+    require_containers!();
+    // The init is a fork of the shim: its environment is the agent's. A root task may not
+    // read it (the init is not dumpable and the task has no CAP_SYS_PTRACE).
+    let t = Ctr::sh(
+        "cat /proc/1/environ >/dev/null 2>&1 && echo environ-readable || echo environ-closed; \
+         cat /proc/1/comm; id -u",
+    );
+    let st = t.run();
+    assert_eq!(st.exit_code, Some(0), "{st:?} {}", t.stderr());
+    assert_eq!(t.stdout(), "environ-closed\ninit\n0\n");
 }

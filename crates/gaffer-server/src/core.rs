@@ -713,22 +713,38 @@ impl Core {
         }
     }
 
-    /// A new image catalog. Nodes drop the images removed from it at once (they are told to
-    /// delete their copies), rather than at their next heartbeat, so that no task is placed
-    /// on a copy that is about to go.
+    /// A new image catalog. Nodes' copies it no longer has leave the placement view at once
+    /// (the API tells connected nodes to delete them), not at their next heartbeat, so that no
+    /// task is placed on a copy that is about to go.
     fn set_catalog(&mut self, catalog: std::collections::BTreeMap<String, (String, u64)>) {
-        for (name, (digest, _)) in &self.catalog {
-            if catalog.get(name).is_some_and(|(d, _)| d == digest) {
-                continue;
-            }
-            for n in self.nodes.values_mut() {
-                if n.info.image_digests.get(name) == Some(digest) {
-                    n.info.image_digests.remove(name);
-                    n.info.images.retain(|i| i != name);
-                }
-            }
-        }
         self.catalog = catalog;
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for n in names {
+            self.prune_images(&n);
+        }
+    }
+
+    /// Hides from placement a node's copies of catalog images that the catalog no longer maps
+    /// to that archive (the node was offline when the image was removed or replaced). A name
+    /// the catalog still has is fetched anew when a task needs it. The copies are not deleted
+    /// here: a server that lost its catalog (an HA fail-over without a shared --storage-dir)
+    /// must not wipe the nodes' images; `gaffer image rm` and `gaffer agent image rm` delete.
+    fn prune_images(&mut self, node: &str) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        let catalog = &self.catalog;
+        let stale: Vec<String> = n
+            .info
+            .image_digests
+            .iter()
+            .filter(|(name, digest)| catalog.get(*name).is_none_or(|(d, _)| d != *digest))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            n.info.image_digests.remove(&name);
+            n.info.images.retain(|i| *i != name);
+        }
     }
 
     fn defer<T: Send + 'static>(&mut self, reply: Reply<T>, r: Result<T, CoreError>) {
@@ -996,6 +1012,8 @@ impl Core {
             running: HashSet::new(),
         });
         node.info = info;
+        self.prune_images(&name);
+        let node = self.nodes.get_mut(&name).expect("just inserted");
         node.down = false;
         node.reregister_asked = false;
         node.address = address;
@@ -1236,6 +1254,7 @@ impl Core {
                     n.info.images = images;
                     n.info.image_digests = image_digests;
                 }
+                self.prune_images(node);
             }
             AgentMsg::Started { key, at } => self.mark_running(key, at, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now),

@@ -31,6 +31,8 @@ pub struct Gateway {
 
 /// The most an answer to [`AgentMsg::ReadBlob`] carries.
 pub const MAX_BLOB_CHUNK: u32 = 4 << 20;
+/// Archive reads one agent may have in progress at once.
+const BLOB_READS_PER_AGENT: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -118,13 +120,24 @@ impl Gateway {
     fn send_blob(
         &self,
         to: &UnboundedSender<ServerMsg>,
+        slots: &Arc<tokio::sync::Semaphore>,
         req: u64,
         digest: String,
         offset: u64,
         max: u32,
     ) {
-        let catalog = self.catalog.clone();
         let to = to.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let _ = to.send(ServerMsg::BlobData {
+                req,
+                data: String::new(),
+                error: Some(format!(
+                    "more than {BLOB_READS_PER_AGENT} archive reads at once from one node"
+                )),
+            });
+            return;
+        };
+        let catalog = self.catalog.clone();
         // Bounded so that one agent cannot make the server hold huge buffers.
         let max = max.min(MAX_BLOB_CHUNK);
         tokio::task::spawn_blocking(move || {
@@ -146,6 +159,7 @@ impl Gateway {
                 },
             };
             let _ = to.send(msg);
+            drop(slot);
         });
     }
 
@@ -166,6 +180,9 @@ impl Gateway {
     ) {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let mine = down.clone();
+        // Archive reads of this agent in progress: an agent reads one chunk at a time, so a
+        // few are plenty, and more could make the server hold many 4 MiB buffers for it.
+        let blob_reads = Arc::new(tokio::sync::Semaphore::new(BLOB_READS_PER_AGENT));
         let address_again = address.clone();
         let node = match up.recv().await {
             Some(AgentMsg::Register { node, attempts }) => {
@@ -211,7 +228,7 @@ impl Gateway {
                 max,
             } = msg
             {
-                self.send_blob(&mine, req, digest, offset, max);
+                self.send_blob(&mine, &blob_reads, req, digest, offset, max);
                 continue;
             }
             if let AgentMsg::FileData { req, .. } = &msg {

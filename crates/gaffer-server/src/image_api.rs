@@ -192,7 +192,13 @@ pub(crate) async fn remove_image(
 ) -> ApiResult<Json<ImageView>> {
     let catalog = catalog(&st)?;
     let nodes = nodes(&st);
-    let img = catalog.remove(&name).map_err(|e| match e {
+    let removed = {
+        let (catalog, name) = (catalog.clone(), name.clone());
+        tokio::task::spawn_blocking(move || catalog.remove(&name))
+            .await
+            .map_err(|e| AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    let img = removed.map_err(|e| match e {
         ImageError::NotFound(_) if nodes.iter().any(|n| n.images.contains(&name)) => {
             AppError::new(
                 StatusCode::NOT_FOUND,

@@ -18,7 +18,7 @@
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use gaffer_api::UnixMs;
-use gaffer_runtime::archive::{self, ArchiveFormat};
+use gaffer_runtime::archive;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::AsyncWriteExt;
+
+/// How much of a refused upload's body is read before answering (see [`Catalog::upload`]).
+const DRAIN_LIMIT: usize = 64 << 20;
 
 /// One image of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,7 +138,16 @@ impl Catalog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_err("read", &path, e)),
         };
-        let images = images.into_iter().map(|i| (i.name.clone(), i)).collect();
+        let images: BTreeMap<String, CatalogImage> =
+            images.into_iter().map(|i| (i.name.clone(), i)).collect();
+        // An archive stored just before a crash, whose name never reached catalog.json.
+        let blobs = root.join("blobs/sha256");
+        for e in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+            let digest = format!("sha256:{}", e.file_name().to_string_lossy());
+            if !images.values().any(|i| i.digest == digest) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(Catalog {
             root,
             images: Arc::new(Mutex::new(images)),
@@ -208,19 +220,24 @@ impl Catalog {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        if !gaffer_runtime::image::valid_image_name(name) {
-            return Err(ImageError::BadName(name.to_string()));
-        }
-        if let Some(d) = digest.filter(|d| !valid_digest(d)) {
-            return Err(ImageError::BadDigest(d.to_string()));
-        }
-        if expected == Some(0) {
-            if let Some(d) = digest {
-                if let Some(size) = self.blob_size(d) {
-                    let format = self.known_format(d);
-                    return self.tag(name, d, size, format);
+        let refused = if !gaffer_runtime::image::valid_image_name(name) {
+            Some(ImageError::BadName(name.to_string()))
+        } else {
+            digest
+                .filter(|d| !valid_digest(d))
+                .map(|d| ImageError::BadDigest(d.to_string()))
+        };
+        if let Some(e) = refused {
+            // Read (and drop) a bounded part of the body first: a client still sending when
+            // the answer comes and the connection closes sees a broken pipe, not this error.
+            let mut skipped = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                skipped += chunk.len();
+                if skipped > DRAIN_LIMIT {
+                    break;
                 }
             }
+            return Err(e);
         }
         static N: AtomicU64 = AtomicU64::new(0);
         let part = self.root.join("uploads").join(format!(
@@ -257,6 +274,16 @@ impl Catalog {
                 detail: "the body is shorter than its Content-Length".into(),
             });
         }
+        if received == 0 {
+            // An empty body names an archive the catalog already keeps (a repeated import).
+            return match digest {
+                Some(d) => {
+                    let (this, name, d) = (self.clone(), name.to_string(), d.to_string());
+                    blocking(move || this.retag(&name, &d)).await
+                }
+                None => Err(ImageError::NotAnImage("the upload is empty".into())),
+            };
+        }
         let got = format!("sha256:{:x}", hasher.finalize());
         if let Some(want) = digest.filter(|w| *w != got) {
             return Err(ImageError::DigestMismatch {
@@ -265,42 +292,74 @@ impl Catalog {
                 size: received,
             });
         }
-        if received == 0 {
-            return Err(ImageError::NotAnImage("the upload is empty".into()));
-        }
         let checked = part.clone();
-        let format = tokio::task::spawn_blocking(move || archive::inspect(&checked))
-            .await
-            .map_err(|e| ImageError::Io(format!("archive check failed: {e}")))?
-            .map_err(|e| {
+        let format = blocking(move || {
+            archive::inspect(&checked).map_err(|e| {
                 ImageError::NotAnImage(match e {
                     gaffer_runtime::Error::ImageFormat { detail, .. } => detail,
                     other => other
                         .to_string()
-                        .replace(&*part.to_string_lossy(), "the upload"),
+                        .replace(&*checked.to_string_lossy(), "the upload"),
                 })
-            })?;
-        let blob = self.blob_path(&got);
-        if !blob.exists() {
-            std::fs::rename(&part, &blob).map_err(|e| io_err("store", &blob, e))?;
+            })
+        })
+        .await?;
+        let (this, name) = (self.clone(), name.to_string());
+        let image = blocking(move || {
+            let r = this.store(&name, &got, received, format.as_str(), &part);
+            drop(guard);
+            r
+        })
+        .await?;
+        Ok(image)
+    }
+
+    /// Moves a checked upload into `blobs/` (unless that archive is kept already) and points
+    /// `name` at it, all under the catalog's lock, so that no concurrent removal can delete the
+    /// archive between the two.
+    fn store(
+        &self,
+        name: &str,
+        digest: &str,
+        size: u64,
+        format: &str,
+        part: &Path,
+    ) -> Result<CatalogImage, ImageError> {
+        let mut images = lock(&self.images);
+        let blob = self.blob_path(digest);
+        let fresh = !blob.exists();
+        if fresh {
+            std::fs::rename(part, &blob).map_err(|e| io_err("store", &blob, e))?;
         }
-        drop(guard);
-        self.tag(name, &got, received, format.as_str().to_string())
+        let r = self.tag(&mut images, name, digest, size, format.to_string());
+        if r.is_err() && fresh && !images.values().any(|i| i.digest == digest) {
+            let _ = std::fs::remove_file(&blob);
+        }
+        r
     }
 
-    /// The format recorded for `digest` under any name (re-tagging needs no second check).
-    fn known_format(&self, digest: &str) -> String {
-        lock(&self.images)
-            .values()
-            .find(|i| i.digest == digest)
-            .map(|i| i.format.clone())
-            .unwrap_or_else(|| ArchiveFormat::RootfsTar.as_str().to_string())
+    /// Points `name` at an archive the catalog keeps already.
+    fn retag(&self, name: &str, digest: &str) -> Result<CatalogImage, ImageError> {
+        let mut images = lock(&self.images);
+        let (size, format) = match (
+            self.blob_size(digest),
+            images.values().find(|i| i.digest == digest),
+        ) {
+            (Some(size), Some(known)) => (size, known.format.clone()),
+            _ => {
+                return Err(ImageError::NotAnImage(format!(
+                    "the upload is empty, and the catalog keeps no archive {digest} to name"
+                )))
+            }
+        };
+        self.tag(&mut images, name, digest, size, format)
     }
 
-    /// Points `name` at the stored archive `digest` and saves the catalog; an archive no name
-    /// points at any more is deleted.
+    /// Points `name` at the stored archive `digest` and saves the catalog (the caller holds the
+    /// lock); an archive no name points at any more is deleted.
     fn tag(
         &self,
+        images: &mut BTreeMap<String, CatalogImage>,
         name: &str,
         digest: &str,
         size: u64,
@@ -313,9 +372,8 @@ impl Catalog {
             format,
             imported_at: crate::core::now_ms(),
         };
-        let mut images = lock(&self.images);
         let old = images.insert(name.to_string(), image.clone());
-        if let Err(e) = self.save(&images) {
+        if let Err(e) = self.save(images) {
             match old {
                 Some(o) => images.insert(name.to_string(), o),
                 None => images.remove(name),
@@ -323,12 +381,12 @@ impl Catalog {
             return Err(e);
         }
         if let Some(o) = old {
-            self.drop_unused(&images, &o.digest);
+            self.drop_unused(images, &o.digest);
         }
         Ok(image)
     }
 
-    /// Removes `name` from the catalog.
+    /// Removes `name` from the catalog (blocking: it rewrites catalog.json with an fsync).
     pub fn remove(&self, name: &str) -> Result<CatalogImage, ImageError> {
         let mut images = lock(&self.images);
         let Some(old) = images.remove(name) else {
@@ -364,6 +422,15 @@ impl Catalog {
         };
         write().map_err(|e| io_err("write", &path, e))
     }
+}
+
+/// Runs blocking file work (fsync, rename, reading a whole archive) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Io(format!("a catalog task failed: {e}")))?
 }
 
 /// Deletes a file when dropped, unless it was moved away first.
