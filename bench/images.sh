@@ -25,7 +25,7 @@ mib() { python3 -c "print(f'{$SIZE / 1048576 / $1:.0f}')"; }
 t0=$(now)
 "$GAFFER" image import big "$WORK/image.tar" >/dev/null
 t1=$(now)
-jid=$("$GAFFER" submit -q --image big -- echo hi)
+jid=$("$GAFFER" submit -q --image big --shell "echo hi")
 "$GAFFER" wait "$jid" >/dev/null
 t2=$(now)
 import_s=$(python3 -c "print(f'{$t1 - $t0:.2f}')")

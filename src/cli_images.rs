@@ -1,7 +1,20 @@
 //! The flags of `gaffer image` and `gaffer agent image` (run in [`crate::images`]).
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::path::PathBuf;
+
+/// What to pull from a registry, and as what.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference: [REGISTRY/]REPOSITORY[:TAG|@DIGEST] (Docker Hub when no registry).
+    pub reference: String,
+    /// Name to store it as (default: the last component of the repository).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Talk plain HTTP to the registry (for a local test registry).
+    #[arg(long)]
+    pub insecure: bool,
+}
 
 /// `gaffer image ...`: the cluster's images, through the server.
 #[derive(Debug, Subcommand)]
@@ -29,14 +42,8 @@ gaffer image import app app.docker.tar --all-nodes\n  gaffer image import tools 
     /// Ask every node of the cluster to pull an image from an OCI registry (anonymously), e.g.
     /// `gaffer image pull debian:12` or `gaffer image pull --insecure 127.0.0.1:5000/team/tool:1`.
     Pull {
-        /// Image reference: [REGISTRY/]REPOSITORY[:TAG|@DIGEST] (Docker Hub when no registry).
-        reference: String,
-        /// Name to store it as (default: the last component of the repository).
-        #[arg(long)]
-        name: Option<String>,
-        /// Talk plain HTTP to the registry (for a local test registry).
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        what: PullArgs,
         /// Every node pulls (the default; kept for scripts written before it was).
         #[arg(long, hide = true)]
         all_nodes: bool,
@@ -67,14 +74,8 @@ pub enum AgentImageCommand {
     /// Pull an image from an OCI registry into this machine's agent. Picks the linux image for
     /// this machine's architecture from a multi-platform index.
     Pull {
-        /// Image reference: [REGISTRY/]REPOSITORY[:TAG|@DIGEST] (Docker Hub when no registry).
-        reference: String,
-        /// Name to store it as (default: the last component of the repository).
-        #[arg(long)]
-        name: Option<String>,
-        /// Talk plain HTTP to the registry (for a local test registry).
-        #[arg(long)]
-        insecure: bool,
+        #[command(flatten)]
+        what: PullArgs,
         /// The agent's data directory (`gaffer dev`: .gaffer/agent).
         #[arg(long, default_value = ".gaffer-agent")]
         data_dir: PathBuf,

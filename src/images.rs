@@ -2,7 +2,7 @@
 //! (one agent's own image store, on its machine).
 
 use crate::cli::Format;
-use crate::cli_images::{AgentImageCommand, ImageCommand};
+use crate::cli_images::{AgentImageCommand, ImageCommand, PullArgs};
 use crate::client::{enc, Client};
 use crate::commands::{ago, print_json, short_duration, table};
 use anyhow::{bail, Context, Result};
@@ -22,9 +22,12 @@ pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
             all_nodes,
         } => import(c, fmt, &name, &path, all_nodes)?,
         ImageCommand::Pull {
-            reference,
-            name,
-            insecure,
+            what:
+                PullArgs {
+                    reference,
+                    name,
+                    insecure,
+                },
             all_nodes: _,
         } => {
             let body =
@@ -259,9 +262,12 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             }
         }
         AgentImageCommand::Pull {
-            reference,
-            name,
-            insecure,
+            what:
+                PullArgs {
+                    reference,
+                    name,
+                    insecure,
+                },
             data_dir,
         } => {
             let name = match name {

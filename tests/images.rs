@@ -66,6 +66,17 @@ fn sha256_of(p: &Path) -> String {
     format!("sha256:{:x}", Sha256::digest(std::fs::read(p).unwrap()))
 }
 
+/// The names in a directory, sorted (hidden ones included).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Files under `dir` (recursively), relative to it.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -274,13 +285,7 @@ fn dev_task_runs_an_image_imported_through_the_server_and_rm_removes_the_nodes_c
     });
     // No fetch leftovers on the node.
     let node_images = dev.data.join("agent/images");
-    let stray: Vec<String> = std::fs::read_dir(&node_images)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(stray.is_empty(), "{stray:?}");
+    assert_eq!(names_in(&node_images), ["box"]);
 
     dev.gaffer(&["image", "rm", "box"]).ok();
     util::wait_until(
@@ -324,10 +329,8 @@ fn an_image_removed_while_a_container_runs_on_it_stays_until_the_container_ends(
         (!images.join("box").exists()).then_some(())
     });
     let retired = || -> Vec<String> {
-        std::fs::read_dir(&images)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        names_in(&images)
+            .into_iter()
             .filter(|n| n.starts_with(".rm-box-"))
             .collect()
     };
@@ -398,13 +401,7 @@ fn one_import_runs_on_three_nodes_and_bad_uploads_reach_no_node() {
     // Nothing reached a node: each holds `box` and nothing else, and no partial fetch.
     for i in 0..3 {
         let dir = c.agent_dir(i).join("images");
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["box"], "node {i}: {}", dir.display());
+        assert_eq!(names_in(&dir), ["box"], "node {i}: {}", dir.display());
     }
     // --all-nodes: a second image reaches every node without a task.
     let second = c.root().join("second");
