@@ -64,6 +64,30 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     assert_eq!(logs.trim(), "via-follower");
     let jobs = cli(&["jobs", "-o", "json"]).ok().stdout;
     assert!(jobs.contains(&id) && jobs.contains("succeeded"), "{jobs}");
+    // Image uploads stream through the follower to the leader's catalog; a repeated import
+    // (an empty body, which the follower forwards without a Content-Length) only names it.
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(scratch.path().join("rootfs/etc")).unwrap();
+    std::fs::write(scratch.path().join("rootfs/etc/motd"), "hi\n").unwrap();
+    let tarball = scratch.path().join("tiny.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(scratch.path().join("rootfs"))
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let first = cli(&["image", "import", "tiny", tarball.to_str().unwrap()]).ok();
+    assert!(first.stdout.contains("imported"), "{first:?}");
+    let again = cli(&["image", "import", "tiny2", tarball.to_str().unwrap()]).ok();
+    assert!(again.stdout.contains("already had"), "{again:?}");
+    let images = cli(&["image", "ls", "-o", "json"]).ok().stdout;
+    assert!(
+        images.contains("\"tiny\"") && images.contains("\"tiny2\""),
+        "{images}"
+    );
     let nodes = cli(&["nodes", "-o", "json"]).ok().stdout;
     assert!(nodes.contains("\"a0\""), "{nodes}");
     // Why a job waits is known to the leader's scheduler only: a follower asks it for the
