@@ -63,6 +63,32 @@ pub fn image_in_use(data_dir: &Path, name: &str) -> bool {
     })
 }
 
+/// Why a node could not get a catalog image.
+#[derive(Debug)]
+pub struct FetchFailed {
+    /// In words, with the image's name and digest.
+    pub message: String,
+    /// The connection to the server failed (not the archive or the disk): the attempt ends
+    /// `lost`, so the server places it again without using up its retries.
+    pub transient: bool,
+}
+
+impl FetchFailed {
+    fn transport(message: impl Into<String>) -> Self {
+        FetchFailed {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    fn other(message: impl Into<String>) -> Self {
+        FetchFailed {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
 /// Image bookkeeping of one agent.
 pub struct Images {
     data_dir: PathBuf,
@@ -155,7 +181,7 @@ impl Images {
         digest: &str,
         size: u64,
         send: &(dyn Fn(AgentMsg) -> bool + Sync),
-    ) -> Result<(), String> {
+    ) -> Result<(), FetchFailed> {
         if self.holds(name, digest) {
             return Ok(());
         }
@@ -168,7 +194,13 @@ impl Images {
         let part = self
             .fetch(digest, size, send)
             .await
-            .map_err(|e| format!("cannot fetch image `{name}` ({digest}) from the server: {e}"))?;
+            .map_err(|e| FetchFailed {
+                message: format!(
+                    "cannot fetch image `{name}` ({digest}) from the server: {}",
+                    e.message
+                ),
+                ..e
+            })?;
         let store = self.store();
         let (n, d) = (name.to_string(), digest.to_string());
         tokio::task::spawn_blocking(move || {
@@ -177,8 +209,12 @@ impl Images {
             imported
         })
         .await
-        .map_err(|e| format!("image import of `{name}` failed: {e}"))?
-        .map_err(|e| format!("cannot import image `{name}` fetched from the server: {e}"))?;
+        .map_err(|e| FetchFailed::other(format!("image import of `{name}` failed: {e}")))?
+        .map_err(|e| {
+            FetchFailed::other(format!(
+                "cannot import image `{name}` fetched from the server: {e}"
+            ))
+        })?;
         tracing::info!(image = %name, %digest, secs = t0.elapsed().as_secs_f64(), "image fetched");
         Ok(())
     }
@@ -189,16 +225,16 @@ impl Images {
         digest: &str,
         size: u64,
         send: &(dyn Fn(AgentMsg) -> bool + Sync),
-    ) -> Result<PartFile, String> {
+    ) -> Result<PartFile, FetchFailed> {
         use base64::Engine as _;
         let images = self.store().images_dir();
         std::fs::create_dir_all(&images)
-            .map_err(|e| format!("cannot create {}: {e}", images.display()))?;
+            .map_err(|e| FetchFailed::other(format!("cannot create {}: {e}", images.display())))?;
         let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
         let part = PartFile(images.join(format!(".fetch-{hex}")));
         let mut file = tokio::fs::File::create(&part.0)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", part.0.display()))?;
+            .map_err(|e| FetchFailed::other(format!("cannot create {}: {e}", part.0.display())))?;
         let mut hasher = Sha256::new();
         let mut offset = 0u64;
         loop {
@@ -213,33 +249,39 @@ impl Images {
             });
             if !asked {
                 lock(&self.waiting).remove(&req);
-                return Err("not connected to the server".into());
+                return Err(FetchFailed::transport("not connected to the server"));
             }
             let answer = tokio::time::timeout(CHUNK_TIMEOUT, rx).await;
             lock(&self.waiting).remove(&req);
             let (data, error) = match answer {
                 Ok(Ok(ServerMsg::BlobData { data, error, .. })) => (data, error),
-                Ok(_) => return Err("the connection to the server closed".into()),
+                Ok(_) => {
+                    return Err(FetchFailed::transport(
+                        "the connection to the server closed",
+                    ))
+                }
                 Err(_) => {
-                    return Err(format!(
+                    return Err(FetchFailed::transport(format!(
                         "no answer from the server within {}s at byte {offset}",
                         CHUNK_TIMEOUT.as_secs()
-                    ))
+                    )))
                 }
             };
             if let Some(e) = error {
-                return Err(e);
+                return Err(FetchFailed::other(e));
             }
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(data)
-                .map_err(|e| format!("undecodable data from the server: {e}"))?;
+                .map_err(|e| {
+                    FetchFailed::other(format!("undecodable data from the server: {e}"))
+                })?;
             if bytes.is_empty() {
                 break;
             }
             hasher.update(&bytes);
-            file.write_all(&bytes)
-                .await
-                .map_err(|e| format!("cannot write {}: {e}", part.0.display()))?;
+            file.write_all(&bytes).await.map_err(|e| {
+                FetchFailed::other(format!("cannot write {}: {e}", part.0.display()))
+            })?;
             offset += bytes.len() as u64;
             if offset > size {
                 break;
@@ -247,13 +289,13 @@ impl Images {
         }
         file.flush()
             .await
-            .map_err(|e| format!("cannot write {}: {e}", part.0.display()))?;
+            .map_err(|e| FetchFailed::other(format!("cannot write {}: {e}", part.0.display())))?;
         drop(file);
         let got = format!("sha256:{:x}", hasher.finalize());
         if offset != size || got != digest {
-            return Err(format!(
+            return Err(FetchFailed::other(format!(
                 "the archive received is corrupt ({offset} of {size} bytes, sha256 {got}); nothing was kept"
-            ));
+            )));
         }
         Ok(part)
     }

@@ -313,7 +313,7 @@ impl Agent {
                         }
                         let send = |m| a.try_send(m);
                         if let Err(e) = a.images.ensure(&name, &digest, size, &send).await {
-                            tracing::warn!(image = %name, error = %e, "image fetch failed");
+                            tracing::warn!(image = %name, error = %e.message, "image fetch failed");
                         }
                     });
                 }
@@ -595,14 +595,22 @@ impl Inner {
                         lock(&self.watched).remove(&key);
                         r
                     }
-                    Err(e) => Err(format!(
-                        "cannot record the attempt in the agent journal: {e}"
-                    )),
+                    Err(e) => Err(images::FetchFailed {
+                        message: format!("cannot record the attempt in the agent journal: {e}"),
+                        transient: false,
+                    }),
                 };
-                if let Err(msg) = fetched {
+                if let Err(e) = fetched {
+                    // Losing the server mid-fetch is no fault of the task: `lost` is placed
+                    // again without using up its retries.
+                    let kind = if e.transient {
+                        EndKind::Lost
+                    } else {
+                        EndKind::SpawnFailed
+                    };
                     let result = AttemptResult {
-                        kind: EndKind::SpawnFailed,
-                        ..lost(msg)
+                        kind,
+                        ..lost(e.message)
                     };
                     self.send(AgentMsg::Ended { key, result });
                     return;
