@@ -789,6 +789,19 @@ fn api_and_join_tokens_are_enforced() {
     assert_eq!(code, 200, "{body}");
     let (code, body) = c.get_anon("/v1/jobs");
     assert_eq!(code, 401, "{body}");
+    // A refused call with a body still gets its answer: the server reads the body before it
+    // answers, instead of closing a connection the client is still writing to.
+    let big = format!(
+        r#"{{"command": ["true"], "name": "{}"}}"#,
+        "x".repeat(512 << 10)
+    );
+    for _ in 0..10 {
+        let r = ureq::post(&format!("{}/v1/jobs", c.addr)).send_string(&big);
+        assert!(
+            matches!(r, Err(ureq::Error::Status(401, _))),
+            "POST without a token: {r:?}"
+        );
+    }
 
     let out = c.gaffer_with_token(&["submit", "--", "true"], None);
     assert_ne!(out.code, 0, "{out:?}");

@@ -91,6 +91,7 @@ async fn require_token(
         path == "/healthz" || path.starts_with("/v1/agent/") || crate::ui::is_open_path(path);
     if let (Some(want), false) = (&st.auth.api_token, open) {
         if !bearer_matches(req.headers(), want) {
+            drain_body(req.into_body()).await;
             return AppError::new(
                 StatusCode::UNAUTHORIZED,
                 "this server requires an API token: set GAFFER_TOKEN (header `Authorization: Bearer <token>`)",
@@ -99,6 +100,24 @@ async fn require_token(
         }
     }
     next.run(req).await
+}
+
+/// Reads and drops (a bounded part of) a request body that is refused before it is read.
+/// Answering while the client still sends makes the connection close with unread bytes: the
+/// client, or an HA follower forwarding the call, then sees a reset instead of the answer.
+async fn drain_body(body: Body) {
+    const LIMIT: usize = 1 << 20;
+    let mut stream = body.into_data_stream();
+    let mut read = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+            read += chunk.len();
+            if read > LIMIT {
+                break;
+            }
+        }
+    });
+    let _ = drained.await;
 }
 
 /// An error answered as JSON.
