@@ -412,9 +412,9 @@ fn open_store(a: &AdminStoreArgs, what: Use) -> Result<Opened> {
                     std::fs::canonicalize(dir)
                         .with_context(|| format!("cannot resolve {}", dir.display()))?
                 }
-                Use::Restore => crate::daemon::prepare_dir(dir)?,
+                Use::Restore => crate::toolbox::prepare_dir(dir)?,
             };
-            let lock = crate::daemon::lock_data_dir(&dir).with_context(|| {
+            let lock = crate::toolbox::lock_data_dir(&dir).with_context(|| {
                 format!(
                     "cannot {verb} while another process uses the data directory (stop the \
                      gaffer server or gaffer dev running on it first)"

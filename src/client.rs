@@ -262,7 +262,7 @@ pub fn idempotency_key() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let host = crate::daemon::host_name();
+    let host = crate::toolbox::host_name();
     format!("cli-{host}-{}-{t:x}", std::process::id())
 }
 

@@ -13,11 +13,11 @@
 //! takes over at once instead of after the TTL.
 
 use crate::cli::ServerArgs;
-use crate::daemon::{self, ServerBase};
+use crate::toolbox::{self, ServerBase};
 use anyhow::{anyhow, Context, Result};
 use gaffer_ha::{HaConfig, HaError, Member};
-use gaffer_server::api::ServersFn;
 use gaffer_server::forward::Follower;
+use gaffer_server::http::ServersFn;
 use gaffer_server::{Server, ServerOptions};
 use gaffer_store::etcd::{EtcdStore, Fence, FenceCond};
 use gaffer_store::Store;
@@ -124,9 +124,9 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
              after about one TTL"
         ));
     }
-    let rt = daemon::runtime()?;
+    let rt = toolbox::runtime()?;
     let r = rt.block_on(async move {
-        let listener = daemon::bind(args.listen).await?;
+        let listener = toolbox::bind(args.listen).await?;
         let addr = listener.local_addr()?;
         println!(
             "gaffer server: listening on {addr}, advertised as {advertise}; HA with etcd {} (prefix {prefix}, lease {ttl:?})",
@@ -137,7 +137,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
         let current = Arc::new(RwLock::new(waiting_router()));
         let app = switchable(current.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut http = tokio::spawn(daemon::http(listener, app, base.tls.clone(), async move {
+        let mut http = tokio::spawn(toolbox::http(listener, app, base.tls.clone(), async move {
             let _ = stop_rx.await;
         }));
 
@@ -221,7 +221,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
                     data_dir,
                     local_node: None,
                     storage_dir: args.storage_dir.clone(),
-                    core: daemon::core_config(&args),
+                    core: toolbox::core_config(&args),
                     auth,
                     cluster: Some(cluster),
                 };
@@ -236,7 +236,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
                 let thread = server.take_thread();
                 tokio::select! {
                     _ = member.lease_lost() => Err("lost the etcd lease".to_string()),
-                    r = daemon::core_done(thread) => Err(match r {
+                    r = toolbox::core_done(thread) => Err(match r {
                         Ok(()) => "the scheduler stopped".to_string(),
                         Err(e) => format!("the scheduler stopped: {e}"),
                     }),
@@ -250,7 +250,7 @@ pub fn server(args: ServerArgs, ca: Option<PathBuf>) -> Result<()> {
                 Ok(Err(e)) => format!("the HTTP server failed: {e:#}"),
                 Err(e) => format!("the HTTP server panicked: {e}"),
             }),
-            _ = daemon::shutdown_signal() => Ok(()),
+            _ = toolbox::shutdown_signal() => Ok(()),
         };
         match outcome {
             Ok(()) => {

@@ -10,6 +10,7 @@ mod daemon;
 mod ha;
 mod images;
 mod tls;
+mod toolbox;
 
 use clap::Parser;
 use cli::{Cli, Command};

@@ -5,8 +5,8 @@
 //! server pings every [`PING`]; a connection that stays silent is dropped by the agent, and a
 //! node that stays silent is declared down by the core's heartbeat timeout.
 
-use crate::api::AppState;
 use crate::gateway::Gateway;
+use crate::http::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -27,7 +27,7 @@ pub async fn connect(
     ws: WebSocketUpgrade,
 ) -> Response {
     if let Some(want) = &st.auth.join_token {
-        if !crate::api::bearer_matches(&headers, want) {
+        if !crate::http::bearer_matches(&headers, want) {
             return (
                 StatusCode::UNAUTHORIZED,
                 axum::Json(serde_json::json!({"error": "agents must present the cluster's join token (--join-token-file)"})),

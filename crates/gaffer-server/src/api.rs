@@ -1,12 +1,12 @@
-//! The REST API under `/v1` (JSON; errors as `{"error": "..."}`), `/healthz`, `/metrics` and
-//! the OpenAPI document. Writes go to the core through [`CoreHandle`]; reads go straight to the
-//! store (never through the core), so a busy scheduler never slows a listing.
+//! The job, node, event and server endpoints under `/v1` (JSON; errors as `{"error": "..."}`),
+//! `/healthz` and `/metrics`, with their part of the OpenAPI document. Writes go to the core
+//! through [`crate::core::CoreHandle`]; reads go straight to the store (never through the core),
+//! so a busy scheduler never slows a listing.
 
-use crate::core::{CoreError, CoreHandle};
-use crate::shared::Shared;
+use crate::http::{ApiResult, AppError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,187 +18,12 @@ use gaffer_api::views::{
     ErrorBody, EventView, JobDetail, JobPage, JobView, NodeView, OutputFile, SubmitResponse,
 };
 use gaffer_api::{FieldError, JobId, JobState};
-use gaffer_store::{JobQuery, JobRow, Store};
+use gaffer_store::{JobQuery, JobRow};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 use utoipa::OpenApi;
-
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 10 * 1024 * 1024;
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    /// Commands.
-    pub core: CoreHandle,
-    /// Reads.
-    pub store: Arc<dyn Store>,
-    /// Published state.
-    pub shared: Arc<Shared>,
-    /// Attempt files.
-    pub files: crate::files::Files,
-    /// Agent streams.
-    pub gateway: crate::gateway::Gateway,
-    /// The image catalog (`None` on an HA follower, which forwards image calls).
-    pub catalog: Option<crate::images::Catalog>,
-    /// Tokens.
-    pub auth: Auth,
-    /// The HA cluster's members (`GET /v1/servers`); `None` for a single server.
-    pub cluster: Option<ServersFn>,
-}
-
-/// Reads the members of an HA cluster and its leader.
-pub type ServersFn = Arc<
-    dyn Fn() -> futures_util::future::BoxFuture<
-            'static,
-            Result<gaffer_api::views::ServersView, String>,
-        > + Send
-        + Sync,
->;
-
-/// Shared secrets: API clients present `api_token`, agents `join_token` (as bearer tokens).
-#[derive(Clone, Default)]
-pub struct Auth {
-    /// Required on every API call except `/healthz` when set.
-    pub api_token: Option<String>,
-    /// Required from agents when set.
-    pub join_token: Option<String>,
-}
-
-/// Whether the request carries `Authorization: Bearer <want>` (compared in constant time).
-pub fn bearer_matches(headers: &HeaderMap, want: &str) -> bool {
-    let Some(got) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (got.as_bytes(), want.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn require_token(
-    State(st): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let path = req.uri().path();
-    let open =
-        path == "/healthz" || path.starts_with("/v1/agent/") || crate::ui::is_open_path(path);
-    if let (Some(want), false) = (&st.auth.api_token, open) {
-        if !bearer_matches(req.headers(), want) {
-            drain_body(req.into_body()).await;
-            return AppError::new(
-                StatusCode::UNAUTHORIZED,
-                "this server requires an API token: set GAFFER_TOKEN (header `Authorization: Bearer <token>`)",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Reads and drops (a bounded part of) a request body that is refused before it is read.
-/// Answering while the client still sends makes the connection close with unread bytes: the
-/// client, or an HA follower forwarding the call, then sees a reset instead of the answer.
-async fn drain_body(body: Body) {
-    const LIMIT: usize = 1 << 20;
-    let mut stream = body.into_data_stream();
-    let mut read = 0;
-    let drained = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-            read += chunk.len();
-            if read > LIMIT {
-                break;
-            }
-        }
-    });
-    let _ = drained.await;
-}
-
-/// An error answered as JSON.
-#[derive(Debug)]
-pub struct AppError {
-    status: StatusCode,
-    body: ErrorBody,
-}
-
-impl AppError {
-    pub(crate) fn new(status: StatusCode, msg: impl Into<String>) -> Self {
-        AppError {
-            status,
-            body: ErrorBody {
-                error: msg.into(),
-                fields: Vec::new(),
-            },
-        }
-    }
-    pub(crate) fn bad(msg: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, msg)
-    }
-    pub(crate) fn fields(fields: Vec<FieldError>) -> Self {
-        let first = fields.first().map(|f| f.to_string()).unwrap_or_default();
-        let more = if fields.len() > 1 {
-            format!(" (and {} more)", fields.len() - 1)
-        } else {
-            String::new()
-        };
-        AppError {
-            status: StatusCode::BAD_REQUEST,
-            body: ErrorBody {
-                error: format!("invalid job spec: {first}{more}"),
-                fields,
-            },
-        }
-    }
-    fn not_found(id: JobId) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
-    }
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        match self.status {
-            // An election under way: expected, and retried by the clients.
-            StatusCode::SERVICE_UNAVAILABLE => {}
-            // Someone else failed (a leader that died, an agent out of reach).
-            StatusCode::BAD_GATEWAY => {
-                tracing::warn!(status = %self.status, error = %self.body.error, "request failed")
-            }
-            s if s.is_server_error() => {
-                tracing::error!(status = %self.status, error = %self.body.error, "request failed")
-            }
-            _ => {}
-        }
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<CoreError> for AppError {
-    fn from(e: CoreError) -> Self {
-        match e {
-            CoreError::NotFound(id) => AppError::not_found(id),
-            CoreError::NoSuchNode(n) => {
-                AppError::new(StatusCode::NOT_FOUND, format!("node `{n}` not found"))
-            }
-            CoreError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
-            CoreError::Invalid(f) => AppError::fields(f),
-            CoreError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
-        }
-    }
-}
-
-impl From<gaffer_store::StoreError> for AppError {
-    fn from(e: gaffer_store::StoreError) -> Self {
-        AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<T, AppError>;
 
 /// `Query` whose rejection is a JSON 400 like every other API error.
 struct Q<T>(T);
@@ -258,12 +83,11 @@ fn with_reason(st: &AppState, mut v: JobView) -> JobView {
     v
 }
 
-/// The router of the whole API.
-pub fn router(state: AppState) -> Router {
+/// The job, node, event and server routes (see [`crate::routes`] for the whole API).
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/kill", post(kill_job))
@@ -275,16 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/drain", post(drain_node))
         .route("/v1/nodes/{name}/enable", post(enable_node))
-        .route("/v1/agent/connect", get(crate::agent_link::connect))
         .route("/v1/servers", get(servers))
-        .merge(crate::ui::router())
-        .merge(crate::image_api::router())
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ))
-        .with_state(state)
 }
 
 #[derive(OpenApi)]
@@ -305,11 +120,6 @@ pub fn router(state: AppState) -> Router {
         nodes,
         drain_node,
         enable_node,
-        crate::image_api::pull_image,
-        crate::image_api::list_images,
-        crate::image_api::upload_image,
-        crate::image_api::remove_image,
-        crate::image_api::blob_info,
         healthz,
         metrics,
         crate::ui::timeline
@@ -333,23 +143,15 @@ pub fn router(state: AppState) -> Router {
         OutputFile,
         KillResponse,
         RetryResponse,
-        crate::image_api::PullRequest,
-        crate::image_api::PullAccepted,
-        crate::image_api::BlobInfo,
-        gaffer_api::views::ImageView,
         crate::ui::Timeline,
         crate::ui::TimelineMinute
     ))
 )]
 struct ApiDoc;
 
-/// The OpenAPI document.
-pub fn openapi_doc() -> utoipa::openapi::OpenApi {
+/// This module's part of the OpenAPI document ([`crate::routes::openapi_doc`]).
+pub(crate) fn doc() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi_doc())
 }
 
 /// Liveness.

@@ -15,7 +15,7 @@
 //! While no leader is known, or when this server has just won and is still loading the state,
 //! forwarded calls get `503` with `Retry-After: 1`, which the CLI retries.
 
-use crate::api::{AppError, AppState};
+use crate::http::{AppError, AppState};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode};
@@ -48,7 +48,7 @@ pub struct Follower {
 
 /// The router of a follower: the normal API with [`forward`] in front of it.
 pub fn router(state: AppState, follower: Follower) -> Router {
-    crate::api::router(state).layer(axum::middleware::from_fn_with_state(
+    crate::routes::router(state).layer(axum::middleware::from_fn_with_state(
         Arc::new(follower),
         forward,
     ))

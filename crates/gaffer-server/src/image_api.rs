@@ -10,8 +10,8 @@
 //! | `GET /v1/images/blobs/{digest}` | whether the catalog keeps an archive (a client skips the upload) |
 //! | `POST /v1/images/pull` | every node pulls from a registry |
 
-use crate::api::{ApiResult, AppError, AppState};
 use crate::core::Command;
+use crate::http::{ApiResult, AppError, AppState};
 use crate::images::{CatalogImage, ImageError};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -23,8 +23,21 @@ use gaffer_api::views::{ErrorBody, ImageView, NodeView};
 use gaffer_api::FieldError;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use utoipa::OpenApi;
 
-/// The image routes, merged into [`crate::api::router`].
+#[derive(OpenApi)]
+#[openapi(
+    paths(pull_image, list_images, upload_image, remove_image, blob_info),
+    components(schemas(PullRequest, PullAccepted, BlobInfo, ImageView))
+)]
+struct ImageDoc;
+
+/// This module's part of the OpenAPI document ([`crate::routes::openapi_doc`]).
+pub(crate) fn doc() -> utoipa::openapi::OpenApi {
+    ImageDoc::openapi()
+}
+
+/// The image routes, merged into [`crate::routes::router`].
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/images", get(list_images))

@@ -2,7 +2,8 @@
 //! their tasks run and tells agents to run them.
 //!
 //! Pieces: [`core`] is the single-threaded state machine and scheduling loop (the only writer);
-//! [`api`] is the axum router (reads go to the store directly); [`shared`] is what the core
+//! [`routes`] is the axum router of [`api`], [`image_api`], [`agent_link`] and [`ui`] (reads go to
+//! the store directly; [`http`] is what their handlers share); [`shared`] is what the core
 //! publishes for readers; [`gateway`] turns an agent's message stream into core commands. Only
 //! the binary wires a server to a listener and to agents.
 #![deny(missing_docs)]
@@ -13,14 +14,16 @@ pub mod core;
 pub mod files;
 pub mod forward;
 pub mod gateway;
+pub mod http;
 pub mod image_api;
 pub mod images;
+pub mod routes;
 pub mod shared;
 pub mod ui;
 
-use crate::api::AppState;
 use crate::core::{Command, Core, CoreConfig, CoreHandle};
 use crate::files::Files;
+use crate::http::AppState;
 use crate::shared::Shared;
 use gaffer_store::Store;
 use std::sync::Arc;
@@ -54,9 +57,9 @@ pub struct ServerOptions {
     /// Core settings.
     pub core: CoreConfig,
     /// Tokens.
-    pub auth: api::Auth,
+    pub auth: http::Auth,
     /// HA membership (`GET /v1/servers`); `None` for a single server.
-    pub cluster: Option<api::ServersFn>,
+    pub cluster: Option<http::ServersFn>,
 }
 
 /// A running server core with its API state.
@@ -67,8 +70,8 @@ pub struct Server {
     pub shared: Arc<Shared>,
     store: Arc<dyn Store>,
     files: Files,
-    auth: api::Auth,
-    cluster: Option<api::ServersFn>,
+    auth: http::Auth,
+    cluster: Option<http::ServersFn>,
     thread: Option<JoinHandle<Result<(), String>>>,
     gateway: gateway::Gateway,
     catalog: Option<images::Catalog>,
@@ -122,7 +125,7 @@ impl Server {
 
     /// The HTTP router.
     pub fn router(&self) -> axum::Router {
-        api::router(AppState {
+        routes::router(AppState {
             core: self.core.clone(),
             store: self.store.clone(),
             shared: self.shared.clone(),
@@ -139,8 +142,8 @@ impl Server {
     pub fn follower_router(
         store: Arc<dyn Store>,
         data_dir: std::path::PathBuf,
-        auth: api::Auth,
-        cluster: Option<api::ServersFn>,
+        auth: http::Auth,
+        cluster: Option<http::ServersFn>,
         follower: forward::Follower,
     ) -> axum::Router {
         // A core handle whose receiver is gone: nothing a follower answers itself uses it.

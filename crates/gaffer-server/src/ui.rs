@@ -2,7 +2,7 @@
 //! (they hold no data; every call they make goes to `/v1` with the token the user gives), and
 //! `GET /v1/stats/timeline`, the per-minute chart data of the overview page.
 
-use crate::api::AppState;
+use crate::http::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
