@@ -15,7 +15,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::image::{entry_rel_path, fmt_err, open_decompressed};
+use crate::layers::{entry_rel_path, fmt_err, open_decompressed};
 
 /// `manifest.json` and `index.json` are read into memory; anything bigger is not one.
 const MAX_MANIFEST: u64 = 4 << 20;

@@ -63,40 +63,23 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{chdir, fork, pivot_root, ForkResult, Gid, Uid};
+use nix::unistd::{chdir, fork, ForkResult, Gid, Uid};
 use sha2::{Digest, Sha256};
 
+use crate::caps::drop_privileges;
 use crate::cgroup::{Cgroup, Limits};
 use crate::driver::{Driver, Finish, Launch, Task};
 use crate::error::{Error, Result};
 use crate::init;
+use crate::rootfs::{do_mount, errno_msg, loopback_up, mkdirs, setup_rootfs, RootfsPlan};
 use crate::spec::{ContainerSpec, Network};
-
-/// Capabilities kept in the bounding set (Docker's default set): CHOWN,
-/// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
-/// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
-pub const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
-
-/// Device nodes bind-mounted from the host into the container's `/dev`.
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-/// `/proc` entries made read-only and entries hidden behind `/dev/null`.
-const PROC_READONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
-const PROC_MASKED: [&str; 5] = [
-    "kcore",
-    "keys",
-    "timer_list",
-    "sched_debug",
-    "latency_stats",
-];
 
 /// The name of the cgroup of the attempt in `dir`:
 /// `<first 16 hex digits of sha256(canonical dir)>-<sanitized dir name>`.
@@ -449,35 +432,6 @@ impl Driver for ContainerDriver {
     }
 }
 
-fn errno_msg(what: impl std::fmt::Display, e: nix::errno::Errno) -> String {
-    format!("{what}: {e}")
-}
-
-fn do_mount(
-    src: Option<&Path>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), String> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        errno_msg(
-            format_args!(
-                "cannot mount {} on {} (type {}, options {:?})",
-                src.map(|s| s.display().to_string()).unwrap_or_default(),
-                target.display(),
-                fstype.unwrap_or("bind"),
-                data.unwrap_or("")
-            ),
-            e,
-        )
-    })
-}
-
-fn mkdirs(p: &Path) -> Result<(), String> {
-    fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
-}
-
 /// Everything in the child between fork and exec. Returns only on error.
 fn child_main(
     p: &ChildPlan<'_>,
@@ -510,7 +464,13 @@ fn child_main(
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    setup_rootfs(p)?;
+    setup_rootfs(&RootfsPlan {
+        rootfs: &p.rootfs,
+        root: &p.root,
+        upper: &p.upper,
+        ovl_work: &p.ovl_work,
+        workspace: &p.workspace,
+    })?;
     if c.network == Network::None {
         loopback_up()?;
     }
@@ -562,302 +522,9 @@ fn child_main(
     )
 }
 
-/// Mount the overlay and the pseudo filesystems, then pivot into it.
-fn setup_rootfs(p: &ChildPlan<'_>) -> Result<(), String> {
-    let root = &p.root;
-    let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        p.rootfs.display(),
-        p.upper.display(),
-        p.ovl_work.display()
-    );
-    if let Err(first) = do_mount(
-        Some(Path::new("overlay")),
-        root,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&opts),
-    ) {
-        // The attempt directory's filesystem cannot hold an overlay upper
-        // layer (e.g. it is itself an overlayfs or NFS): keep the writes in
-        // a tmpfs private to this mount namespace instead.
-        do_mount(
-            Some(Path::new("tmpfs")),
-            &p.upper,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=755"),
-        )
-        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
-        let (u, w) = (p.upper.join("u"), p.upper.join("w"));
-        mkdirs(&u)?;
-        mkdirs(&w)?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            p.rootfs.display(),
-            u.display(),
-            w.display()
-        );
-        do_mount(
-            Some(Path::new("overlay")),
-            root,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(&opts),
-        )
-        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
-    }
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-
-    // /work: the attempt's workspace.
-    let work = root.join("work");
-    mkdirs(&work)?;
-    do_mount(
-        Some(&p.workspace),
-        &work,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-
-    // /proc, with the usual sensitive entries masked or read-only.
-    let proc_ = root.join("proc");
-    mkdirs(&proc_)?;
-    do_mount(
-        Some(Path::new("proc")),
-        &proc_,
-        Some("proc"),
-        nosuid_nodev_noexec,
-        None,
-    )?;
-
-    // /dev: a small tmpfs with bind-mounted host device nodes.
-    let dev = root.join("dev");
-    mkdirs(&dev)?;
-    do_mount(
-        Some(Path::new("tmpfs")),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=755,size=65536k"),
-    )?;
-    for name in DEVICES {
-        let host = Path::new("/dev").join(name);
-        if fs::metadata(&host).is_err() {
-            continue;
-        }
-        let target = dev.join(name);
-        File::create(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-        do_mount(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
-    }
-    let pts = dev.join("pts");
-    mkdirs(&pts)?;
-    do_mount(
-        Some(Path::new("devpts")),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-    )?;
-    let shm = dev.join("shm");
-    mkdirs(&shm)?;
-    do_mount(
-        Some(Path::new("shm")),
-        &shm,
-        Some("tmpfs"),
-        nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
-    )?;
-    let mqueue = dev.join("mqueue");
-    mkdirs(&mqueue)?;
-    // Best effort: needs CONFIG_POSIX_MQUEUE.
-    let _ = do_mount(
-        Some(Path::new("mqueue")),
-        &mqueue,
-        Some("mqueue"),
-        nosuid_nodev_noexec,
-        None,
-    );
-    for (link, target) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, dev.join(link))
-            .map_err(|e| format!("cannot create {}: {e}", dev.join(link).display()))?;
-    }
-    fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777))
-        .map_err(|e| format!("cannot chmod {}: {e}", shm.display()))?;
-
-    // /sys, read-only. A fresh sysfs needs a network namespace we own; with
-    // the host network fall back to a read-only recursive bind.
-    let sys = root.join("sys");
-    mkdirs(&sys)?;
-    let ro = MsFlags::MS_RDONLY | nosuid_nodev_noexec;
-    if do_mount(Some(Path::new("sysfs")), &sys, Some("sysfs"), ro, None).is_err() {
-        do_mount(
-            Some(Path::new("/sys")),
-            &sys,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
-        do_mount(
-            None,
-            &sys,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
-            None,
-        )?;
-    }
-
-    for name in PROC_READONLY {
-        let t = proc_.join(name);
-        if fs::symlink_metadata(&t).is_err() {
-            continue;
-        }
-        do_mount(Some(&t), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        do_mount(
-            None,
-            &t,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
-            None,
-        )?;
-    }
-    for name in PROC_MASKED {
-        let t = proc_.join(name);
-        if fs::metadata(&t).map(|m| m.is_file()).unwrap_or(false) {
-            do_mount(Some(&dev.join("null")), &t, None, MsFlags::MS_BIND, None)?;
-        }
-    }
-
-    // Enter the new root; the old one is stacked below it and detached.
-    chdir(root).map_err(|e| errno_msg(format_args!("cannot enter {}", root.display()), e))?;
-    pivot_root(".", ".").map_err(|e| errno_msg("pivot_root", e))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| errno_msg("cannot detach the old root", e))?;
-    chdir("/").map_err(|e| errno_msg("chdir /", e))?;
-    Ok(())
-}
-
-/// Bring the loopback interface of the (new) network namespace up.
-fn loopback_up() -> Result<(), String> {
-    // SAFETY: socket/ioctl with a zero-initialised, correctly sized ifreq
-    // whose name is NUL-terminated; the fd is wrapped so it is closed.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(format!("socket: {}", io::Error::last_os_error()));
-        }
-        let _guard = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo".iter().enumerate() {
-            ifr.ifr_name[i] = *b as libc::c_char;
-        }
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(format!("SIOCGIFFLAGS lo: {}", io::Error::last_os_error()));
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(format!(
-                "cannot bring lo up: {}",
-                io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-/// The default capability set as a 64-bit mask.
-pub(crate) fn default_caps_mask() -> u64 {
-    DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c))
-}
-
-/// Shrink the bounding set to [`DEFAULT_CAPS`], clear ambient capabilities,
-/// switch to `uid:gid`, and set effective = permitted = the default set for
-/// uid 0 (nothing for other users; the kernel already cleared them).
-fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), String> {
-    for cap in 0..=last_cap {
-        if DEFAULT_CAPS.contains(&cap) {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments only.
-        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            // EINVAL: capability unknown to this kernel.
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(format!("cannot drop capability {cap}: {e}"));
-            }
-        }
-    }
-    // SAFETY: prctl with integer arguments only.
-    unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-    }
-    let g = Gid::from_raw(gid);
-    nix::unistd::setgroups(&[g]).map_err(|e| errno_msg("setgroups", e))?;
-    nix::unistd::setresgid(g, g, g).map_err(|e| errno_msg(format_args!("setresgid {gid}"), e))?;
-    let u = Uid::from_raw(uid);
-    nix::unistd::setresuid(u, u, u).map_err(|e| errno_msg(format_args!("setresuid {uid}"), e))?;
-    let mask = if uid == 0 { default_caps_mask() } else { 0 };
-    let mut hdr = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        CapData {
-            effective: mask as u32,
-            permitted: mask as u32,
-            inheritable: 0,
-        },
-        CapData {
-            effective: (mask >> 32) as u32,
-            permitted: (mask >> 32) as u32,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset(2) reads a v3 header and an array of two data structs,
-    // both valid for the duration of the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
-    if rc != 0 {
-        return Err(format!("capset: {}", io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn default_caps_match_docker() {
-        assert_eq!(default_caps_mask(), 0xa804_25fb);
-    }
 
     #[test]
     fn container_id_is_stable_and_safe() {

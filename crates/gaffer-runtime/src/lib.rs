@@ -29,16 +29,20 @@
 //! container attempt whose shim died left behind (its cgroup and `ctr/`).
 
 pub mod archive;
+mod caps;
 mod cgroup;
+mod config;
 pub mod container;
 mod driver;
 mod error;
 mod fsutil;
 pub mod image;
 mod init;
+mod layers;
 mod outputs;
 mod procfs;
 pub mod pull;
+mod rootfs;
 mod shim;
 mod spec;
 

@@ -31,10 +31,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
 
 use crate::error::{Error, Result};
-use crate::image::{
-    apply_layer_file, host_arch, now_ms, parse_config, valid_image_name, Image, ImageMeta,
-    ImageStore,
-};
+use crate::image::{now_ms, valid_image_name, Image, ImageMeta, ImageStore};
+use crate::layers::{apply_layer_file, host_arch, parse_config};
 
 /// Largest image config blob accepted (they are a few KiB in practice).
 const MAX_CONFIG_BYTES: i64 = 16 << 20;

@@ -1,0 +1,277 @@
+//! The container's root filesystem, set up in the container's own mount namespace: the overlay
+//! over the image, `/work`, `/proc` (with the usual entries masked or read-only), a minimal
+//! `/dev`, a read-only `/sys`, then `pivot_root`; and the loopback interface of a private
+//! network. Runs in the forked child only (see [`crate::container`]).
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, pivot_root};
+
+/// The paths [`setup_rootfs`] mounts.
+pub(crate) struct RootfsPlan<'a> {
+    /// The image's root filesystem (the overlay's lower layer).
+    pub rootfs: &'a Path,
+    /// The mount point, `<dir>/ctr/root`.
+    pub root: &'a Path,
+    /// The overlay's upper and work directories.
+    pub upper: &'a Path,
+    /// The overlay's work directory.
+    pub ovl_work: &'a Path,
+    /// The attempt's workspace, bound on `/work`.
+    pub workspace: &'a Path,
+}
+
+/// Device nodes bind-mounted from the host into the container's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `/proc` entries made read-only and entries hidden behind `/dev/null`.
+const PROC_READONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+const PROC_MASKED: [&str; 5] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+];
+
+pub(crate) fn errno_msg(what: impl std::fmt::Display, e: nix::errno::Errno) -> String {
+    format!("{what}: {e}")
+}
+
+pub(crate) fn do_mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(src, target, fstype, flags, data).map_err(|e| {
+        errno_msg(
+            format_args!(
+                "cannot mount {} on {} (type {}, options {:?})",
+                src.map(|s| s.display().to_string()).unwrap_or_default(),
+                target.display(),
+                fstype.unwrap_or("bind"),
+                data.unwrap_or("")
+            ),
+            e,
+        )
+    })
+}
+
+pub(crate) fn mkdirs(p: &Path) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+}
+
+/// Mount the overlay and the pseudo filesystems, then pivot into it.
+pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
+    let root = &p.root;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        p.rootfs.display(),
+        p.upper.display(),
+        p.ovl_work.display()
+    );
+    if let Err(first) = do_mount(
+        Some(Path::new("overlay")),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    ) {
+        // The attempt directory's filesystem cannot hold an overlay upper
+        // layer (e.g. it is itself an overlayfs or NFS): keep the writes in
+        // a tmpfs private to this mount namespace instead.
+        do_mount(
+            Some(Path::new("tmpfs")),
+            p.upper,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=755"),
+        )
+        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
+        let (u, w) = (p.upper.join("u"), p.upper.join("w"));
+        mkdirs(&u)?;
+        mkdirs(&w)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            p.rootfs.display(),
+            u.display(),
+            w.display()
+        );
+        do_mount(
+            Some(Path::new("overlay")),
+            root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&opts),
+        )
+        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
+    }
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    // /work: the attempt's workspace.
+    let work = root.join("work");
+    mkdirs(&work)?;
+    do_mount(
+        Some(p.workspace),
+        &work,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+
+    // /proc, with the usual sensitive entries masked or read-only.
+    let proc_ = root.join("proc");
+    mkdirs(&proc_)?;
+    do_mount(
+        Some(Path::new("proc")),
+        &proc_,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None,
+    )?;
+
+    // /dev: a small tmpfs with bind-mounted host device nodes.
+    let dev = root.join("dev");
+    mkdirs(&dev)?;
+    do_mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )?;
+    for name in DEVICES {
+        let host = Path::new("/dev").join(name);
+        if fs::metadata(&host).is_err() {
+            continue;
+        }
+        let target = dev.join(name);
+        File::create(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        do_mount(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = dev.join("pts");
+    mkdirs(&pts)?;
+    do_mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdirs(&shm)?;
+    do_mount(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let mqueue = dev.join("mqueue");
+    mkdirs(&mqueue)?;
+    // Best effort: needs CONFIG_POSIX_MQUEUE.
+    let _ = do_mount(
+        Some(Path::new("mqueue")),
+        &mqueue,
+        Some("mqueue"),
+        nosuid_nodev_noexec,
+        None,
+    );
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link))
+            .map_err(|e| format!("cannot create {}: {e}", dev.join(link).display()))?;
+    }
+    fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777))
+        .map_err(|e| format!("cannot chmod {}: {e}", shm.display()))?;
+
+    // /sys, read-only. A fresh sysfs needs a network namespace we own; with
+    // the host network fall back to a read-only recursive bind.
+    let sys = root.join("sys");
+    mkdirs(&sys)?;
+    let ro = MsFlags::MS_RDONLY | nosuid_nodev_noexec;
+    if do_mount(Some(Path::new("sysfs")), &sys, Some("sysfs"), ro, None).is_err() {
+        do_mount(
+            Some(Path::new("/sys")),
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        do_mount(
+            None,
+            &sys,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+            None,
+        )?;
+    }
+
+    for name in PROC_READONLY {
+        let t = proc_.join(name);
+        if fs::symlink_metadata(&t).is_err() {
+            continue;
+        }
+        do_mount(Some(&t), &t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        do_mount(
+            None,
+            &t,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+            None,
+        )?;
+    }
+    for name in PROC_MASKED {
+        let t = proc_.join(name);
+        if fs::metadata(&t).map(|m| m.is_file()).unwrap_or(false) {
+            do_mount(Some(&dev.join("null")), &t, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+
+    // Enter the new root; the old one is stacked below it and detached.
+    chdir(*root).map_err(|e| errno_msg(format_args!("cannot enter {}", root.display()), e))?;
+    pivot_root(".", ".").map_err(|e| errno_msg("pivot_root", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| errno_msg("cannot detach the old root", e))?;
+    chdir("/").map_err(|e| errno_msg("chdir /", e))?;
+    Ok(())
+}
+
+/// Bring the loopback interface of the (new) network namespace up.
+pub(crate) fn loopback_up() -> Result<(), String> {
+    // SAFETY: socket/ioctl with a zero-initialised, correctly sized ifreq
+    // whose name is NUL-terminated; the fd is wrapped so it is closed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", io::Error::last_os_error()));
+        }
+        let _guard = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(format!("SIOCGIFFLAGS lo: {}", io::Error::last_os_error()));
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(format!(
+                "cannot bring lo up: {}",
+                io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
