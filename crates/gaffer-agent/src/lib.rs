@@ -13,15 +13,21 @@
 //! the server says `Forget`, i.e. after the server has durably recorded the end.
 #![deny(missing_docs)]
 
+mod files;
 pub mod images;
 pub mod journal;
+mod launch;
 pub mod remote;
+mod report;
+
+use report::lost;
+pub use report::result_from_status;
 
 use gaffer_api::proto::{
     AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,
 };
 use gaffer_api::{AttemptKey, JobId, UnixMs};
-use gaffer_runtime::{AttemptStatus, EndReason, LaunchSpec, Probe};
+use gaffer_runtime::{LaunchSpec, Probe};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -120,41 +126,6 @@ fn now_ms() -> UnixMs {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Converts the shim's status into the wire result.
-pub fn result_from_status(s: &AttemptStatus) -> AttemptResult {
-    AttemptResult {
-        kind: match s.reason {
-            EndReason::Exited => EndKind::Exited,
-            EndReason::TimedOut => EndKind::TimedOut,
-            EndReason::Killed => EndKind::Killed,
-            EndReason::SpawnFailed => EndKind::SpawnFailed,
-            EndReason::OomKilled => EndKind::OomKilled,
-        },
-        exit_code: s.exit_code,
-        signal: s.signal,
-        started_at: Some(s.started_at_ms),
-        ended_at: s.ended_at_ms,
-        max_rss_bytes: s.max_rss_bytes,
-        cpu_secs: s.cpu_secs,
-        outputs: s.outputs.clone(),
-        message: s.message.clone(),
-    }
-}
-
-fn lost(message: String) -> AttemptResult {
-    AttemptResult {
-        kind: EndKind::Lost,
-        exit_code: None,
-        signal: None,
-        started_at: None,
-        ended_at: now_ms(),
-        max_rss_bytes: None,
-        cpu_secs: None,
-        outputs: Vec::new(),
-        message: Some(message),
-    }
 }
 
 /// The environment every task starts from, taken from the agent's own.
@@ -387,74 +358,6 @@ impl Inner {
         self.cfg.containers
     }
 
-    /// Builds the launch spec of a container task from its image.
-    fn container_spec(
-        &self,
-        l: &TaskLaunch,
-        image: &str,
-    ) -> std::result::Result<LaunchSpec, String> {
-        let store = gaffer_runtime::ImageStore::new(&self.cfg.data_dir);
-        let img = store
-            .get(image)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image `{image}` is not on node {}", self.cfg.name))?;
-        let (uid, gid) = match &l.user {
-            Some(u) => {
-                let (uid, gid) = gaffer_api::spec::parse_user(u)?;
-                (uid, gid.unwrap_or(uid))
-            }
-            None => img
-                .config
-                .resolve_user(&img.rootfs)
-                .map_err(|e| e.to_string())?
-                .unwrap_or((65534, 65534)),
-        };
-        let mut env = img.config.merged_env(&l.env);
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push((
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            ));
-        }
-        let hostname: String = format!("{}-{}", l.name, l.key.index)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .take(63)
-            .collect();
-        Ok(LaunchSpec {
-            argv: img.config.argv(&l.argv),
-            env,
-            cwd: Some(PathBuf::from(
-                l.workdir
-                    .clone()
-                    .or_else(|| img.config.workdir.clone().filter(|w| !w.is_empty()))
-                    .unwrap_or_else(|| "/work".into()),
-            )),
-            timeout_ms: l.timeout_ms,
-            kill_grace_ms: l.kill_grace_ms,
-            outputs: l.outputs.clone(),
-            container: Some(gaffer_runtime::ContainerSpec {
-                rootfs: img.rootfs.clone(),
-                hostname,
-                uid,
-                gid,
-                network: match l.network {
-                    Some(gaffer_api::Network::None) => gaffer_runtime::Network::None,
-                    Some(gaffer_api::Network::Host) | None => gaffer_runtime::Network::Host,
-                },
-                cpus: Some(l.cpus),
-                memory: l.memory,
-                pids: l.pids,
-            }),
-        })
-    }
-
     fn send(&self, msg: AgentMsg) {
         self.try_send(msg);
     }
@@ -498,56 +401,6 @@ impl Inner {
             }
         }
         reports
-    }
-
-    /// Reads part of an attempt file for the server (remote `logs -f`, output downloads).
-    fn read_file(&self, req: u64, key: AttemptKey, path: &str, offset: u64, max: u32) -> AgentMsg {
-        use base64::Engine as _;
-        use std::io::{Read, Seek, SeekFrom};
-        let dir = self.cfg.attempt_dir(&key);
-        // Ended: the status is written, or nothing here runs or will run it (an attempt told
-        // to start but not yet spawned is in the journal, not yet watched).
-        let ended = dir.join("status.json").exists()
-            || (!lock(&self.watched).contains(&key) && !self.journal.contains(&key));
-        let allowed = path == "stdout"
-            || path == "stderr"
-            || (path.starts_with("outputs/")
-                && !path.split('/').any(|c| c == ".." || c.is_empty()));
-        let fail = |e: String| AgentMsg::FileData {
-            req,
-            data: String::new(),
-            ended,
-            error: Some(e),
-        };
-        if !allowed {
-            return fail(format!("`{path}` is not an attempt file"));
-        }
-        let mut f = match std::fs::File::open(dir.join(path)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !path.starts_with("outputs/") => {
-                // The task has not written anything yet.
-                return AgentMsg::FileData {
-                    req,
-                    data: String::new(),
-                    ended,
-                    error: None,
-                };
-            }
-            Err(e) => return fail(format!("{key} {path}: {e}")),
-        };
-        let mut buf = vec![0u8; max.min(1 << 20) as usize];
-        let n = f
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read(&mut buf));
-        match n {
-            Ok(n) => AgentMsg::FileData {
-                req,
-                data: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
-                ended,
-                error: None,
-            },
-            Err(e) => fail(format!("{key} {path}: {e}")),
-        }
     }
 
     /// Polls a shim this process did not start until it ends.
