@@ -79,15 +79,7 @@ fn import_busybox(dev: &Dev) {
     }
     std::fs::write(root.join("etc/marker"), "pristine\n").unwrap();
     let tarball = dev.tmp.path().join("busybox.tar.gz");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-czf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    util::tar_dir(&root, &tarball);
     // Through the server, with only GAFFER_ADDR set: the dev runs on a non-default data dir.
     let out = dev
         .gaffer(&["image", "import", "busybox", tarball.to_str().unwrap()])

@@ -715,15 +715,7 @@ fn image_rm_removes_an_imported_image_and_says_so_for_a_missing_one() {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/hello"), "hi\n").unwrap();
     let tarball = dev.tmp.path().join("img.tar");
-    let st = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    tar_dir(&root, &tarball);
     let agent = dev.data.join("agent");
     let agent = agent.to_str().unwrap();
     dev.gaffer(&[

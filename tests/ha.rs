@@ -70,15 +70,7 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     std::fs::create_dir_all(scratch.path().join("rootfs/etc")).unwrap();
     std::fs::write(scratch.path().join("rootfs/etc/motd"), "hi\n").unwrap();
     let tarball = scratch.path().join("tiny.tar");
-    let st = std::process::Command::new("tar")
-        .arg("-C")
-        .arg(scratch.path().join("rootfs"))
-        .arg("-cf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    util::tar_dir(&scratch.path().join("rootfs"), &tarball);
     let first = cli(&["image", "import", "tiny", tarball.to_str().unwrap()]).ok();
     assert!(first.stdout.contains("imported"), "{first:?}");
     let again = cli(&["image", "import", "tiny2", tarball.to_str().unwrap()]).ok();

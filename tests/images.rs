@@ -14,7 +14,6 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use util::Dev;
 
@@ -50,15 +49,7 @@ fn rootfs_tarball(dir: &Path) -> PathBuf {
         }
     }
     let tarball = dir.join("rootfs.tar.gz");
-    let st = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-czf")
-        .arg(&tarball)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(st.success());
+    util::tar_dir(&root, &tarball);
     tarball
 }
 

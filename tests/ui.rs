@@ -467,15 +467,7 @@ fn the_nodes_page_shows_the_node_and_drains_and_enables_it() {
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("etc/motd"), "hello\n").unwrap();
         let tarball = dev.tmp.path().join("tools.tar");
-        let st = std::process::Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        util::tar_dir(&root, &tarball);
         dev.gaffer(&["image", "import", "tools", tarball.to_str().unwrap()])
             .ok();
         let b = Browser::start().await;

@@ -550,3 +550,22 @@ pub fn unique(tag: &str) -> String {
         .unwrap_or(0);
     format!("{tag}-{}-{t}", std::process::id())
 }
+
+/// Packs the directory `src` into the tarball `dest` with the system `tar` (gzipped when `dest`
+/// ends in `.gz`), as a user would make an image to import.
+pub fn tar_dir(src: &Path, dest: &Path) {
+    let z = if dest.extension().is_some_and(|e| e == "gz") {
+        "-czf"
+    } else {
+        "-cf"
+    };
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(src)
+        .arg(z)
+        .arg(dest)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(st.success(), "tar of {} failed", src.display());
+}
