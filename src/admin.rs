@@ -823,7 +823,7 @@ fn snapshot(fmt: Format, a: SnapshotArgs) -> Result<i32> {
     let mut out = SnapshotOut::create(&a.file)?;
     let header = Header {
         gaffer_snapshot: VERSION,
-        created_at: crate::commands::now_ms(),
+        created_at: gaffer_api::now_ms(),
         source: src.desc.clone(),
         gaffer_version: env!("CARGO_PKG_VERSION").into(),
         jobs: total,
@@ -1291,7 +1291,7 @@ fn open_input(file: &Path) -> Result<(File, String)> {
     let path = dir.join(format!(
         "gaffer-restore-{}-{}",
         std::process::id(),
-        crate::commands::now_ms()
+        gaffer_api::now_ms()
     ));
     let mut f = {
         use std::os::unix::fs::OpenOptionsExt;

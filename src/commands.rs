@@ -7,19 +7,13 @@ use crate::cli::{
 };
 use crate::client::{enc, Client};
 use anyhow::{anyhow, bail, Context, Result};
+use gaffer_api::now_ms;
 use gaffer_api::views::{
     EventView, JobDetail, JobPage, JobView, NodeView, OutputFile, ServersView, SubmitResponse,
 };
 use gaffer_api::{ByteSize, JobId, JobSpec, Resources, TaskState};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 fn job_id(s: &str) -> Result<JobId> {
     s.parse()

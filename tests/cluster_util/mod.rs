@@ -13,6 +13,7 @@
 pub use crate::util::{
     all_pids, is_zombie_or_gone, proc_entries, run_cmd, wait_child, wait_until, Out,
 };
+pub use gaffer_api::now_ms;
 use serde_json::{json, Value};
 use std::fs::File;
 use std::net::TcpListener;
@@ -38,14 +39,6 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn next_serial() -> u32 {
     COUNTER.fetch_add(1, Ordering::SeqCst)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs `ip ARGS`; the error is its stderr.

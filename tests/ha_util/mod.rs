@@ -34,7 +34,7 @@ impl Bridge {
     /// A bridge with `n` namespaces attached.
     pub fn create(n: usize) -> Result<Bridge, String> {
         let pid = std::process::id();
-        let serial = (crate::cluster_util::now_ms() % 10_000) as u32;
+        let serial = (gaffer_api::now_ms() % 10_000) as u32;
         let (octet, lock) = Net::reserve_subnet(pid, serial)?;
         let name = format!("gb{pid:x}{octet:x}");
         let mut b = Bridge {
@@ -210,7 +210,7 @@ impl Ha {
             marker: format!(
                 "ha-{}-{}",
                 std::process::id(),
-                crate::cluster_util::now_ms() % 1_000_000_000
+                gaffer_api::now_ms() % 1_000_000_000
             ),
             servers: (0..servers)
                 .map(|_| Proc {

@@ -20,13 +20,14 @@ mod launch;
 pub mod remote;
 mod report;
 
+use gaffer_api::now_ms;
 use report::lost;
 pub use report::result_from_status;
 
 use gaffer_api::proto::{
     AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,
 };
-use gaffer_api::{AttemptKey, JobId, UnixMs};
+use gaffer_api::{AttemptKey, JobId};
 use gaffer_runtime::{LaunchSpec, Probe};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -119,13 +120,6 @@ pub fn meminfo(field: &str) -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-fn now_ms() -> UnixMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The environment every task starts from, taken from the agent's own.

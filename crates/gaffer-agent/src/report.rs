@@ -1,6 +1,6 @@
 //! How an attempt's end is told to the server.
 
-use crate::now_ms;
+use gaffer_api::now_ms;
 use gaffer_api::proto::{AttemptResult, EndKind};
 use gaffer_runtime::{AttemptStatus, EndReason};
 

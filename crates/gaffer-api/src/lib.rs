@@ -22,5 +22,14 @@ pub use units::{ByteSize, DurationSpec};
 /// Milliseconds since the Unix epoch; every timestamp on the wire uses it.
 pub type UnixMs = u64;
 
+/// The wall clock in [`UnixMs`] (0 if the clock is set before 1970). The one place gaffer reads
+/// the time of day; the server's core never calls it from its rules but is handed `now`.
+pub fn now_ms() -> UnixMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Largest array a single job may declare.
 pub const MAX_ARRAY: u32 = 1_000_000;

@@ -20,11 +20,11 @@
 //! registry ([`ImageStore::pull`]) is in [`crate::pull`]; unpacking is in [`crate::layers`]; it shares the
 //! staging, layer application and config parsing of this module.
 
+use gaffer_api::now_ms;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -102,13 +102,6 @@ impl std::fmt::Debug for ImageStore {
             .field("busy", &self.busy.is_some())
             .finish()
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Removes a staging directory unless disarmed.

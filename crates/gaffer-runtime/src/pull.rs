@@ -31,8 +31,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWrite;
 
 use crate::error::{Error, Result};
-use crate::image::{now_ms, valid_image_name, Image, ImageMeta, ImageStore};
+use crate::image::{valid_image_name, Image, ImageMeta, ImageStore};
 use crate::layers::{apply_layer_file, host_arch, parse_config};
+use gaffer_api::now_ms;
 
 /// Largest image config blob accepted (they are a few KiB in practice).
 const MAX_CONFIG_BYTES: i64 = 16 << 20;

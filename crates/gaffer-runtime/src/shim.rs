@@ -15,10 +15,11 @@
 //! does not talk to the agent other than through files in the attempt
 //! directory and its exit.
 
+use gaffer_api::now_ms;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -34,13 +35,6 @@ use crate::fsutil::{self, PID_FILE, SPEC_FILE, STATUS_FILE};
 use crate::outputs;
 use crate::procfs;
 use crate::spec::{AttemptStatus, EndReason, LaunchSpec};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Format a millisecond duration as seconds without useless decimals:
 /// 2000 -> "2s", 300 -> "0.3s", 1250 -> "1.25s".

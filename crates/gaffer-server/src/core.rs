@@ -11,6 +11,7 @@
 //! store by the API.
 
 use crate::shared::Shared;
+use gaffer_api::now_ms;
 use gaffer_api::proto::{
     AgentMsg, AttemptReport, AttemptResult, EndKind, NodeInfo, ServerMsg, TaskLaunch,
 };
@@ -230,14 +231,6 @@ impl CoreHandle {
     pub async fn enable(&self, node: String) -> Result<(), CoreError> {
         self.ask(|reply| Command::Enable { node, reply }).await
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> UnixMs {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 struct TaskRt {

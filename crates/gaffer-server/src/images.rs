@@ -370,7 +370,7 @@ impl Catalog {
             digest: digest.to_string(),
             size,
             format,
-            imported_at: crate::core::now_ms(),
+            imported_at: gaffer_api::now_ms(),
         };
         let old = images.insert(name.to_string(), image.clone());
         if let Err(e) = self.save(images) {

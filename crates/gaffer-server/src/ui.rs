@@ -8,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use gaffer_api::now_ms;
 use serde::Serialize;
 
 /// An embedded file: path under `/ui/`, content type, bytes.
@@ -140,13 +141,6 @@ pub struct Timeline {
 
 const STEP: u64 = 60_000;
 const MINUTES: u64 = 60;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Fills the 60 minutes ending with the one holding `now` from the sparse store answer.
 fn fill(now: u64, rows: &[(u64, u64, u64)]) -> Vec<TimelineMinute> {
