@@ -134,6 +134,9 @@ impl From<CoreError> for AppError {
             CoreError::Conflict(m) => AppError::new(StatusCode::CONFLICT, m),
             CoreError::Invalid(f) => AppError::fields(f),
             CoreError::Unavailable(m) => AppError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            CoreError::Illegal(e) => {
+                AppError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 }

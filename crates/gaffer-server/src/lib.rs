@@ -21,7 +21,7 @@ pub mod routes;
 pub mod shared;
 pub mod ui;
 
-use crate::core::{Command, Core, CoreConfig, CoreHandle};
+use crate::core::{Command, Core, CoreConfig, CoreHandle, LiveEffects};
 use crate::files::Files;
 use crate::http::AppState;
 use crate::shared::Shared;
@@ -83,7 +83,8 @@ impl Server {
     pub fn start(opts: ServerOptions) -> Result<Server, ServerError> {
         let shared = Arc::new(Shared::new());
         let (pull_tx, mut pull_rx) = tokio::sync::mpsc::unbounded_channel::<core::OutputPull>();
-        let core = Core::load(opts.store.clone(), shared.clone(), opts.core, pull_tx)?;
+        let effects = LiveEffects::new(shared.clone(), pull_tx);
+        let core = Core::load(opts.store.clone(), effects, opts.core, gaffer_api::now_ms())?;
         let (tx, rx) = std::sync::mpsc::channel::<Command>();
         let thread = std::thread::Builder::new()
             .name("gaffer-core".into())

@@ -1,0 +1,200 @@
+//! Rules for attempts: one starts, one ends (and is retried or not), a retry's back-off passes.
+
+use super::transition::{after_end, classify, move_task, AfterEnd, Ended};
+use super::{Core, CoreError, Effects};
+use gaffer_api::proto::{AttemptResult, ServerMsg};
+use gaffer_api::views::AttemptView;
+use gaffer_api::{AttemptKey, TaskState, UnixMs};
+use std::cmp::Reverse;
+
+impl<E: Effects> Core<E> {
+    /// The agent started attempt `key` at `at`.
+    pub(super) fn mark_running(
+        &mut self,
+        key: AttemptKey,
+        at: UnixMs,
+        now: UnixMs,
+    ) -> Result<(), CoreError> {
+        let Some(job) = self.jobs.get_mut(&key.job) else {
+            return Ok(());
+        };
+        let Some(t) = job.tasks.get_mut(&key.index) else {
+            return Ok(());
+        };
+        // A report for an older attempt, or a repeated one.
+        if t.attempt != key.attempt || t.state != TaskState::Assigned {
+            return Ok(());
+        }
+        move_task(
+            &mut job.row.counts,
+            key.job,
+            key.index,
+            t,
+            TaskState::Running,
+        )?;
+        t.started_at = Some(at);
+        let node = t.node.clone().unwrap_or_default();
+        self.batch.tasks.push(t.row(key.job, key.index));
+        self.batch.attempts.push((
+            key.job,
+            key.index,
+            AttemptView {
+                attempt: key.attempt,
+                node,
+                state: TaskState::Running,
+                started_at: Some(at),
+                ended_at: None,
+                exit_code: None,
+                signal: None,
+                message: None,
+                max_rss_bytes: None,
+                cpu_secs: None,
+                outputs: Vec::new(),
+            },
+        ));
+        self.stats.tasks_started += 1;
+        self.event(
+            now,
+            key.job,
+            Some((key.index, key.attempt)),
+            Some("assigned"),
+            "running",
+            String::new(),
+        );
+        self.touch_job(key.job, now);
+        Ok(())
+    }
+
+    /// Attempt `key` on `node` ended with `result`. With `forget`, the agent is told to drop
+    /// its record of the attempt (it keeps reporting it until then).
+    pub(super) fn attempt_ended(
+        &mut self,
+        node: &str,
+        key: AttemptKey,
+        result: AttemptResult,
+        now: UnixMs,
+        forget: bool,
+    ) -> Result<(), CoreError> {
+        if forget {
+            self.fx.send(node, ServerMsg::Forget { key });
+        }
+        let Some(job) = self.jobs.get_mut(&key.job) else {
+            return Ok(());
+        };
+        let Some(t) = job.tasks.get_mut(&key.index) else {
+            return Ok(());
+        };
+        // A report for an older attempt, or a repeated one.
+        if t.attempt != key.attempt || !t.is_placed() {
+            return Ok(());
+        }
+        if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
+            n.ledger.release(key);
+        }
+        let (mut end, mut message) = classify(&result);
+        let migrated = self.migrating.remove(&key);
+        if job.row.kill_requested && end != TaskState::Succeeded {
+            end = TaskState::Killed;
+        } else if migrated && end != TaskState::Succeeded {
+            end = TaskState::Lost;
+            message = format!("moved off draining node {node}");
+        }
+        let from = move_task(&mut job.row.counts, key.job, key.index, t, end)?;
+        let attempt = AttemptView {
+            attempt: key.attempt,
+            node: t.node.clone().unwrap_or_default(),
+            state: end,
+            started_at: result.started_at.or(t.started_at),
+            ended_at: Some(result.ended_at),
+            exit_code: result.exit_code,
+            signal: result.signal,
+            message: Some(message.clone()),
+            max_rss_bytes: result.max_rss_bytes,
+            cpu_secs: result.cpu_secs,
+            outputs: result.outputs.clone(),
+        };
+        self.batch.attempts.push((key.job, key.index, attempt));
+        if !result.outputs.is_empty() {
+            self.fx
+                .pull_outputs((node.to_string(), key, result.outputs.clone()));
+        }
+        self.stats.tasks_finished += 1;
+        let next = after_end(
+            &job.row.spec,
+            Ended {
+                end,
+                attempt: t.attempt,
+                lost: t.lost,
+                kill_requested: job.row.kill_requested,
+                migrated,
+            },
+            self.cfg.max_lost,
+        );
+        t.node = Some(node.to_string());
+        t.started_at = None;
+        let at = Some((key.index, key.attempt));
+        match next {
+            AfterEnd::Retry { delay, free } => {
+                move_task(
+                    &mut job.row.counts,
+                    key.job,
+                    key.index,
+                    t,
+                    TaskState::Pending,
+                )?;
+                if free {
+                    t.lost += 1;
+                }
+                t.not_before = Some(now + delay);
+                self.timers.push(Reverse((now + delay, key.job, key.index)));
+                self.batch.tasks.push(t.row(key.job, key.index));
+                self.event(now, key.job, at, Some(from.as_str()), end.as_str(), message);
+                self.event(
+                    now,
+                    key.job,
+                    at,
+                    Some(end.as_str()),
+                    "pending",
+                    format!("retry in {}", gaffer_api::DurationSpec(delay)),
+                );
+            }
+            AfterEnd::Stay => {
+                t.not_before = None;
+                let row = t.row(key.job, key.index);
+                job.tasks.remove(&key.index);
+                self.batch.tasks.push(row);
+                self.event(now, key.job, at, Some(from.as_str()), end.as_str(), message);
+            }
+        }
+        self.touch_job(key.job, now);
+        Ok(())
+    }
+
+    /// Retries whose back-off has passed become placeable.
+    pub(super) fn fire_timers(&mut self, now: UnixMs) {
+        while let Some(Reverse((at, jid, idx))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(job) = self.jobs.get_mut(&jid) else {
+                continue;
+            };
+            let Some(t) = job.tasks.get_mut(&idx) else {
+                continue;
+            };
+            if t.state == TaskState::Pending
+                && t.not_before.unwrap_or(0) <= now
+                && !job.ready.contains(&idx)
+            {
+                job.ready.push_back(idx);
+                self.requeue(jid);
+            }
+        }
+    }
+
+    /// When the next retry timer is due.
+    pub(super) fn next_timer(&self) -> Option<UnixMs> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+}

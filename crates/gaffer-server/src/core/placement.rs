@@ -1,0 +1,214 @@
+//! The placement round: queued jobs in priority order (FIFO within a priority) are offered to
+//! `gaffer-sched` one task at a time; each placed task becomes an attempt and a launch message
+//! to its node. A job that cannot be placed gets a pending reason naming what is missing.
+
+use super::model::{strategy_of, ActiveJob, QueueKey, TaskRt};
+use super::transition::move_task;
+use super::{Core, CoreError, Effects};
+use gaffer_api::proto::{ServerMsg, TaskLaunch};
+use gaffer_api::spec::DEFAULT_KILL_GRACE;
+use gaffer_api::views::AttemptView;
+use gaffer_api::{AttemptKey, JobId, TaskState, UnixMs};
+use gaffer_sched::{NodeCapacity, Scheduler};
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+impl<E: Effects> Core<E> {
+    /// One placement round.
+    pub(super) fn schedule(&mut self, now: UnixMs) -> Result<(), CoreError> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let mut names: Vec<String> = self.nodes.keys().cloned().collect();
+        names.sort();
+        let caps: Vec<NodeCapacity> = names.iter().map(|n| self.capacity(n)).collect();
+        let totals = names
+            .iter()
+            .map(|n| (self.nodes[n].info.cpus, self.nodes[n].info.memory))
+            .collect();
+        let mut sched = Scheduler::new(caps, totals);
+        let mut cursor: Option<QueueKey> = None;
+        while !sched.exhausted() {
+            let next = match cursor {
+                None => self.queue.iter().next().copied(),
+                Some(c) => self
+                    .queue
+                    .range((Bound::Excluded(c), Bound::Unbounded))
+                    .next()
+                    .copied(),
+            };
+            let Some(entry) = next else { break };
+            cursor = Some(entry);
+            let jid = entry.1;
+            let demand = self.jobs[&jid].demand();
+            let strategy = strategy_of(self.jobs[&jid].row.spec.strategy, self.cfg.strategy);
+            let mut placed_any = false;
+            while self.jobs[&jid].has_work() {
+                match sched.place(&demand, strategy) {
+                    Ok(i) => {
+                        placed_any = true;
+                        self.assign(jid, &names[i], now)?;
+                    }
+                    Err(why) => {
+                        self.fx.set_reason(jid, Some(why.to_string()));
+                        break;
+                    }
+                }
+            }
+            if placed_any {
+                self.fx.set_reason(jid, None);
+                self.touch_job(jid, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the scheduler sees of node `name`.
+    fn capacity(&self, name: &str) -> NodeCapacity {
+        let node = &self.nodes[name];
+        NodeCapacity {
+            name: name.to_string(),
+            ready: node.ready(),
+            allow_host_tasks: node.info.allow_host_tasks,
+            cpus_free: (node.info.cpus - node.ledger.cpus()).max(0.0),
+            memory_free: node.info.memory.saturating_sub(node.ledger.memory()),
+            tasks: node.ledger.len() as u32,
+            labels: node.info.labels.clone(),
+            // The catalog's images count as present: the node fetches what it lacks.
+            images: if node.info.containers {
+                node.info
+                    .images
+                    .iter()
+                    .chain(self.catalog.keys())
+                    .cloned()
+                    .collect()
+            } else {
+                Default::default()
+            },
+        }
+    }
+
+    /// Places job `jid`'s next task (a ready retry, else its next fresh task) on `node_name`.
+    fn assign(&mut self, jid: JobId, node_name: &str, now: UnixMs) -> Result<(), CoreError> {
+        let job = self.jobs.get_mut(&jid).expect("queued job is active");
+        let index = match job.ready.pop_front() {
+            Some(i) => i,
+            None => {
+                let i = job.row.next_fresh;
+                job.row.next_fresh += 1;
+                job.tasks.insert(i, TaskRt::fresh());
+                job.row.counts.started += 1;
+                i
+            }
+        };
+        let t = job.tasks.get_mut(&index).expect("task present");
+        move_task(&mut job.row.counts, jid, index, t, TaskState::Assigned)?;
+        t.attempt += 1;
+        t.node = Some(node_name.to_string());
+        t.not_before = None;
+        let key = AttemptKey {
+            job: jid,
+            index,
+            attempt: t.attempt,
+        };
+        let row = t.row(jid, index);
+        let job = &self.jobs[&jid];
+        let launch = launch(job, key, &self.catalog);
+        // The node fetches the catalog's archive unless its copy of the image is that one.
+        let fetching = match (&launch.image, &launch.image_archive) {
+            (Some(name), Some((digest, size))) => {
+                let held = self
+                    .nodes
+                    .get(node_name)
+                    .and_then(|n| n.info.image_digests.get(name));
+                (held != Some(digest)).then(|| {
+                    format!(
+                        "{node_name} is fetching image `{name}` ({}, {}) from the server",
+                        gaffer_api::units::ByteSize(*size),
+                        &digest[..digest.len().min(19)]
+                    )
+                })
+            }
+            _ => None,
+        };
+        let reservation = job.reservation();
+        self.batch.tasks.push(row);
+        self.batch.attempts.push((
+            jid,
+            index,
+            AttemptView {
+                attempt: key.attempt,
+                node: node_name.to_string(),
+                state: TaskState::Assigned,
+                started_at: None,
+                ended_at: None,
+                exit_code: None,
+                signal: None,
+                message: fetching,
+                max_rss_bytes: None,
+                cpu_secs: None,
+                outputs: Vec::new(),
+            },
+        ));
+        self.nodes
+            .get_mut(node_name)
+            .expect("placed on a known node")
+            .ledger
+            .reserve(key, reservation);
+        self.fx.send(node_name, ServerMsg::Start(Box::new(launch)));
+        self.event(
+            now,
+            jid,
+            Some((index, key.attempt)),
+            Some("pending"),
+            "assigned",
+            node_name.to_string(),
+        );
+        Ok(())
+    }
+}
+
+/// The message that tells a node to run attempt `key` of `job`.
+fn launch(
+    job: &ActiveJob,
+    key: AttemptKey,
+    catalog: &BTreeMap<String, (String, u64)>,
+) -> TaskLaunch {
+    let spec = &job.row.spec;
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("GAFFER_JOB_ID".to_string(), key.job.to_string()),
+        ("GAFFER_JOB_NAME".to_string(), job.row.name.clone()),
+        ("GAFFER_TASK_INDEX".to_string(), key.index.to_string()),
+        ("GAFFER_TASK_ID".to_string(), key.task_id()),
+        ("GAFFER_ATTEMPT".to_string(), key.attempt.to_string()),
+        (
+            "GAFFER_ARRAY_SIZE".to_string(),
+            job.row.counts.total.to_string(),
+        ),
+    ]);
+    TaskLaunch {
+        key,
+        name: job.row.name.clone(),
+        argv: spec.argv(),
+        env,
+        workdir: spec.workdir.clone(),
+        image: spec.image.clone(),
+        image_archive: spec
+            .image
+            .as_ref()
+            .and_then(|name| catalog.get(name).cloned()),
+        timeout_ms: spec.timeout.map(|t| t.0),
+        kill_grace_ms: spec.kill_grace.unwrap_or(DEFAULT_KILL_GRACE).0,
+        outputs: spec.outputs.clone(),
+        cpus: spec.cpus(),
+        memory: spec.resources.memory.map(|m| m.0),
+        pids: spec.resources.pids,
+        user: spec.user.clone(),
+        network: spec.network,
+    }
+}
