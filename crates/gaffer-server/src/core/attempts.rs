@@ -1,6 +1,6 @@
 //! Rules for attempts: one starts, one ends (and is retried or not), a retry's back-off passes.
 
-use super::transition::{after_end, classify, move_task, AfterEnd, Ended};
+use super::transition::{after_end, check, classify, move_task, AfterEnd, Ended};
 use super::{Core, CoreError, Effects};
 use gaffer_api::proto::{AttemptResult, ServerMsg};
 use gaffer_api::views::AttemptView;
@@ -88,16 +88,33 @@ impl<E: Effects> Core<E> {
         if t.attempt != key.attempt || !t.is_placed() {
             return Ok(());
         }
-        if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
-            n.ledger.release(key);
-        }
         let (mut end, mut message) = classify(&result);
-        let migrated = self.migrating.remove(&key);
+        let migrated = self.migrating.contains(&key);
         if job.row.kill_requested && end != TaskState::Succeeded {
             end = TaskState::Killed;
         } else if migrated && end != TaskState::Succeeded {
             end = TaskState::Lost;
             message = format!("moved off draining node {node}");
+        }
+        let next = after_end(
+            &job.row.spec,
+            Ended {
+                end,
+                attempt: t.attempt,
+                lost: t.lost,
+                kill_requested: job.row.kill_requested,
+                migrated,
+            },
+            self.cfg.max_lost,
+        );
+        // Both moves are checked before anything changes.
+        check(key.job, key.index, t.state, end)?;
+        if let AfterEnd::Retry { .. } = next {
+            check(key.job, key.index, end, TaskState::Pending)?;
+        }
+        self.migrating.remove(&key);
+        if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
+            n.ledger.release(key);
         }
         let from = move_task(&mut job.row.counts, key.job, key.index, t, end)?;
         let attempt = AttemptView {
@@ -119,17 +136,6 @@ impl<E: Effects> Core<E> {
                 .pull_outputs((node.to_string(), key, result.outputs.clone()));
         }
         self.stats.tasks_finished += 1;
-        let next = after_end(
-            &job.row.spec,
-            Ended {
-                end,
-                attempt: t.attempt,
-                lost: t.lost,
-                kill_requested: job.row.kill_requested,
-                migrated,
-            },
-            self.cfg.max_lost,
-        );
         t.node = Some(node.to_string());
         t.started_at = None;
         let at = Some((key.index, key.attempt));

@@ -114,9 +114,9 @@ impl<E: Effects> Core<E> {
             tracing::error!(error = %e, "commit failed; stopping the core");
             self.broken = true;
         }
-        self.fx.committed(&result);
         let gauges = self.gauges(now);
         self.fx.gauges(gauges);
+        self.fx.committed(&result);
         result.is_ok()
     }
 

@@ -39,7 +39,9 @@ pub struct Gauges {
 }
 
 /// What the core's rules may ask for. Everything but [`Effects::link`], [`Effects::unlink`] and
-/// [`Effects::gauges`] belongs to the current round and takes effect only if it commits.
+/// [`Effects::gauges`] belongs to the current round and takes effect only if it commits. The
+/// driver publishes a round's gauges before it reports the commit, so that an answered caller
+/// finds counters and pending reasons that include its change.
 pub trait Effects {
     /// `node`'s agent is now reached over `tx` (stream number `conn`).
     fn link(&mut self, node: &str, conn: u64, tx: UnboundedSender<ServerMsg>);
@@ -132,24 +134,17 @@ impl Effects for LiveEffects {
     }
 
     fn committed(&mut self, result: &Result<(), CoreError>) {
-        for reply in self.replies.drain(..) {
-            reply(result.clone());
-        }
         if result.is_err() {
+            for reply in self.replies.drain(..) {
+                reply(result.clone());
+            }
             self.outbox.clear();
             self.events.clear();
             self.reasons.clear();
             self.pulls.clear();
             return;
         }
-        for (node, msg) in self.outbox.drain(..) {
-            if let Some((_, tx)) = self.links.get(&node) {
-                let _ = tx.send(msg);
-            }
-        }
-        for e in self.events.drain(..) {
-            let _ = self.shared.events.send(e);
-        }
+        // Reasons first: a caller that reads its job right after the answer sees them.
         if !self.reasons.is_empty() {
             let mut map = self
                 .shared
@@ -162,6 +157,17 @@ impl Effects for LiveEffects {
                     None => map.remove(&job),
                 };
             }
+        }
+        for reply in self.replies.drain(..) {
+            reply(Ok(()));
+        }
+        for (node, msg) in self.outbox.drain(..) {
+            if let Some((_, tx)) = self.links.get(&node) {
+                let _ = tx.send(msg);
+            }
+        }
+        for e in self.events.drain(..) {
+            let _ = self.shared.events.send(e);
         }
         for p in self.pulls.drain(..) {
             let _ = self.pull_tx.send(p);

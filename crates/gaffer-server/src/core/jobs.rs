@@ -3,7 +3,7 @@
 use super::command::Reply;
 use super::model::{ActiveJob, TaskRt};
 use super::transition::{end_untouched, move_task, waiting_reason};
-use super::{Core, CoreError, Effects};
+use super::{refused, Core, CoreError, Effects};
 use gaffer_api::proto::ServerMsg;
 use gaffer_api::state::TaskCounts;
 use gaffer_api::{AttemptKey, FieldError, JobId, JobSpec, JobState, TaskState, UnixMs};
@@ -142,7 +142,10 @@ impl<E: Effects> Core<E> {
         for (&idx, t) in job.tasks.iter_mut() {
             match t.state {
                 TaskState::Pending => {
-                    move_task(&mut job.row.counts, id, idx, t, TaskState::Killed)?;
+                    if let Err(e) = move_task(&mut job.row.counts, id, idx, t, TaskState::Killed) {
+                        refused(&e);
+                        continue;
+                    }
                     t.not_before = None;
                     rows.push(t.row(id, idx));
                     task_events.push((idx, t.attempt));
@@ -206,7 +209,7 @@ impl<E: Effects> Core<E> {
             if let Some(job) = self.jobs.remove(&id) {
                 // Jobs waiting on it will never see it succeed.
                 for dependent in self.dependents.remove(&id).unwrap_or_default() {
-                    self.fail_dependency(dependent, id, JobState::Killed, now)?;
+                    self.fail_dependency(dependent, id, JobState::Killed, now);
                 }
                 self.fx.set_reason(id, None);
                 self.queue.remove(&job.queue_key());
@@ -288,7 +291,11 @@ impl<E: Effects> Core<E> {
                 continue;
             }
             let mut t = TaskRt::from_row(&r);
-            move_task(&mut job.row.counts, id, r.index, &mut t, TaskState::Pending)?;
+            if let Err(e) = move_task(&mut job.row.counts, id, r.index, &mut t, TaskState::Pending)
+            {
+                refused(&e);
+                continue;
+            }
             t.not_before = None;
             self.batch.tasks.push(t.row(id, r.index));
             job.tasks.insert(r.index, t);
@@ -359,8 +366,8 @@ impl<E: Effects> Core<E> {
                     self.fx.set_reason(dependent, reason);
                     self.requeue(dependent);
                 }
-            } else if let Err(e) = self.fail_dependency(dependent, id, new, now) {
-                tracing::error!(error = %e, "refused a task transition (a bug in the core's rules)");
+            } else {
+                self.fail_dependency(dependent, id, new, now);
             }
         }
         self.fx.set_reason(id, None);
@@ -395,7 +402,7 @@ impl<E: Effects> Core<E> {
             }
         }
         if let Some((d, st)) = failed {
-            self.fail_dependency(id, d, st, now)?;
+            self.fail_dependency(id, d, st, now);
         } else if let Some(j) = self.jobs.get(&id) {
             let reason = waiting_reason(&j.waiting_on);
             self.fx.set_reason(id, reason);
@@ -410,16 +417,20 @@ impl<E: Effects> Core<E> {
         dep: JobId,
         dep_state: JobState,
         now: UnixMs,
-    ) -> Result<(), CoreError> {
+    ) {
         let Some(job) = self.jobs.get_mut(&id) else {
-            return Ok(());
+            return;
         };
         let mut rows = Vec::new();
         for (&idx, t) in job.tasks.iter_mut() {
             if t.state == TaskState::Pending {
-                move_task(&mut job.row.counts, id, idx, t, TaskState::DependencyFailed)?;
-                t.not_before = None;
-                rows.push(t.row(id, idx));
+                match move_task(&mut job.row.counts, id, idx, t, TaskState::DependencyFailed) {
+                    Ok(_) => {
+                        t.not_before = None;
+                        rows.push(t.row(id, idx));
+                    }
+                    Err(e) => refused(&e),
+                }
             }
         }
         job.tasks.retain(|_, t| !t.state.is_end());
@@ -439,6 +450,5 @@ impl<E: Effects> Core<E> {
         );
         self.fx.set_reason(id, None);
         self.touch_job(id, now);
-        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use super::model::Node;
 use super::transition::lost_result;
-use super::{Core, CoreError, Effects};
+use super::{refused, Core, CoreError, Effects};
 use gaffer_api::proto::{AgentMsg, AttemptReport, NodeInfo, ServerMsg};
 use gaffer_api::{AttemptKey, TaskState, UnixMs};
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +18,7 @@ impl<E: Effects> Core<E> {
         info: NodeInfo,
         reports: Vec<AttemptReport>,
         now: UnixMs,
-    ) -> Result<(), CoreError> {
+    ) {
         let name = info.name.clone();
         tracing::info!(node = %name, cpus = info.cpus, memory = info.memory, "agent registered");
         let node = self
@@ -62,7 +62,9 @@ impl<E: Effects> Core<E> {
             match reported.remove(&key) {
                 Some(AttemptReport::Running { .. }) => {
                     if state == TaskState::Assigned {
-                        self.mark_running(key, now, now)?;
+                        if let Err(e) = self.mark_running(key, now, now) {
+                            refused(&e);
+                        }
                     }
                     // A kill may have been lost while the agent was away: send it again.
                     let killing = self.migrating.contains(&key)
@@ -75,15 +77,17 @@ impl<E: Effects> Core<E> {
                     }
                 }
                 Some(AttemptReport::Ended { result, .. }) => {
-                    self.attempt_ended(&name, key, result, now, true)?
+                    if let Err(e) = self.attempt_ended(&name, key, result, now, true) {
+                        refused(&e);
+                    }
                 }
-                None => self.attempt_ended(
-                    &name,
-                    key,
-                    lost_result(now, "the agent has no record of this attempt (it never started, or its supervisor vanished)"),
-                    now,
-                    true,
-                )?,
+                None => {
+                    let why = "the agent has no record of this attempt (it never started, or its supervisor vanished)";
+                    if let Err(e) = self.attempt_ended(&name, key, lost_result(now, why), now, true)
+                    {
+                        refused(&e);
+                    }
+                }
             }
         }
         // Attempts the agent has that the core does not: stop them, or let them go.
@@ -93,7 +97,6 @@ impl<E: Effects> Core<E> {
                 AttemptReport::Ended { .. } => self.fx.send(&name, ServerMsg::Forget { key }),
             }
         }
-        Ok(())
     }
 
     /// Stream `conn` of `node` closed (a newer stream of the same node keeps it connected).
@@ -205,7 +208,7 @@ impl<E: Effects> Core<E> {
             // still running when it registers again): it is not told to forget them.
             for key in n.ledger.attempts() {
                 if let Err(e) = self.attempt_ended(&name, key, lost_result(now, &why), now, false) {
-                    tracing::error!(error = %e, "refused a task transition (a bug in the core's rules)");
+                    refused(&e);
                 }
             }
         }

@@ -3,8 +3,8 @@
 //! to its node. A job that cannot be placed gets a pending reason naming what is missing.
 
 use super::model::{strategy_of, ActiveJob, QueueKey, TaskRt};
-use super::transition::move_task;
-use super::{Core, CoreError, Effects};
+use super::transition::{check, move_task};
+use super::{refused, Core, CoreError, Effects};
 use gaffer_api::proto::{ServerMsg, TaskLaunch};
 use gaffer_api::spec::DEFAULT_KILL_GRACE;
 use gaffer_api::views::AttemptView;
@@ -15,9 +15,9 @@ use std::ops::Bound;
 
 impl<E: Effects> Core<E> {
     /// One placement round.
-    pub(super) fn schedule(&mut self, now: UnixMs) -> Result<(), CoreError> {
+    pub(super) fn schedule(&mut self, now: UnixMs) {
         if self.queue.is_empty() {
-            return Ok(());
+            return;
         }
         let mut names: Vec<String> = self.nodes.keys().cloned().collect();
         names.sort();
@@ -45,10 +45,13 @@ impl<E: Effects> Core<E> {
             let mut placed_any = false;
             while self.jobs[&jid].has_work() {
                 match sched.place(&demand, strategy) {
-                    Ok(i) => {
-                        placed_any = true;
-                        self.assign(jid, &names[i], now)?;
-                    }
+                    Ok(i) => match self.assign(jid, &names[i], now) {
+                        Ok(()) => placed_any = true,
+                        Err(e) => {
+                            refused(&e);
+                            break;
+                        }
+                    },
                     Err(why) => {
                         self.fx.set_reason(jid, Some(why.to_string()));
                         break;
@@ -60,7 +63,6 @@ impl<E: Effects> Core<E> {
                 self.touch_job(jid, now);
             }
         }
-        Ok(())
     }
 
     /// What the scheduler sees of node `name`.
@@ -91,6 +93,14 @@ impl<E: Effects> Core<E> {
     /// Places job `jid`'s next task (a ready retry, else its next fresh task) on `node_name`.
     fn assign(&mut self, jid: JobId, node_name: &str, now: UnixMs) -> Result<(), CoreError> {
         let job = self.jobs.get_mut(&jid).expect("queued job is active");
+        // A ready retry must be pending; refuse before anything changes.
+        if let Some((i, t)) = job
+            .ready
+            .front()
+            .and_then(|i| job.tasks.get(i).map(|t| (*i, t)))
+        {
+            check(jid, i, t.state, TaskState::Assigned)?;
+        }
         let index = match job.ready.pop_front() {
             Some(i) => i,
             None => {

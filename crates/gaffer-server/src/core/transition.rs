@@ -34,19 +34,32 @@ pub(super) fn move_task(
     to: TaskState,
 ) -> Result<TaskState, IllegalMove> {
     let from = t.state;
-    if !from.can_become(to) {
-        return Err(IllegalMove {
-            job,
-            index,
-            from,
-            to,
-        });
-    }
+    check(job, index, from, to)?;
     let left = bucket(counts, from);
     *left = left.saturating_sub(1);
     *bucket(counts, to) += 1;
     t.state = to;
     Ok(from)
+}
+
+/// Whether task `index` of `job` may move `from` → `to`. A rule that changes more than the
+/// task checks its moves first, so that a refusal leaves everything as it was.
+pub(super) fn check(
+    job: JobId,
+    index: u32,
+    from: TaskState,
+    to: TaskState,
+) -> Result<(), IllegalMove> {
+    if from.can_become(to) {
+        Ok(())
+    } else {
+        Err(IllegalMove {
+            job,
+            index,
+            from,
+            to,
+        })
+    }
 }
 
 /// Moves every pending task of a job that never had an attempt (so has no [`TaskRt`]) to the

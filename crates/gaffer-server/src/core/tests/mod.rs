@@ -2,6 +2,7 @@
 //! (every round is run at an explicit `now`), and [`Recorder`], an [`Effects`] that keeps what
 //! each committed round released. No agent, thread or socket: each test runs in milliseconds.
 
+mod effects;
 mod jobs;
 mod nodes;
 mod retries;
@@ -73,6 +74,10 @@ impl Effects for Recorder {
             r(result.clone());
         }
         if result.is_ok() {
+            // As on the server, a message to a node whose stream is gone is dropped.
+            let links = &self.links;
+            self.round
+                .retain(|f| !matches!(f, Fx::Send(n, _) if !links.contains_key(n)));
             for f in &self.round {
                 if let Fx::Reason(job, r) = f {
                     match r {

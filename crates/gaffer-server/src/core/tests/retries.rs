@@ -173,6 +173,13 @@ fn a_repeated_or_stale_report_changes_nothing() {
     h.ended(&n, k, EndKind::Exited, Some(0));
     h.started(&n, k);
     assert_eq!(h.task(id, 0), TaskState::Assigned);
+    let row = h.job(id);
+    assert_eq!(row.state, JobState::Running);
+    assert_eq!(
+        (row.counts.running, row.counts.succeeded, row.counts.failed),
+        (1, 0, 0)
+    );
+    assert_eq!(h.attempts(id, 0).len(), 2, "no attempt recorded twice");
     h.run_to_exit(&n2, k2, 0);
     assert_eq!(h.job(id).state, JobState::Succeeded);
     assert_eq!(h.attempts(id, 0).len(), 2);
