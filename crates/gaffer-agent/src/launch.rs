@@ -6,27 +6,84 @@ use gaffer_api::proto::TaskLaunch;
 use gaffer_runtime::LaunchSpec;
 use std::path::PathBuf;
 
+/// Why the agent cannot build a task's launch spec; the text becomes the message of the
+/// attempt's `spawn_failed` result.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LaunchError {
+    /// The task has an image, and this node does not run containers.
+    #[error("node {node} cannot run containers (image `{image}`): it needs root and overlayfs")]
+    NoContainers {
+        /// This node.
+        node: String,
+        /// The task's image.
+        image: String,
+    },
+    /// The task has no image, and this node does not run host processes.
+    #[error("node {node} does not run host processes (start its agent with --allow-host-tasks, or give an image)")]
+    NoHostTasks {
+        /// This node.
+        node: String,
+    },
+    /// The image store could not be read, or the image's user not be resolved in its rootfs.
+    #[error("{source}")]
+    Image {
+        /// The task's image.
+        image: String,
+        /// What the store said.
+        source: gaffer_runtime::Error,
+    },
+    /// The image is not in this node's store.
+    #[error("image `{image}` is not on node {node}")]
+    ImageMissing {
+        /// The task's image.
+        image: String,
+        /// This node.
+        node: String,
+    },
+    /// The task's `user` is not `UID` or `UID:GID` (checked when the job is submitted, so only
+    /// an old or hand-made launch gets here).
+    #[error("{detail}")]
+    User {
+        /// The task's `user`.
+        user: String,
+        /// What is wrong with it (names the value).
+        detail: String,
+    },
+}
+
 impl Inner {
     /// Builds the launch spec of a container task from its image.
     pub(crate) fn container_spec(
         &self,
         l: &TaskLaunch,
         image: &str,
-    ) -> std::result::Result<LaunchSpec, String> {
+    ) -> std::result::Result<LaunchSpec, LaunchError> {
         let store = gaffer_runtime::ImageStore::new(&self.cfg.data_dir);
-        let img = store
-            .get(image)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image `{image}` is not on node {}", self.cfg.name))?;
+        let image_err = |source| LaunchError::Image {
+            image: image.to_string(),
+            source,
+        };
+        let img =
+            store
+                .get(image)
+                .map_err(image_err)?
+                .ok_or_else(|| LaunchError::ImageMissing {
+                    image: image.to_string(),
+                    node: self.cfg.name.clone(),
+                })?;
         let (uid, gid) = match &l.user {
             Some(u) => {
-                let (uid, gid) = gaffer_api::spec::parse_user(u)?;
+                let (uid, gid) =
+                    gaffer_api::spec::parse_user(u).map_err(|detail| LaunchError::User {
+                        user: u.clone(),
+                        detail,
+                    })?;
                 (uid, gid.unwrap_or(uid))
             }
             None => img
                 .config
                 .resolve_user(&img.rootfs)
-                .map_err(|e| e.to_string())?
+                .map_err(image_err)?
                 .unwrap_or((65534, 65534)),
         };
         let mut env = img.config.merged_env(&l.env);

@@ -465,15 +465,14 @@ impl Inner {
             }
         }
         let spec = match &l.image {
-            Some(image) if !self.cfg.containers => Err(format!(
-                "node {} cannot run containers (image `{image}`): it needs root and overlayfs",
-                self.cfg.name
-            )),
+            Some(image) if !self.cfg.containers => Err(launch::LaunchError::NoContainers {
+                node: self.cfg.name.clone(),
+                image: image.clone(),
+            }),
             Some(image) => self.container_spec(&l, image),
-            None if !self.cfg.allow_host_tasks => Err(format!(
-                "node {} does not run host processes (start its agent with --allow-host-tasks, or give an image)",
-                self.cfg.name
-            )),
+            None if !self.cfg.allow_host_tasks => Err(launch::LaunchError::NoHostTasks {
+                node: self.cfg.name.clone(),
+            }),
             None => {
                 let mut env = self.base_env.clone();
                 for (k, v) in l.env {
@@ -493,10 +492,10 @@ impl Inner {
         };
         let spec = match spec {
             Ok(s) => s,
-            Err(msg) => {
+            Err(e) => {
                 let result = AttemptResult {
                     kind: EndKind::SpawnFailed,
-                    ..lost(msg)
+                    ..lost(e.to_string())
                 };
                 self.send(AgentMsg::Ended { key, result });
                 return;

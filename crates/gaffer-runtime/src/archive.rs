@@ -107,7 +107,7 @@ pub fn inspect(path: &Path) -> Result<ArchiveFormat> {
         let rel = match entry_rel_path(&raw) {
             None => None,
             Some(Ok(r)) => Some(r),
-            Some(Err(e)) => return Err(fmt_err(path, e)),
+            Some(Err(e)) => return Err(fmt_err(path, e.to_string())),
         };
         let keep = match rel.as_deref().and_then(Path::to_str) {
             Some("manifest.json") => Some(&mut manifest),

@@ -1,11 +1,10 @@
 //! Capabilities and credentials of a container's processes: Docker's default bounding set,
 //! the switch to the task's user, and capset(2).
 
-use std::io;
-
+use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
 
-use crate::rootfs::errno_msg;
+use crate::error::DriverError;
 
 /// Capabilities kept in the bounding set (Docker's default set): CHOWN,
 /// DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
@@ -36,7 +35,7 @@ pub(crate) fn default_caps_mask() -> u64 {
 /// Shrink the bounding set to [`DEFAULT_CAPS`], clear ambient capabilities,
 /// switch to `uid:gid`, and set effective = permitted = the default set for
 /// uid 0 (nothing for other users; the kernel already cleared them).
-pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), String> {
+pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), DriverError> {
     for cap in 0..=last_cap {
         if DEFAULT_CAPS.contains(&cap) {
             continue;
@@ -44,10 +43,10 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), S
         // SAFETY: prctl with integer arguments only.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc != 0 {
-            let e = io::Error::last_os_error();
+            let e = Errno::last();
             // EINVAL: capability unknown to this kernel.
-            if e.raw_os_error() != Some(libc::EINVAL) {
-                return Err(format!("cannot drop capability {cap}: {e}"));
+            if e != Errno::EINVAL {
+                return Err(DriverError::DropCapability { cap, source: e });
             }
         }
     }
@@ -62,10 +61,18 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), S
         );
     }
     let g = Gid::from_raw(gid);
-    nix::unistd::setgroups(&[g]).map_err(|e| errno_msg("setgroups", e))?;
-    nix::unistd::setresgid(g, g, g).map_err(|e| errno_msg(format_args!("setresgid {gid}"), e))?;
+    nix::unistd::setgroups(&[g]).map_err(DriverError::sys("setgroups", "setgroups"))?;
+    nix::unistd::setresgid(g, g, g).map_err(|source| DriverError::SetId {
+        call: "setresgid",
+        id: gid,
+        source,
+    })?;
     let u = Uid::from_raw(uid);
-    nix::unistd::setresuid(u, u, u).map_err(|e| errno_msg(format_args!("setresuid {uid}"), e))?;
+    nix::unistd::setresuid(u, u, u).map_err(|source| DriverError::SetId {
+        call: "setresuid",
+        id: uid,
+        source,
+    })?;
     let mask = if uid == 0 { default_caps_mask() } else { 0 };
     let mut hdr = CapHeader {
         version: CAP_VERSION_3,
@@ -87,7 +94,7 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), S
     // both valid for the duration of the call.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if rc != 0 {
-        return Err(format!("capset: {}", io::Error::last_os_error()));
+        return Err(DriverError::last_os("capset", "capset"));
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::error::DriverError;
+
 /// Where cgroup filesystems are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Parent directory of every attempt's cgroup, below each hierarchy root.
@@ -91,12 +93,16 @@ fn is_v2() -> bool {
     Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
 }
 
-fn write_file(path: &Path, value: &str) -> Result<(), String> {
+fn write_file(path: &Path, value: &str) -> Result<(), DriverError> {
     fs::OpenOptions::new()
         .write(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
-        .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
+        .map_err(|source| DriverError::CgroupWrite {
+            path: path.to_path_buf(),
+            value: value.to_string(),
+            source,
+        })
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -130,14 +136,14 @@ fn cpu_quota_us(cpus: f64) -> u64 {
 
 impl Cgroup {
     /// The cgroup paths of attempt `id`, without creating anything.
-    pub(crate) fn locate(id: &str) -> Result<Cgroup, String> {
+    pub(crate) fn locate(id: &str) -> Result<Cgroup, DriverError> {
         if is_v2() {
             return Ok(Cgroup::V2 {
                 dir: Path::new(CGROUP_ROOT).join(PARENT).join(id),
             });
         }
         let mounts = fs::read_to_string("/proc/self/mounts")
-            .map_err(|e| format!("cannot read /proc/self/mounts: {e}"))?;
+            .map_err(|e| DriverError::io("read", "/proc/self/mounts", e))?;
         let found = v1_mounts(&mounts);
         let get = |c: &str| {
             found
@@ -152,7 +158,7 @@ impl Cgroup {
             pids: get("pids"),
         };
         if cg.dirs().is_empty() {
-            return Err("no cgroup v1 controller (memory, cpu, cpuacct, pids) is mounted and /sys/fs/cgroup is not cgroup v2".into());
+            return Err(DriverError::NoCgroup);
         }
         Ok(cg)
     }
@@ -180,7 +186,7 @@ impl Cgroup {
 
     /// Create the directories and apply `limits`. On error, whatever was
     /// created is left for [`Cgroup::remove`].
-    pub(crate) fn create(&self, limits: &Limits) -> Result<(), String> {
+    pub(crate) fn create(&self, limits: &Limits) -> Result<(), DriverError> {
         match self {
             Cgroup::V2 { dir } => {
                 let root = Path::new(CGROUP_ROOT);
@@ -239,7 +245,7 @@ impl Cgroup {
 
     /// Move the calling process into the cgroup (writes `0` to every
     /// `cgroup.procs`). Meant for the container's first process.
-    pub(crate) fn join_self(&self) -> Result<(), String> {
+    pub(crate) fn join_self(&self) -> Result<(), DriverError> {
         for d in self.dirs() {
             write_file(&d.join("cgroup.procs"), "0")?;
         }
@@ -305,7 +311,7 @@ impl Cgroup {
 
     /// SIGKILL every member until none is left, then remove the
     /// directories. Waits up to `patience` for exiting processes to leave.
-    pub(crate) fn remove(&self, patience: Duration) -> Result<(), String> {
+    pub(crate) fn remove(&self, patience: Duration) -> Result<(), DriverError> {
         let deadline = Instant::now() + patience;
         let mut errors = Vec::new();
         for d in self.dirs() {
@@ -316,7 +322,10 @@ impl Cgroup {
                     Err(e) => e,
                 };
                 if Instant::now() >= deadline {
-                    errors.push(format!("cannot remove cgroup {}: {err}", d.display()));
+                    errors.push(DriverError::CgroupRemove {
+                        path: d.to_path_buf(),
+                        source: err,
+                    });
                     break;
                 }
                 // Busy: members (or dying zombies) remain.
@@ -324,19 +333,18 @@ impl Cgroup {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        DriverError::all(errors)
     }
 }
 
-fn mkdir(p: &Path) -> Result<(), String> {
+fn mkdir(p: &Path) -> Result<(), DriverError> {
     match fs::create_dir(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(format!("cannot create cgroup {}: {e}", p.display())),
+        Err(source) => Err(DriverError::CgroupCreate {
+            path: p.to_path_buf(),
+            source,
+        }),
     }
 }
 

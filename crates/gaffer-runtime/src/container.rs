@@ -66,6 +66,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
@@ -76,9 +77,9 @@ use sha2::{Digest, Sha256};
 use crate::caps::drop_privileges;
 use crate::cgroup::{Cgroup, Limits};
 use crate::driver::{Driver, Finish, Launch, Task};
-use crate::error::{Error, Result};
+use crate::error::{DriverError, Error, Result};
 use crate::init;
-use crate::rootfs::{do_mount, errno_msg, loopback_up, mkdirs, setup_rootfs, RootfsPlan};
+use crate::rootfs::{do_mount, loopback_up, mkdirs, setup_rootfs, RootfsPlan};
 use crate::spec::{ContainerSpec, Network};
 
 /// The name of the cgroup of the attempt in `dir`:
@@ -136,16 +137,12 @@ pub fn cleanup_attempt(dir: &Path) -> Result<()> {
     match fs::remove_dir_all(&ctr) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => errors.push(format!("cannot remove {}: {e}", ctr.display())),
+        Err(e) => errors.push(DriverError::io("remove", ctr, e)),
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Cleanup {
-            dir: dir.to_path_buf(),
-            detail: errors.join("; "),
-        })
-    }
+    DriverError::all(errors).map_err(|source| Error::Cleanup {
+        dir: dir.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 /// Decode the octal escapes (`\040` etc.) of a mountinfo path field.
@@ -179,25 +176,21 @@ pub(crate) fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
 /// Lazily unmount every mount at or below `dir` in the caller's namespace
 /// (deepest first). Container mounts normally never appear there; this is
 /// a safety net.
-fn unmount_under(dir: &Path) -> Result<(), String> {
+fn unmount_under(dir: &Path) -> Result<(), DriverError> {
     let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        .map_err(|e| DriverError::io("read", "/proc/self/mountinfo", e))?;
     let mut found = mounts_under(&info, &canon);
     found.reverse();
     let mut errors = Vec::new();
     for m in found {
         if let Err(e) = umount2(&m, MntFlags::MNT_DETACH) {
-            if e != nix::errno::Errno::EINVAL && e != nix::errno::Errno::ENOENT {
-                errors.push(format!("cannot unmount {}: {e}", m.display()));
+            if e != Errno::EINVAL && e != Errno::ENOENT {
+                errors.push(DriverError::Unmount { path: m, source: e });
             }
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    DriverError::all(errors)
 }
 
 /// Runs tasks in containers; one instance per attempt.
@@ -239,35 +232,37 @@ struct ChildPlan<'a> {
     stderr: File,
 }
 
-fn check_option_path(p: &Path) -> Result<(), String> {
+fn check_option_path(p: &Path) -> Result<(), DriverError> {
     let s = p.as_os_str().as_bytes();
     if s.iter().any(|c| matches!(c, b',' | b':' | b'\\')) {
-        return Err(format!(
-            "path {} contains ',', ':' or '\\', which overlayfs options cannot carry",
-            p.display()
-        ));
+        return Err(DriverError::OverlayPath {
+            path: p.to_path_buf(),
+        });
     }
     Ok(())
 }
 
-fn cstring(s: &str, what: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{what} contains a NUL byte: {s:?}"))
+fn cstring(s: &str, what: &'static str) -> Result<CString, DriverError> {
+    CString::new(s).map_err(|_| DriverError::Nul {
+        what,
+        value: s.to_string(),
+    })
 }
 
 impl Driver for ContainerDriver {
-    fn start(&mut self, launch: Launch<'_>) -> Result<Task, String> {
+    fn start(&mut self, launch: Launch<'_>) -> Result<Task, DriverError> {
         let spec = launch.spec;
         let c = &self.spec;
         let rootfs = c.rootfs.clone();
         match fs::metadata(&rootfs) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(format!(
-                    "image rootfs {} is not a directory",
-                    rootfs.display()
-                ))
+            Ok(_) => return Err(DriverError::RootfsNotDir { path: rootfs }),
+            Err(source) => {
+                return Err(DriverError::Rootfs {
+                    path: rootfs,
+                    source,
+                })
             }
-            Err(e) => return Err(format!("image rootfs {}: {e}", rootfs.display())),
         }
         let cgroup = Cgroup::locate(&container_id(&self.dir))?;
         self.cgroup = Some(cgroup.clone());
@@ -280,7 +275,7 @@ impl Driver for ContainerDriver {
         let ctr = ctr_dir(&self.dir);
         let (root, upper, ovl_work) = (ctr.join("root"), ctr.join("upper"), ctr.join("work"));
         for d in [&root, &upper, &ovl_work] {
-            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            fs::create_dir_all(d).map_err(|e| DriverError::io("create", d, e))?;
         }
         for p in [&rootfs, &upper, &ovl_work] {
             check_option_path(p)?;
@@ -292,7 +287,12 @@ impl Driver for ContainerDriver {
             Some(Uid::from_raw(c.uid)),
             Some(Gid::from_raw(c.gid)),
         )
-        .map_err(|e| format!("cannot chown {}: {e}", workspace.display()))?;
+        .map_err(|source| DriverError::Chown {
+            path: workspace.clone(),
+            uid: c.uid,
+            gid: c.gid,
+            source,
+        })?;
 
         let argv = spec
             .argv
@@ -308,7 +308,7 @@ impl Driver for ContainerDriver {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(40);
-        let stdin = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+        let stdin = File::open("/dev/null").map_err(|e| DriverError::io("open", "/dev/null", e))?;
         let plan = ChildPlan {
             spec: c,
             cgroup: &cgroup,
@@ -333,19 +333,19 @@ impl Driver for ContainerDriver {
         };
 
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot create pipe: {e}"))?;
+            .map_err(DriverError::sys("pipe2", "cannot create pipe"))?;
         let (status_rd, status_wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("cannot create pipe: {e}"))?;
+            .map_err(DriverError::sys("pipe2", "cannot create pipe"))?;
         // Only the next child of the shim enters the new PID namespace; the
         // shim itself stays where it is (and never forks again).
         unshare(CloneFlags::CLONE_NEWPID)
-            .map_err(|e| format!("cannot create a PID namespace: {e}"))?;
+            .map_err(DriverError::sys("unshare", "cannot create a PID namespace"))?;
         // SAFETY: the shim is single-threaded (documented requirement of
         // shim_main), so the child is a faithful copy in which allocation and
         // any libc call are safe; it only runs `child_main`, which ends in
         // execve or _exit.
         match unsafe { fork() } {
-            Err(e) => Err(format!("cannot fork: {e}")),
+            Err(e) => Err(DriverError::sys("fork", "cannot fork")(e)),
             Ok(ForkResult::Child) => {
                 drop(rd);
                 drop(status_rd);
@@ -353,8 +353,10 @@ impl Driver for ContainerDriver {
                     Ok(never) => match never {},
                     Err(e) => e,
                 };
+                // The error crosses the process boundary as text; the parent
+                // turns it back into a DriverError::InContainer.
                 let mut w = File::from(wr);
-                let _ = w.write_all(err.as_bytes());
+                let _ = w.write_all(err.to_string().as_bytes());
                 // SAFETY: _exit is async-signal-safe and skips atexit
                 // handlers and destructors that belong to the parent's state.
                 unsafe { libc::_exit(127) }
@@ -373,7 +375,7 @@ impl Driver for ContainerDriver {
                     })
                 } else {
                     let _ = waitpid(child, None);
-                    Err(msg)
+                    Err(DriverError::InContainer { message: msg })
                 }
             }
         }
@@ -423,10 +425,11 @@ impl Driver for ContainerDriver {
         match fs::remove_dir_all(&ctr) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(format!("cannot remove {}: {e}", ctr.display())),
+            Err(e) => errors.push(DriverError::io("remove", ctr, e)),
         }
-        if !errors.is_empty() {
-            fin.error = Some(format!("container cleanup: {}", errors.join("; ")));
+        if let Err(e) = DriverError::all(errors) {
+            // Appended to the status message.
+            fin.error = Some(format!("container cleanup: {e}"));
         }
         fin
     }
@@ -437,14 +440,14 @@ fn child_main(
     p: &ChildPlan<'_>,
     status_pipe: OwnedFd,
     setup_err: &OwnedFd,
-) -> Result<Infallible, String> {
+) -> Result<Infallible, DriverError> {
     let c = p.spec;
     for (fd, target) in [
         (p.stdin.as_raw_fd(), 0),
         (p.stdout.as_raw_fd(), 1),
         (p.stderr.as_raw_fd(), 2),
     ] {
-        nix::unistd::dup2(fd, target).map_err(|e| errno_msg("dup2", e))?;
+        nix::unistd::dup2(fd, target).map_err(DriverError::sys("dup2", "dup2"))?;
     }
     p.cgroup.join_self()?;
     let mut flags = CloneFlags::CLONE_NEWNS
@@ -454,9 +457,11 @@ fn child_main(
     if c.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    unshare(flags).map_err(|e| errno_msg("cannot create namespaces", e))?;
-    nix::unistd::sethostname(&c.hostname)
-        .map_err(|e| errno_msg(format_args!("cannot set hostname {:?}", c.hostname), e))?;
+    unshare(flags).map_err(DriverError::sys("unshare", "cannot create namespaces"))?;
+    nix::unistd::sethostname(&c.hostname).map_err(|source| DriverError::Hostname {
+        hostname: c.hostname.clone(),
+        source,
+    })?;
     do_mount(
         None,
         Path::new("/"),
@@ -480,14 +485,14 @@ fn child_main(
         mkdirs(&p.cwd)?;
     }
     drop_privileges(c.uid, c.gid, p.last_cap)?;
-    chdir(&p.cwd).map_err(|e| errno_msg(format_args!("cannot enter {}", p.cwd.display()), e))?;
+    chdir(&p.cwd).map_err(|source| DriverError::Chdir {
+        path: p.cwd.clone(),
+        source,
+    })?;
     // SAFETY: plain prctl calls on this thread with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(format!(
-                "cannot set no_new_privs: {}",
-                io::Error::last_os_error()
-            ));
+            return Err(DriverError::last_os("prctl", "cannot set no_new_privs"));
         }
         // Armed last: credential changes reset it. If the shim dies, the init
         // (and with it the whole PID namespace) is killed.
@@ -504,10 +509,16 @@ fn child_main(
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             )]
         });
-    let program = crate::driver::resolve_program(&argv0, &env_vec, &p.cwd)
-        .map_err(|e| format!("failed to start `{argv0}` in the container: {e}"))?;
-    let path = CString::new(program.as_os_str().as_bytes())
-        .map_err(|_| format!("program path {} contains NUL", program.display()))?;
+    let program = crate::driver::resolve_program(&argv0, &env_vec, &p.cwd).map_err(|source| {
+        DriverError::Exec {
+            program: argv0.clone(),
+            source,
+        }
+    })?;
+    let path = CString::new(program.as_os_str().as_bytes()).map_err(|_| DriverError::Nul {
+        what: "program path",
+        value: program.display().to_string(),
+    })?;
     // The signal mask the shim blocked stays blocked: the init takes those
     // signals with sigwait, and clears the mask in the task before its exec.
     init::run(

@@ -20,6 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
+use crate::error::DriverError;
 use crate::spec::LaunchSpec;
 
 /// What a driver needs to start one task.
@@ -53,10 +54,10 @@ pub(crate) struct Finish {
 
 /// Starts tasks and signals them.
 pub(crate) trait Driver {
-    /// Start the task. The error is the human-readable message recorded in
-    /// the status (the reason becomes `SpawnFailed`). [`Driver::finish`] is
+    /// Start the task. The error's text is the message recorded in the
+    /// status (the reason becomes `SpawnFailed`). [`Driver::finish`] is
     /// called afterwards in every case.
-    fn start(&mut self, launch: Launch<'_>) -> Result<Task, String>;
+    fn start(&mut self, launch: Launch<'_>) -> Result<Task, DriverError>;
 
     /// Deliver `sig` to the task's processes. Errors (typically ESRCH once
     /// they are gone) are ignored.
@@ -79,13 +80,16 @@ pub(crate) trait Driver {
 pub(crate) struct HostDriver;
 
 impl Driver for HostDriver {
-    fn start(&mut self, launch: Launch<'_>) -> Result<Task, String> {
+    fn start(&mut self, launch: Launch<'_>) -> Result<Task, DriverError> {
         let spec = launch.spec;
         let Some(argv0) = spec.argv.first() else {
-            return Err("launch spec has an empty argv".to_string());
+            return Err(DriverError::EmptyArgv);
         };
-        let program = resolve_program(argv0, &spec.env, launch.cwd)
-            .map_err(|e| format!("failed to start `{argv0}`: {e}"))?;
+        let program =
+            resolve_program(argv0, &spec.env, launch.cwd).map_err(|source| DriverError::Spawn {
+                program: argv0.clone(),
+                source,
+            })?;
         let mut cmd = Command::new(&program);
         // The shim blocks the signals it reads through its signalfd, and a
         // blocked mask survives exec: clear it in the child so the task can
@@ -124,12 +128,16 @@ impl Driver for HostDriver {
             }
             Err(e) => {
                 if let Err(cwd_err) = std::fs::metadata(launch.cwd) {
-                    Err(format!(
-                        "failed to start `{argv0}`: working directory {}: {cwd_err}",
-                        launch.cwd.display()
-                    ))
+                    Err(DriverError::SpawnCwd {
+                        program: argv0.clone(),
+                        cwd: launch.cwd.to_path_buf(),
+                        source: cwd_err,
+                    })
                 } else {
-                    Err(format!("failed to start `{argv0}`: {e}"))
+                    Err(DriverError::Spawn {
+                        program: argv0.clone(),
+                        source: e,
+                    })
                 }
             }
         }

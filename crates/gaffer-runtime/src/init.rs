@@ -33,8 +33,11 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
+
+use crate::error::DriverError;
 
 /// Signals the init passes on to the task. SIGKILL and SIGSTOP cannot be
 /// caught; the shim sends SIGKILL to the whole cgroup instead.
@@ -86,7 +89,7 @@ pub(crate) fn run(
     program: &Program<'_>,
     status_pipe: OwnedFd,
     setup_err: &OwnedFd,
-) -> Result<Infallible, String> {
+) -> Result<Infallible, DriverError> {
     let mut waited: Vec<libc::c_int> = FORWARDED.to_vec();
     waited.push(libc::SIGCHLD);
     let wait_set = sigset(&waited);
@@ -99,10 +102,10 @@ pub(crate) fn run(
             act.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut act.sa_mask);
             if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
-                return Err(format!(
-                    "container init: cannot handle signal {sig}: {}",
-                    io::Error::last_os_error()
-                ));
+                return Err(DriverError::InitSignal {
+                    signal: sig,
+                    source: Errno::last(),
+                });
             }
         }
     }
@@ -112,9 +115,9 @@ pub(crate) fn run(
     // in execve or _exit.
     let child = unsafe { libc::fork() };
     if child < 0 {
-        return Err(format!(
-            "container init: cannot fork the task: {}",
-            io::Error::last_os_error()
+        return Err(DriverError::last_os(
+            "fork",
+            "container init: cannot fork the task",
         ));
     }
     if child == 0 {
@@ -123,7 +126,7 @@ pub(crate) fn run(
             Ok(never) => match never {},
             Err(e) => e,
         };
-        let _ = nix::unistd::write(setup_err, err.as_bytes());
+        let _ = nix::unistd::write(setup_err, err.to_string().as_bytes());
         // SAFETY: _exit is async-signal-safe and runs no destructors.
         unsafe { libc::_exit(127) }
     }
@@ -150,7 +153,7 @@ pub(crate) fn run(
 }
 
 /// The task's side of the fork: default signal handling, then exec.
-fn exec_task(p: &Program<'_>) -> Result<Infallible, String> {
+fn exec_task(p: &Program<'_>) -> Result<Infallible, DriverError> {
     // SAFETY: plain signal(2)/sigprocmask(2) calls on this single thread.
     // Dispositions are reset before the mask is cleared, so a signal the init
     // forwarded before the exec acts on the task (default action) instead of
@@ -166,10 +169,10 @@ fn exec_task(p: &Program<'_>) -> Result<Infallible, String> {
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
     let e = nix::unistd::execve(p.path, p.argv, p.env).unwrap_err();
-    Err(format!(
-        "failed to start `{}` in the container: {e}",
-        p.name
-    ))
+    Err(DriverError::Exec {
+        program: p.name.to_string(),
+        source: io::Error::from(e),
+    })
 }
 
 /// The init's loop: forward signals, reap children, and end with the task.

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::ImageConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, LayerError, Result};
 
 pub(crate) fn fmt_err(path: &Path, detail: impl Into<String>) -> Error {
     Error::ImageFormat {
@@ -39,14 +39,14 @@ pub(crate) fn open_decompressed(path: &Path) -> Result<Box<dyn Read>> {
 
 /// A relative, normalised path of a tar entry, or `None` for the root
 /// entry; an error for absolute escapes or `..`.
-pub(crate) fn entry_rel_path(raw: &Path) -> Option<std::result::Result<PathBuf, String>> {
+pub(crate) fn entry_rel_path(raw: &Path) -> Option<std::result::Result<PathBuf, LayerError>> {
     let mut out = PathBuf::new();
     for c in raw.components() {
         match c {
             Component::Normal(n) => out.push(n),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Some(Err(format!("entry {} escapes the root", raw.display())))
+                return Some(Err(LayerError::Escapes(raw.to_path_buf())))
             }
         }
     }
@@ -86,11 +86,14 @@ fn make_opaque(dest: &Path, rel: &Path, touched: &HashSet<PathBuf>) -> io::Resul
 /// Apply the (possibly compressed) layer tar at `path` onto `dest`.
 pub(crate) fn apply_layer_file(path: &Path, dest: &Path) -> Result<()> {
     let reader = open_decompressed(path)?;
-    apply_layer(reader, dest).map_err(|detail| fmt_err(path, detail))
+    apply_layer(reader, dest).map_err(|source| Error::Layer {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Unpack one layer onto `dest`, honouring whiteouts and opaque markers.
-fn apply_layer(reader: impl Read, dest: &Path) -> std::result::Result<(), String> {
+fn apply_layer(reader: impl Read, dest: &Path) -> std::result::Result<(), LayerError> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -99,16 +102,11 @@ fn apply_layer(reader: impl Read, dest: &Path) -> std::result::Result<(), String
     archive.set_overwrite(true);
     let mut touched: HashSet<PathBuf> = HashSet::new();
     let mut count = 0usize;
-    let entries = archive
-        .entries()
-        .map_err(|e| format!("not a tar archive: {e}"))?;
+    let entries = archive.entries().map_err(LayerError::NotTar)?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("bad tar entry: {e}"))?;
+        let mut entry = entry.map_err(LayerError::Entry)?;
         count += 1;
-        let raw = entry
-            .path()
-            .map_err(|e| format!("bad tar entry path: {e}"))?
-            .into_owned();
+        let raw = entry.path().map_err(LayerError::EntryPath)?.into_owned();
         let rel = match entry_rel_path(&raw) {
             None => continue,
             Some(Err(e)) => return Err(e),
@@ -120,27 +118,33 @@ fn apply_layer(reader: impl Read, dest: &Path) -> std::result::Result<(), String
             .unwrap_or_default();
         let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
         if name == ".wh..wh..opq" {
-            make_opaque(dest, &parent, &touched)
-                .map_err(|e| format!("opaque directory {}: {e}", parent.display()))?;
+            make_opaque(dest, &parent, &touched).map_err(|source| LayerError::Opaque {
+                dir: parent.clone(),
+                source,
+            })?;
             continue;
         }
         if let Some(target) = name.strip_prefix(".wh.") {
             let victim = dest.join(&parent).join(target);
-            remove_any(&victim).map_err(|e| format!("whiteout {}: {e}", victim.display()))?;
+            remove_any(&victim).map_err(|source| LayerError::Whiteout {
+                path: victim.clone(),
+                source,
+            })?;
             continue;
         }
         let target = dest.join(&rel);
         let is_dir = entry.header().entry_type().is_dir();
         if let Ok(existing) = fs::symlink_metadata(&target) {
             if !(is_dir && existing.is_dir()) {
-                remove_any(&target).map_err(|e| format!("replace {}: {e}", target.display()))?;
+                remove_any(&target).map_err(|source| LayerError::Replace {
+                    path: target.clone(),
+                    source,
+                })?;
             }
         }
-        entry.unpack_in(dest).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            format!("cannot unpack {}: {e}{cause}", raw.display())
+        entry.unpack_in(dest).map_err(|source| LayerError::Unpack {
+            entry: raw.clone(),
+            source,
         })?;
         let mut p = rel.as_path();
         loop {
@@ -154,7 +158,7 @@ fn apply_layer(reader: impl Read, dest: &Path) -> std::result::Result<(), String
         }
     }
     if count == 0 {
-        return Err("not a tar archive (no entries)".into());
+        return Err(LayerError::Empty);
     }
     Ok(())
 }

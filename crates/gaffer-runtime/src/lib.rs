@@ -56,7 +56,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub use container::{cleanup_attempt, container_id};
-pub use error::{Error, Result};
+pub use error::{DriverError, Error, LayerError, Result};
 pub use image::{Image, ImageConfig, ImageStore};
 pub use pull::{default_image_name, PullProgress};
 pub use shim::shim_main;

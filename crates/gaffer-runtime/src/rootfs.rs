@@ -4,13 +4,14 @@
 //! network. Runs in the forked child only (see [`crate::container`]).
 
 use std::fs::{self, File};
-use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
+
+use crate::error::DriverError;
 
 /// The paths [`setup_rootfs`] mounts.
 pub(crate) struct RootfsPlan<'a> {
@@ -39,37 +40,30 @@ const PROC_MASKED: [&str; 5] = [
     "latency_stats",
 ];
 
-pub(crate) fn errno_msg(what: impl std::fmt::Display, e: nix::errno::Errno) -> String {
-    format!("{what}: {e}")
-}
-
+/// mount(2), with an error that names the mount.
 pub(crate) fn do_mount(
     src: Option<&Path>,
     target: &Path,
     fstype: Option<&str>,
     flags: MsFlags,
     data: Option<&str>,
-) -> Result<(), String> {
-    mount(src, target, fstype, flags, data).map_err(|e| {
-        errno_msg(
-            format_args!(
-                "cannot mount {} on {} (type {}, options {:?})",
-                src.map(|s| s.display().to_string()).unwrap_or_default(),
-                target.display(),
-                fstype.unwrap_or("bind"),
-                data.unwrap_or("")
-            ),
-            e,
-        )
+) -> Result<(), DriverError> {
+    mount(src, target, fstype, flags, data).map_err(|source| DriverError::Mount {
+        from: src.map(Path::to_path_buf),
+        target: target.to_path_buf(),
+        fstype: fstype.map(str::to_string),
+        options: data.map(str::to_string),
+        source,
     })
 }
 
-pub(crate) fn mkdirs(p: &Path) -> Result<(), String> {
-    fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+/// `mkdir -p`.
+pub(crate) fn mkdirs(p: &Path) -> Result<(), DriverError> {
+    fs::create_dir_all(p).map_err(|e| DriverError::io("create", p, e))
 }
 
 /// Mount the overlay and the pseudo filesystems, then pivot into it.
-pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
+pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
     let root = &p.root;
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
@@ -87,31 +81,35 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
         // The attempt directory's filesystem cannot hold an overlay upper
         // layer (e.g. it is itself an overlayfs or NFS): keep the writes in
         // a tmpfs private to this mount namespace instead.
-        do_mount(
-            Some(Path::new("tmpfs")),
-            p.upper,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=755"),
-        )
-        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
-        let (u, w) = (p.upper.join("u"), p.upper.join("w"));
-        mkdirs(&u)?;
-        mkdirs(&w)?;
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            p.rootfs.display(),
-            u.display(),
-            w.display()
-        );
-        do_mount(
-            Some(Path::new("overlay")),
-            root,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(&opts),
-        )
-        .map_err(|e| format!("{first}; tmpfs fallback: {e}"))?;
+        let on_tmpfs = || {
+            do_mount(
+                Some(Path::new("tmpfs")),
+                p.upper,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some("mode=755"),
+            )?;
+            let (u, w) = (p.upper.join("u"), p.upper.join("w"));
+            mkdirs(&u)?;
+            mkdirs(&w)?;
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                p.rootfs.display(),
+                u.display(),
+                w.display()
+            );
+            do_mount(
+                Some(Path::new("overlay")),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&opts),
+            )
+        };
+        on_tmpfs().map_err(|e| DriverError::OverlayFallback {
+            overlay: Box::new(first),
+            fallback: Box::new(e),
+        })?;
     }
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
@@ -153,7 +151,7 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
             continue;
         }
         let target = dev.join(name);
-        File::create(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+        File::create(&target).map_err(|e| DriverError::io("create", &target, e))?;
         do_mount(Some(&host), &target, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
@@ -192,10 +190,10 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
         ("stderr", "/proc/self/fd/2"),
     ] {
         symlink(target, dev.join(link))
-            .map_err(|e| format!("cannot create {}: {e}", dev.join(link).display()))?;
+            .map_err(|e| DriverError::io("create", dev.join(link), e))?;
     }
     fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777))
-        .map_err(|e| format!("cannot chmod {}: {e}", shm.display()))?;
+        .map_err(|e| DriverError::io("chmod", &shm, e))?;
 
     // /sys, read-only. A fresh sysfs needs a network namespace we own; with
     // the host network fall back to a read-only recursive bind.
@@ -241,21 +239,25 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), String> {
     }
 
     // Enter the new root; the old one is stacked below it and detached.
-    chdir(*root).map_err(|e| errno_msg(format_args!("cannot enter {}", root.display()), e))?;
-    pivot_root(".", ".").map_err(|e| errno_msg("pivot_root", e))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|e| errno_msg("cannot detach the old root", e))?;
-    chdir("/").map_err(|e| errno_msg("chdir /", e))?;
+    chdir(*root).map_err(|source| DriverError::Chdir {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    pivot_root(".", ".").map_err(DriverError::sys("pivot_root", "pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH)
+        .map_err(DriverError::sys("umount2", "cannot detach the old root"))?;
+    chdir("/").map_err(DriverError::sys("chdir", "chdir /"))?;
     Ok(())
 }
 
 /// Bring the loopback interface of the (new) network namespace up.
-pub(crate) fn loopback_up() -> Result<(), String> {
+pub(crate) fn loopback_up() -> Result<(), DriverError> {
     // SAFETY: socket/ioctl with a zero-initialised, correctly sized ifreq
     // whose name is NUL-terminated; the fd is wrapped so it is closed.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(format!("socket: {}", io::Error::last_os_error()));
+            return Err(DriverError::last_os("socket", "socket"));
         }
         let _guard = <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
         let mut ifr: libc::ifreq = std::mem::zeroed();
@@ -263,14 +265,11 @@ pub(crate) fn loopback_up() -> Result<(), String> {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(format!("SIOCGIFFLAGS lo: {}", io::Error::last_os_error()));
+            return Err(DriverError::last_os("ioctl", "SIOCGIFFLAGS lo"));
         }
         ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(format!(
-                "cannot bring lo up: {}",
-                io::Error::last_os_error()
-            ));
+            return Err(DriverError::last_os("ioctl", "cannot bring lo up"));
         }
     }
     Ok(())

@@ -217,9 +217,9 @@ fn execute<D: Driver>(
         stderr,
     }) {
         Ok(t) => t,
-        Err(m) => {
+        Err(e) => {
             let fin = driver.finish();
-            let mut st = spawn_failed(m);
+            let mut st = spawn_failed(e.to_string());
             if let Some(e) = fin.error {
                 append_message(&mut st.message, e);
             }
