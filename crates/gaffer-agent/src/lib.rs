@@ -11,7 +11,6 @@
 //! each recorded attempt (its shim may still be running, or may have finished while the agent
 //! was down) and reports them all in `Register`; it drops an attempt from the journal only when
 //! the server says `Forget`, i.e. after the server has durably recorded the end.
-#![deny(missing_docs)]
 
 mod files;
 pub mod images;

@@ -5,7 +5,6 @@
 //! This crate is pure: no I/O, no async. Validation of a spec ([`JobSpec::validate`]) lives here
 //! so that the server, the CLI and tests agree on what a valid job is, and every error names the
 //! field it is about ([`FieldError`]).
-#![deny(missing_docs)]
 
 pub mod ids;
 pub mod proto;

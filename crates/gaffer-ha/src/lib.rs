@@ -16,7 +16,6 @@
 //!   renewal has been acknowledged for a whole TTL counted from when the last acknowledged one was
 //!   *sent*. etcd counts the TTL from when it *received* that renewal, so the member gives up its
 //!   role no later than etcd deletes its keys, and before anyone else can win an election.
-#![deny(missing_docs)]
 
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,

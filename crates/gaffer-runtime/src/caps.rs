@@ -40,7 +40,8 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), D
         if DEFAULT_CAPS.contains(&cap) {
             continue;
         }
-        // SAFETY: prctl with integer arguments only.
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and reads or writes no memory of
+        // this process; an unknown number fails with EINVAL, handled below.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if rc != 0 {
             let e = Errno::last();
@@ -50,7 +51,8 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), D
             }
         }
     }
-    // SAFETY: prctl with integer arguments only.
+    // SAFETY: PR_CAP_AMBIENT with PR_CAP_AMBIENT_CLEAR_ALL takes integers only and reads or
+    // writes no memory of this process.
     unsafe {
         libc::prctl(
             libc::PR_CAP_AMBIENT,
@@ -90,8 +92,11 @@ pub(crate) fn drop_privileges(uid: u32, gid: u32, last_cap: u32) -> Result<(), D
             inheritable: 0,
         },
     ];
-    // SAFETY: capset(2) reads a v3 header and an array of two data structs,
-    // both valid for the duration of the call.
+    // SAFETY: capset(2) with a version 3 header reads the header (and may write a preferred
+    // version back into it, hence `&mut`) and reads two data structs, as version 3 requires.
+    // `CapHeader` and `CapData` are `repr(C)` copies of the kernel's
+    // `__user_cap_header_struct` and `__user_cap_data_struct`, and `hdr` and `data` are locals
+    // that outlive the call.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if rc != 0 {
         return Err(DriverError::last_os("capset", "capset"));

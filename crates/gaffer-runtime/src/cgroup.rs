@@ -35,8 +35,11 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// Limits applied to a new cgroup.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Limits {
+    /// Memory limit in bytes (swap included where the kernel accounts it).
     pub memory: Option<u64>,
+    /// CPU quota in cores, over a period of [`CPU_PERIOD_US`].
     pub cpus: Option<f64>,
+    /// Most processes at once.
     pub pids: Option<u32>,
 }
 

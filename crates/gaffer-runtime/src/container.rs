@@ -203,6 +203,7 @@ pub(crate) struct ContainerDriver {
 }
 
 impl ContainerDriver {
+    /// The driver of the attempt in `dir`, running its task in a container as `spec` says.
     pub(crate) fn new(dir: &Path, spec: ContainerSpec) -> Self {
         ContainerDriver {
             dir: dir.to_path_buf(),
@@ -340,10 +341,12 @@ impl Driver for ContainerDriver {
         // shim itself stays where it is (and never forks again).
         unshare(CloneFlags::CLONE_NEWPID)
             .map_err(DriverError::sys("unshare", "cannot create a PID namespace"))?;
-        // SAFETY: the shim is single-threaded (documented requirement of
-        // shim_main), so the child is a faithful copy in which allocation and
-        // any libc call are safe; it only runs `child_main`, which ends in
-        // execve or _exit.
+        // SAFETY: fork(2) is unsafe because the child of a multi-threaded process may only make
+        // async-signal-safe calls (another thread may have held a lock, the allocator's
+        // included). The shim is single-threaded (a documented requirement of `shim_main`), so
+        // the child is a consistent copy in which allocation and any libc call are sound. The
+        // child never returns from this arm: it runs `child_main`, which ends in execve(2)
+        // (through the init) or comes back with an error, and then `_exit`s.
         match unsafe { fork() } {
             Err(e) => Err(DriverError::sys("fork", "cannot fork")(e)),
             Ok(ForkResult::Child) => {
@@ -357,8 +360,10 @@ impl Driver for ContainerDriver {
                 // turns it back into a DriverError::InContainer.
                 let mut w = File::from(wr);
                 let _ = w.write_all(err.to_string().as_bytes());
-                // SAFETY: _exit is async-signal-safe and skips atexit
-                // handlers and destructors that belong to the parent's state.
+                // SAFETY: _exit(2) takes an integer and never returns, so it has no
+                // precondition to break. It skips atexit handlers and destructors, which is
+                // wanted: they belong to the shim's state, which this child must not flush or
+                // free.
                 unsafe { libc::_exit(127) }
             }
             Ok(ForkResult::Parent { child }) => {
@@ -489,7 +494,8 @@ fn child_main(
         path: p.cwd.clone(),
         source,
     })?;
-    // SAFETY: plain prctl calls on this thread with valid arguments.
+    // SAFETY: PR_SET_NO_NEW_PRIVS and PR_SET_PDEATHSIG take integers only (a flag, a signal
+    // number) and read or write no memory of this process.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(DriverError::last_os("prctl", "cannot set no_new_privs"));

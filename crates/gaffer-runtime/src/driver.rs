@@ -25,9 +25,13 @@ use crate::spec::LaunchSpec;
 
 /// What a driver needs to start one task.
 pub(crate) struct Launch<'a> {
+    /// The attempt's launch spec.
     pub spec: &'a LaunchSpec,
+    /// The task's working directory (inside the container for a container task).
     pub cwd: &'a Path,
+    /// The attempt's `stdout` file, the task's standard output.
     pub stdout: File,
+    /// The attempt's `stderr` file, the task's standard error.
     pub stderr: File,
 }
 
@@ -94,9 +98,11 @@ impl Driver for HostDriver {
         // The shim blocks the signals it reads through its signalfd, and a
         // blocked mask survives exec: clear it in the child so the task can
         // be terminated normally. (std resets SIGPIPE itself.)
-        // SAFETY: the hook runs in the forked child before exec and only
-        // calls sigemptyset(3) on a stack variable and pthread_sigmask(3),
-        // both async-signal-safe; it allocates nothing and takes no locks.
+        // SAFETY: `pre_exec` is unsafe because the hook runs in the forked child, where only
+        // async-signal-safe work is allowed. This one calls sigemptyset(3) on a stack variable
+        // (which initialises it before `as_ptr` is read) and pthread_sigmask(3) with it and a
+        // null old-set pointer, both async-signal-safe; it allocates nothing and takes no locks
+        // (the error path builds an io::Error from an integer, no allocation).
         unsafe {
             cmd.pre_exec(|| {
                 let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();

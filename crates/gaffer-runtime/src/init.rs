@@ -54,8 +54,11 @@ pub(crate) const FORWARDED: [libc::c_int; 8] = [
 
 /// What the init needs to start the task.
 pub(crate) struct Program<'a> {
+    /// The program's path in the container, found along the task's `PATH`.
     pub path: &'a CString,
+    /// The task's argv, `argv[0]` included.
     pub argv: &'a [CString],
+    /// The task's environment, `KEY=value` each.
     pub env: &'a [CString],
     /// Shown in error messages: the name the user gave.
     pub name: &'a str,
@@ -68,8 +71,11 @@ extern "C" fn ignore_signal(_: libc::c_int) {}
 
 fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-    // SAFETY: sigemptyset initialises the set; sigaddset takes valid signal
-    // numbers and the initialised set.
+    // SAFETY: both calls get a pointer to `set`, which lives on this stack frame and is large
+    // enough for a sigset_t. sigemptyset(3) fully initialises it (it cannot fail on a valid
+    // pointer), so sigaddset(3) works on an initialised set and `assume_init` reads an
+    // initialised value; sigaddset only rejects an invalid signal number (EINVAL, the set
+    // unchanged), and the callers pass constants of libc.
     unsafe {
         libc::sigemptyset(set.as_mut_ptr());
         for &s in signals {
@@ -93,8 +99,12 @@ pub(crate) fn run(
     let mut waited: Vec<libc::c_int> = FORWARDED.to_vec();
     waited.push(libc::SIGCHLD);
     let wait_set = sigset(&waited);
-    // SAFETY: sigaction with a valid handler and a zeroed, then filled
-    // struct; sigprocmask with an initialised set. The process has one thread.
+    // SAFETY: sigprocmask(2) gets a pointer to the initialised `wait_set` and a null old-set
+    // pointer, which it allows. An all-zero `libc::sigaction` is a valid value (integers, a
+    // handler field of SIG_DFL = 0, an empty mask); the handler set in it is an `extern "C"`
+    // function that does nothing, so it is async-signal-safe, and it stays valid for the whole
+    // life of the process. sigaction(2) reads `act` during the call only and gets a null
+    // old-action pointer. The process has one thread, so nothing races with the mask change.
     unsafe {
         libc::sigprocmask(libc::SIG_BLOCK, &wait_set, std::ptr::null_mut());
         for &sig in &FORWARDED {
@@ -110,9 +120,11 @@ pub(crate) fn run(
         }
     }
 
-    // SAFETY: the process is single-threaded (a fork of the single-threaded
-    // shim), so the child may allocate; it only runs `exec_task`, which ends
-    // in execve or _exit.
+    // SAFETY: fork(2) is unsafe because the child of a multi-threaded process may only make
+    // async-signal-safe calls (another thread may have held the allocator's or any other lock).
+    // This process has one thread (a fork of the single-threaded shim), so the child is a
+    // consistent copy in which allocating is fine. The child never returns from this function:
+    // it runs `exec_task`, which ends in execve(2), then `_exit`.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(DriverError::last_os(
@@ -127,14 +139,18 @@ pub(crate) fn run(
             Err(e) => e,
         };
         let _ = nix::unistd::write(setup_err, err.to_string().as_bytes());
-        // SAFETY: _exit is async-signal-safe and runs no destructors.
+        // SAFETY: _exit(2) takes an integer and never returns, so it has no precondition to
+        // break. Skipping destructors and atexit handlers is the point: this forked child must
+        // not flush or free what is the init's.
         unsafe { libc::_exit(127) }
     }
     // The shim reads setup errors until every write end is closed: ours now,
     // the task's at its exec. The caller's OwnedFd is never dropped, because
     // this function does not return from here on.
     let _ = nix::unistd::close(setup_err.as_raw_fd());
-    // SAFETY: prctl calls with a NUL-terminated name of at most 16 bytes and integer flags.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from its second
+    // argument: `c"init"` is a static C string of 5 bytes, valid for the call. PR_SET_DUMPABLE
+    // takes integers only. Neither touches memory of this process otherwise.
     unsafe {
         libc::prctl(
             libc::PR_SET_NAME,
@@ -154,10 +170,12 @@ pub(crate) fn run(
 
 /// The task's side of the fork: default signal handling, then exec.
 fn exec_task(p: &Program<'_>) -> Result<Infallible, DriverError> {
-    // SAFETY: plain signal(2)/sigprocmask(2) calls on this single thread.
-    // Dispositions are reset before the mask is cleared, so a signal the init
-    // forwarded before the exec acts on the task (default action) instead of
-    // running the init's no-op handler.
+    // SAFETY: signal(2) gets valid signal numbers and SIG_DFL, which installs no handler code;
+    // sigprocmask(2) gets a pointer to `empty`, initialised by `sigset`, and a null old-set
+    // pointer. The process has one thread (a fork of the init), so nothing races with the
+    // changes. Dispositions are reset before the mask is cleared, so a signal the init
+    // forwarded before the exec acts on the task (default action) instead of running the
+    // init's no-op handler.
     unsafe {
         for &sig in &FORWARDED {
             libc::signal(sig, libc::SIG_DFL);
@@ -179,19 +197,21 @@ fn exec_task(p: &Program<'_>) -> Result<Infallible, DriverError> {
 fn supervise(task: libc::pid_t, wait_set: &libc::sigset_t, status_pipe: OwnedFd) -> ! {
     loop {
         let mut sig: libc::c_int = 0;
-        // SAFETY: sigwait with an initialised set and a valid out pointer.
+        // SAFETY: sigwait(3) reads the set behind `wait_set`, a reference to an initialised
+        // sigset_t, and writes one c_int through `&mut sig`, a live local.
         if unsafe { libc::sigwait(wait_set, &mut sig) } != 0 {
             continue;
         }
         if sig != libc::SIGCHLD {
             // Every process of the namespace but the init itself.
-            // SAFETY: kill(2) with integer arguments.
+            // SAFETY: kill(2) takes integers and touches no memory of this process; the init
+            // itself is exempt from kill(-1, ..), so this cannot end it.
             unsafe { libc::kill(-1, sig) };
             continue;
         }
         loop {
             let mut raw: libc::c_int = 0;
-            // SAFETY: waitpid with a valid out pointer.
+            // SAFETY: waitpid(2) writes one c_int through `&mut raw`, a live local.
             let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
             if pid <= 0 {
                 break;
@@ -205,8 +225,9 @@ fn supervise(task: libc::pid_t, wait_set: &libc::sigset_t, status_pipe: OwnedFd)
                 } else {
                     128 + libc::WTERMSIG(raw)
                 };
-                // SAFETY: _exit ends the init; the kernel kills the rest of
-                // the namespace.
+                // SAFETY: _exit(2) takes an integer and never returns. Skipping destructors is
+                // intended: the status is written and the pipe closed above, and nothing else
+                // needs flushing. The kernel then kills the rest of the namespace.
                 unsafe { libc::_exit(code) }
             }
         }
@@ -219,7 +240,9 @@ fn supervise(task: libc::pid_t, wait_set: &libc::sigset_t, status_pipe: OwnedFd)
 pub(crate) fn read_task_status(status_pipe: &OwnedFd, init_pid: Pid) -> Option<WaitStatus> {
     // Non-blocking: a killed init wrote nothing, and a descendant that is
     // still being torn down must not hold the shim here.
-    // SAFETY: fcntl on an fd we own.
+    // SAFETY: fcntl(2) with F_GETFL/F_SETFL takes integers only; `fd` is open for the whole
+    // block because `status_pipe` (an `OwnedFd`) is borrowed across it, and only its status
+    // flags change, not its ownership.
     unsafe {
         let fd = status_pipe.as_raw_fd();
         let flags = libc::fcntl(fd, libc::F_GETFL);

@@ -252,8 +252,13 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
 
 /// Bring the loopback interface of the (new) network namespace up.
 pub(crate) fn loopback_up() -> Result<(), DriverError> {
-    // SAFETY: socket/ioctl with a zero-initialised, correctly sized ifreq
-    // whose name is NUL-terminated; the fd is wrapped so it is closed.
+    // SAFETY: socket(2) takes integers. `from_raw_fd` needs an open fd that nothing else owns:
+    // `fd` was just returned by socket (checked non-negative) and is wrapped once, so it is
+    // closed exactly once. An all-zero `ifreq` is a valid value (a name array and a union of
+    // plain integers); "lo" is written into its first two bytes, so the 16-byte name stays
+    // NUL-terminated. SIOCGIFFLAGS writes into, and SIOCSIFFLAGS reads, that `ifreq`, a live
+    // local of the size the kernel expects; after SIOCGIFFLAGS, `ifru_flags` is the initialised
+    // member of the union.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {

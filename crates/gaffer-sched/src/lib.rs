@@ -8,7 +8,6 @@
 //! headroom), `Binpack` (the fullest node that fits) or `Spread` (the node with fewest tasks).
 //! [`Scheduler::place`] reserves what it hands out, so one call per task in priority order gives
 //! a consistent round.
-#![deny(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

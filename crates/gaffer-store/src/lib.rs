@@ -11,7 +11,6 @@
 //! Tasks of an array are stored lazily: a job records `next_fresh`, and every task with an index
 //! at or above it that has no row is pending and has never run. A 1,000,000-task array costs one
 //! row until its tasks start.
-#![deny(missing_docs)]
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
