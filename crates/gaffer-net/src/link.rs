@@ -1,0 +1,1 @@
+//! Links, addresses, routes and network namespaces through rtnetlink.

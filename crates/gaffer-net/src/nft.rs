@@ -1,0 +1,1 @@
+//! The nftables table of gaffer.
