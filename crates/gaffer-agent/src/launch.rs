@@ -122,9 +122,14 @@ impl Inner {
                 uid,
                 gid,
                 network: match l.network {
-                    Some(gaffer_api::Network::None) => gaffer_runtime::Network::None,
+                    // Joined once the agent has made the attempt's namespace.
+                    Some(gaffer_api::Network::None) | Some(gaffer_api::Network::Bridge) => {
+                        gaffer_runtime::Network::None
+                    }
                     Some(gaffer_api::Network::Host) | None => gaffer_runtime::Network::Host,
                 },
+                netns: None,
+                files: Vec::new(),
                 cpus: Some(l.cpus),
                 memory: l.memory,
                 pids: l.pids,

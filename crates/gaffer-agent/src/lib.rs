@@ -16,6 +16,7 @@ mod files;
 pub mod images;
 pub mod journal;
 mod launch;
+pub mod net;
 pub mod remote;
 mod report;
 
@@ -72,6 +73,9 @@ pub struct AgentConfig {
     pub shim_exe: PathBuf,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// The bridge of the `bridge` container network (`None`: this node offers no bridge
+    /// network).
+    pub bridge: Option<String>,
 }
 
 impl AgentConfig {
@@ -89,6 +93,7 @@ impl AgentConfig {
             containers: can_run_containers(),
             shim_exe,
             heartbeat: Duration::from_secs(2),
+            bridge: can_run_containers().then(|| "gaffer0".to_string()),
         }
     }
 
@@ -157,6 +162,8 @@ struct Inner {
     journal: journal::Journal,
     /// The node's images; fetches from the server's catalog.
     images: images::Images,
+    /// The bridge container network.
+    net: net::BridgeNet,
 }
 
 /// A node agent. Open it once; run one [`Agent::session`] per connection to the server.
@@ -189,6 +196,12 @@ impl Agent {
         let path = cfg.data_dir.join("active.log");
         let (journal, _) =
             journal::Journal::open(&path).map_err(|source| AgentError::DataDir { path, source })?;
+        let bridge = cfg.bridge.as_deref().unwrap_or("gaffer0");
+        let net = net::BridgeNet::new(&cfg.name, &cfg.data_dir, bridge);
+        if cfg.containers && cfg.bridge.is_some() {
+            let live: Vec<PathBuf> = journal.keys().iter().map(|k| cfg.attempt_dir(k)).collect();
+            net.recover(&live);
+        }
         Ok(Agent {
             inner: Arc::new(Inner {
                 base_env: base_env(),
@@ -197,6 +210,7 @@ impl Agent {
                 watched: Mutex::new(HashSet::new()),
                 journal,
                 images: images::Images::new(cfg.data_dir.clone()),
+                net,
                 cfg,
             }),
         })
@@ -281,6 +295,16 @@ impl Agent {
                         }
                     });
                 }
+                ServerMsg::Network {
+                    subnet,
+                    cluster_cidr,
+                    routes,
+                } => {
+                    let a = agent.clone();
+                    tokio::task::spawn_blocking(move || {
+                        a.configure_network(&subnet, &cluster_cidr, &routes)
+                    });
+                }
                 ServerMsg::RemoveImage { name, digest } => {
                     let a = agent.clone();
                     tokio::task::spawn_blocking(move || a.images.remove_if(&name, &digest));
@@ -343,6 +367,7 @@ impl Inner {
             images,
             image_digests,
             containers: self.containers(),
+            bridge: self.containers() && self.cfg.bridge.is_some(),
         }
     }
 
@@ -380,11 +405,15 @@ impl Inner {
                     let a = self.clone();
                     tokio::spawn(async move { a.watch_orphan(key, dir).await });
                 }
-                Probe::Ended(status) => reports.push(AttemptReport::Ended {
-                    key,
-                    result: result_from_status(&status),
-                }),
+                Probe::Ended(status) => {
+                    self.net.detach(&dir);
+                    reports.push(AttemptReport::Ended {
+                        key,
+                        result: result_from_status(&status),
+                    })
+                }
                 Probe::Gone => {
+                    self.net.detach(&dir);
                     let _ = gaffer_runtime::cleanup_attempt(&dir);
                     reports.push(AttemptReport::Ended {
                         key,
@@ -414,6 +443,7 @@ impl Inner {
                 }
             };
             lock(&self.watched).remove(&key);
+            self.net.detach(&dir);
             self.send(AgentMsg::Ended { key, result });
             let a = self.clone();
             tokio::task::spawn_blocking(move || a.images.purge_retired());
@@ -489,7 +519,7 @@ impl Inner {
                 })
             }
         };
-        let spec = match spec {
+        let mut spec = match spec {
             Ok(s) => s,
             Err(e) => {
                 let result = AttemptResult {
@@ -500,6 +530,38 @@ impl Inner {
                 return;
             }
         };
+        let bridged = l.network == Some(gaffer_api::Network::Bridge);
+        if bridged {
+            if let Err(e) = self.bridge_attempt(&key, &dir, &mut spec) {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(e.to_string())
+                };
+                self.send(AgentMsg::Ended { key, result });
+                return;
+            }
+        }
+        let result = self.clone().supervise(key, &dir, spec, journaled).await;
+        if bridged {
+            // Before the end is reported: the address and ports are free when the server
+            // places the next task here.
+            self.net.detach(&dir);
+        }
+        if let Some(result) = result {
+            self.send(AgentMsg::Ended { key, result });
+        }
+    }
+
+    /// Starts the supervisor of a prepared attempt and waits for it. Returns the attempt's
+    /// result (`None` when there is nothing to report).
+    async fn supervise(
+        self: Arc<Self>,
+        key: AttemptKey,
+        dir: &Path,
+        spec: LaunchSpec,
+        journaled: bool,
+    ) -> Option<AttemptResult> {
+        let dir = dir.to_path_buf();
         // A few small file operations: cheaper inline than a hop to the blocking pool.
         let journal = if journaled {
             Ok(())
@@ -514,8 +576,7 @@ impl Inner {
                 kind: EndKind::SpawnFailed,
                 ..lost(msg)
             };
-            self.send(AgentMsg::Ended { key, result });
-            return;
+            return Some(result);
         }
         if lock(&self.procs).kills.remove(&key) {
             // Killed before it started: do not start it.
@@ -523,8 +584,7 @@ impl Inner {
                 kind: EndKind::Killed,
                 ..lost("killed before it started".into())
             };
-            self.send(AgentMsg::Ended { key, result });
-            return;
+            return Some(result);
         }
         let container = spec.container.is_some();
         let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
@@ -540,8 +600,7 @@ impl Inner {
                         self.cfg.shim_exe.display()
                     ))
                 };
-                self.send(AgentMsg::Ended { key, result });
-                return;
+                return Some(result);
             }
         };
         if let Some(pid) = child.id() {
@@ -574,11 +633,60 @@ impl Inner {
             Err(e) => lost(format!("cannot read the attempt's status: {e}")),
         };
         lock(&self.watched).remove(&key);
-        self.send(AgentMsg::Ended { key, result });
         if container {
             // An image removed or replaced while this ran may be deletable now.
             let a = self.clone();
             tokio::task::spawn_blocking(move || a.images.purge_retired());
+        }
+        Some(result)
+    }
+
+    /// Puts a container attempt on the bridge network: its namespace, address and files.
+    fn bridge_attempt(
+        &self,
+        key: &AttemptKey,
+        dir: &Path,
+        spec: &mut LaunchSpec,
+    ) -> std::result::Result<(), net::NetError> {
+        let Some(c) = spec.container.as_mut() else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|source| net::NetError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (attempt, files) = self.net.attach(key, dir, &c.hostname)?;
+        c.network = gaffer_runtime::Network::Join;
+        c.netns = Some(attempt.netns);
+        c.files = files;
+        Ok(())
+    }
+
+    /// Applies the server's [`ServerMsg::Network`].
+    fn configure_network(&self, subnet: &str, cluster: &str, routes: &[(String, String)]) {
+        if !(self.containers() && self.cfg.bridge.is_some()) {
+            return;
+        }
+        let parsed = (|| -> std::result::Result<_, String> {
+            let subnet = subnet.parse().map_err(|e| format!("{e}"))?;
+            let cluster = cluster.parse().map_err(|e| format!("{e}"))?;
+            let mut want = Vec::new();
+            for (s, via) in routes {
+                let s = s.parse().map_err(|e| format!("{e}"))?;
+                let via = via
+                    .parse()
+                    .map_err(|_| format!("invalid node address `{via}`"))?;
+                want.push((s, via));
+            }
+            Ok((subnet, cluster, want))
+        })();
+        let result = parsed.and_then(|(subnet, cluster, want)| {
+            self.net
+                .configure(subnet, cluster, want)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot set up the container network");
         }
     }
 

@@ -90,6 +90,9 @@ pub struct NodeInfo {
     /// Whether the node can run containers at all.
     #[serde(default)]
     pub containers: bool,
+    /// Whether the node runs the `bridge` container network (and so wants a subnet).
+    #[serde(default)]
+    pub bridge: bool,
 }
 
 /// An attempt the agent found, e.g. after a restart.
@@ -215,6 +218,17 @@ pub enum ServerMsg {
         digest: String,
         /// Archive size, bytes.
         size: u64,
+    },
+    /// The node's container network: its subnet of the cluster CIDR, and the other nodes'
+    /// subnets to route via their addresses. Sent when the agent registers and whenever a
+    /// node's subnet or address changes or a node comes or goes.
+    Network {
+        /// This node's subnet, e.g. `10.88.3.0/24`.
+        subnet: String,
+        /// The whole cluster CIDR (traffic leaving it is masqueraded).
+        cluster_cidr: String,
+        /// (subnet, node address) of every other node with a subnet.
+        routes: Vec<(String, String)>,
     },
     /// The image was removed from the catalog: remove the node's copy if it is that one.
     RemoveImage {

@@ -79,7 +79,8 @@ pub struct JobSpec {
     /// In a container: run as `UID[:GID]` (default: the image's user, else 65534).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Container network: `host` (default) or `none` (loopback only).
+    /// Container network: `host` (default), `none` (loopback only) or `bridge` (the node's
+    /// container network: an address of its own, reachable from other nodes' containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     /// Jobs that must succeed before this one starts; if one fails, this job fails as
@@ -98,6 +99,9 @@ pub enum Network {
     Host,
     /// A private network namespace with only loopback.
     None,
+    /// A private network namespace on the node's bridge: an address of the node's subnet,
+    /// reachable from other nodes' containers, with mapped ports.
+    Bridge,
 }
 
 impl std::str::FromStr for Network {
@@ -106,7 +110,10 @@ impl std::str::FromStr for Network {
         match s {
             "host" => Ok(Network::Host),
             "none" => Ok(Network::None),
-            _ => Err(format!("unknown network `{s}` (expected host or none)")),
+            "bridge" => Ok(Network::Bridge),
+            _ => Err(format!(
+                "unknown network `{s}` (expected host, none or bridge)"
+            )),
         }
     }
 }

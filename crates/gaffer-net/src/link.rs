@@ -9,7 +9,9 @@ use crate::ipam::Cidr;
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, AsRawFd};
@@ -300,7 +302,14 @@ pub fn plumb(p: &Plumbing) -> Result<()> {
             )
             .execute()
             .await
-            .map_err(nl(format!("attach {host_if} to the bridge")))
+            .map_err(nl(format!("attach {host_if} to the bridge")))?;
+        // Hairpin: with br_netfilter, a container's packets to its own node's mapped port come
+        // back out of the port they came in on.
+        h.link()
+            .set_port(LinkBridgePort::new(index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(nl(format!("set hairpin on {host_if}")))
     })?;
     let (ip, subnet) = (p.ip, p.subnet);
     with_netlink(Some(&p.netns), move |h| async move {

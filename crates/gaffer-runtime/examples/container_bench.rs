@@ -97,6 +97,8 @@ fn main() {
                 uid: 0,
                 gid: 0,
                 network: Network::None,
+                netns: None,
+                files: Vec::new(),
                 cpus: a.cpus,
                 memory: a.memory,
                 pids: None,

@@ -440,6 +440,22 @@ impl Driver for ContainerDriver {
     }
 }
 
+/// Moves the calling process into the network namespace at `path`.
+fn join_netns(path: Option<&Path>) -> Result<(), DriverError> {
+    let path = path.ok_or_else(|| DriverError::InContainer {
+        message: "network `join` without a namespace path".into(),
+    })?;
+    let ns = fs::File::open(path).map_err(|source| DriverError::Io {
+        op: "open the network namespace",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(DriverError::sys(
+        "setns",
+        "cannot join the network namespace",
+    ))
+}
+
 /// Everything in the child between fork and exec. Returns only on error.
 fn child_main(
     p: &ChildPlan<'_>,
@@ -455,6 +471,9 @@ fn child_main(
         nix::unistd::dup2(fd, target).map_err(DriverError::sys("dup2", "dup2"))?;
     }
     p.cgroup.join_self()?;
+    if c.network == Network::Join {
+        join_netns(c.netns.as_deref())?;
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -480,6 +499,7 @@ fn child_main(
         upper: &p.upper,
         ovl_work: &p.ovl_work,
         workspace: &p.workspace,
+        files: &c.files,
     })?;
     if c.network == Network::None {
         loopback_up()?;

@@ -6,7 +6,7 @@
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
@@ -25,6 +25,8 @@ pub(crate) struct RootfsPlan<'a> {
     pub ovl_work: &'a Path,
     /// The attempt's workspace, bound on `/work`.
     pub workspace: &'a Path,
+    /// Host files bound read-only over paths inside (`/etc/hosts`, ...).
+    pub files: &'a [(PathBuf, PathBuf)],
 }
 
 /// Device nodes bind-mounted from the host into the container's `/dev`.
@@ -123,6 +125,40 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+
+    // Files of the attempt over the image's (/etc/hosts, /etc/resolv.conf): the target is made
+    // in the overlay's upper layer when the image lacks it.
+    for (src, target) in p.files {
+        let rel = target.strip_prefix("/").unwrap_or(target);
+        let dst = root.join(rel);
+        // A symlink in the image (`/etc/resolv.conf -> /run/...`) would be followed by the
+        // mount, outside the container's root: replace it with a file.
+        if fs::symlink_metadata(&dst).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&dst).map_err(|source| DriverError::Io {
+                op: "replace the symlink",
+                path: dst.clone(),
+                source,
+            })?;
+        }
+        if fs::symlink_metadata(&dst).is_err() {
+            if let Some(dir) = dst.parent() {
+                mkdirs(dir)?;
+            }
+            fs::File::create(&dst).map_err(|source| DriverError::Io {
+                op: "create the bind target",
+                path: dst.clone(),
+                source,
+            })?;
+        }
+        do_mount(Some(src), &dst, None, MsFlags::MS_BIND, None)?;
+        do_mount(
+            None,
+            &dst,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
 
     // /proc, with the usual sensitive entries masked or read-only.
     let proc_ = root.join("proc");

@@ -59,6 +59,14 @@ pub struct ContainerSpec {
     /// Network namespace.
     #[serde(default)]
     pub network: Network,
+    /// With [`Network::Join`]: the network namespace to join (a bind-mounted namespace file,
+    /// like those of `ip netns`), prepared by the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// Host files bound read-only over paths inside the container, e.g. the attempt's own
+    /// `/etc/hosts` and `/etc/resolv.conf`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(PathBuf, PathBuf)>,
     /// CPU limit in cores (quota = cpus x period); `None` = unlimited.
     #[serde(default)]
     pub cpus: Option<f64>,
@@ -79,6 +87,8 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
+    /// The network namespace at [`ContainerSpec::netns`] (the agent's bridge network).
+    Join,
 }
 
 /// Why an attempt ended.

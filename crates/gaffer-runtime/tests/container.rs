@@ -190,6 +190,8 @@ impl Ctr {
                 uid: 0,
                 gid: 0,
                 network: Network::None,
+                netns: None,
+                files: Vec::new(),
                 cpus: None,
                 memory: None,
                 pids: None,

@@ -220,6 +220,7 @@ impl Node {
                 images: Vec::new(),
                 image_digests: Default::default(),
                 containers: false,
+                bridge: false,
             },
             0,
             last_seen,

@@ -157,6 +157,7 @@ pub(super) fn node(name: &str, cpus: f64, memory_gib: u64) -> NodeInfo {
         images: Vec::new(),
         image_digests: Default::default(),
         containers: false,
+        bridge: false,
     }
 }
 
