@@ -10,7 +10,8 @@
 //! JSON lines (UTF-8, one record per line, each ending with `\n`):
 //! 1. a header: `{"gaffer_snapshot":1,"created_at":MS,"source":"...","gaffer_version":"...","jobs":N}`;
 //! 2. every job, newest first, as `{"job":{...}}`, each followed by its task rows
-//!    (`{"task":{...}}`) and then its attempts (`{"attempt":{...}}`);
+//!    (`{"task":{...}}`) and then its attempts (`{"attempt":{...}}`), each in the snapshot form
+//!    of `gaffer_store::record`;
 //! 3. every event, oldest first: `{"event":{...}}` (the `GET /v1/events` shape);
 //! 4. every idempotency key, in byte order: `{"idem":{"key":"...","jobs":["j-000001"]}}`;
 //! 5. the end record `{"end":{...}}`: how many records of each kind precede it, the two id
@@ -29,13 +30,13 @@
 
 use crate::cli::{AdminCommand, AdminStoreArgs, Format, RestoreArgs, SnapshotArgs, StoreKind};
 use anyhow::{anyhow, bail, Context, Result};
-use gaffer_api::state::TaskCounts;
-use gaffer_api::views::{AttemptView, EventView};
-use gaffer_api::{JobId, JobSpec, JobState, TaskState, UnixMs};
+use gaffer_api::views::EventView;
+use gaffer_api::{JobId, JobState, TaskState, UnixMs};
 use gaffer_store::etcd::{EtcdStore, FenceCond};
+use gaffer_store::record::{AttemptRecord, JobRecord, TaskRecord};
 use gaffer_store::sqlite::SqliteStore;
-use gaffer_store::{Batch, JobQuery, JobRow, Store, StoreError, TaskRow};
-use serde::{Deserialize, Deserializer, Serialize};
+use gaffer_store::{Batch, JobQuery, Store, StoreError};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Seek, SeekFrom, Write};
@@ -44,8 +45,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// The format version this gaffer writes and reads.
-const VERSION: u64 = 1;
+/// The format version this gaffer writes and reads: that of the records it holds.
+const VERSION: u64 = gaffer_store::record::VERSION;
 /// Jobs per listing page while taking a snapshot.
 const PAGE: u32 = 5_000;
 /// Jobs one reader thread handles at a time.
@@ -94,9 +95,9 @@ struct Header {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Rec {
-    Job(Box<JobRec>),
-    Task(TaskRec),
-    Attempt(Box<AttemptRec>),
+    Job(Box<JobRecord>),
+    Task(TaskRecord),
+    Attempt(Box<AttemptRecord>),
     Event(EventView),
     Idem(IdemRec),
     End(EndRec),
@@ -112,190 +113,6 @@ impl Rec {
             Rec::Idem(_) => "idem",
             Rec::End(_) => "end",
         }
-    }
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-/// A job row.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobRec {
-    id: JobId,
-    name: String,
-    state: JobState,
-    counts: TaskCounts,
-    created_at: UnixMs,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    finished_at: Option<UnixMs>,
-    #[serde(default, skip_serializing_if = "is_false")]
-    kill_requested: bool,
-    next_fresh: u32,
-    spec: JobSpec,
-}
-
-impl From<JobRow> for JobRec {
-    fn from(j: JobRow) -> Self {
-        JobRec {
-            id: j.id,
-            name: j.name,
-            state: j.state,
-            counts: j.counts,
-            created_at: j.created_at,
-            finished_at: j.finished_at,
-            kill_requested: j.kill_requested,
-            next_fresh: j.next_fresh,
-            spec: j.spec,
-        }
-    }
-}
-
-impl From<JobRec> for JobRow {
-    fn from(j: JobRec) -> Self {
-        JobRow {
-            id: j.id,
-            name: j.name,
-            spec: j.spec,
-            state: j.state,
-            counts: j.counts,
-            created_at: j.created_at,
-            finished_at: j.finished_at,
-            kill_requested: j.kill_requested,
-            next_fresh: j.next_fresh,
-        }
-    }
-}
-
-/// A task row.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TaskRec {
-    job: JobId,
-    index: u32,
-    state: TaskState,
-    attempts: u32,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    lost: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    node: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    not_before: Option<UnixMs>,
-}
-
-impl From<TaskRow> for TaskRec {
-    fn from(t: TaskRow) -> Self {
-        TaskRec {
-            job: t.job,
-            index: t.index,
-            state: t.state,
-            attempts: t.attempts,
-            lost: t.lost,
-            node: t.node,
-            not_before: t.not_before,
-        }
-    }
-}
-
-impl From<TaskRec> for TaskRow {
-    fn from(t: TaskRec) -> Self {
-        TaskRow {
-            job: t.job,
-            index: t.index,
-            state: t.state,
-            attempts: t.attempts,
-            lost: t.lost,
-            node: t.node,
-            not_before: t.not_before,
-        }
-    }
-}
-
-/// An attempt of task `index` of `job` (the fields of `AttemptView` after those two).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttemptRec {
-    job: JobId,
-    index: u32,
-    attempt: u32,
-    node: String,
-    state: TaskState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    started_at: Option<UnixMs>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    ended_at: Option<UnixMs>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    exit_code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    signal: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    max_rss_bytes: Option<u64>,
-    /// Read back from its exact text: serde_json's default float parser may be one unit in the
-    /// last place off, and a restore must give the very same number.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "exact_f64"
-    )]
-    cpu_secs: Option<f64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    outputs: Vec<String>,
-}
-
-fn exact_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
-    let raw: Option<Box<serde_json::value::RawValue>> = Option::deserialize(d)?;
-    match raw {
-        None => Ok(None),
-        Some(r) => r.get().parse::<f64>().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!("cpu_secs must be a number, not {}", r.get()))
-        }),
-    }
-}
-
-impl AttemptRec {
-    fn new(job: JobId, index: u32, a: AttemptView) -> Self {
-        AttemptRec {
-            job,
-            index,
-            attempt: a.attempt,
-            node: a.node,
-            state: a.state,
-            started_at: a.started_at,
-            ended_at: a.ended_at,
-            exit_code: a.exit_code,
-            signal: a.signal,
-            message: a.message,
-            max_rss_bytes: a.max_rss_bytes,
-            cpu_secs: a.cpu_secs,
-            outputs: a.outputs,
-        }
-    }
-
-    fn into_parts(self) -> (JobId, u32, AttemptView) {
-        (
-            self.job,
-            self.index,
-            AttemptView {
-                attempt: self.attempt,
-                node: self.node,
-                state: self.state,
-                started_at: self.started_at,
-                ended_at: self.ended_at,
-                exit_code: self.exit_code,
-                signal: self.signal,
-                message: self.message,
-                max_rss_bytes: self.max_rss_bytes,
-                cpu_secs: self.cpu_secs,
-                outputs: self.outputs,
-            },
-        )
     }
 }
 
@@ -728,7 +545,7 @@ fn read_jobs(store: &dyn Store, ids: &[JobId]) -> Result<Chunk> {
         for (index, a) in h.attempts {
             push_line(
                 &mut c.text,
-                &Rec::Attempt(Box::new(AttemptRec::new(id, index, a))),
+                &Rec::Attempt(Box::new(AttemptRecord::from((id, index, a)))),
             )?;
         }
     }
@@ -1425,7 +1242,7 @@ fn restore(fmt: Format, a: RestoreArgs) -> Result<i32> {
                         nj += 1;
                     }
                     Rec::Task(t) => b.tasks.push(t.into()),
-                    Rec::Attempt(at) => b.attempts.push(at.into_parts()),
+                    Rec::Attempt(at) => b.attempts.push((*at).into()),
                     Rec::Event(e) => {
                         b.events.push(e);
                         ne += 1;

@@ -3,7 +3,7 @@
 //! # Keys
 //! Every key lives under a prefix (`P`), so several gaffer clusters can share one etcd. Numbers are
 //! zero-padded (ids to 20 digits, task indices and attempt numbers to 10) so keys sort as numbers.
-//! Values are compact JSON.
+//! Values are compact JSON; jobs and task rows in the etcd form of [`crate::record`].
 //!
 //! | key | value |
 //! |-----|-------|
@@ -47,14 +47,14 @@
 //! on it and the calling thread waits on a channel, so calls work from plain threads, from
 //! `spawn_blocking` closures and even from inside another runtime's worker (where they block it).
 
+use crate::record::{JobRecord, TaskRecord};
 use crate::{ActiveState, Batch, JobHistory, JobQuery, JobRow, Result, Store, StoreError, TaskRow};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, KvClient, Txn,
     TxnOp, TxnOpResponse,
 };
-use gaffer_api::state::TaskCounts;
 use gaffer_api::views::{AttemptView, EventView, JobPage, TaskView};
-use gaffer_api::{JobId, JobSpec, JobState, TaskState, UnixMs};
+use gaffer_api::{JobId, JobState, TaskState, UnixMs};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -106,96 +106,6 @@ impl Fence {
                 Compare::create_revision(self.key.as_bytes(), CompareOp::Equal, *r)
             }
             FenceCond::Value(v) => Compare::value(self.key.as_bytes(), CompareOp::Equal, v.clone()),
-        }
-    }
-}
-
-/// The job record as stored.
-#[derive(Serialize, Deserialize, Clone)]
-struct JobRec {
-    id: u64,
-    name: String,
-    spec: JobSpec,
-    state: JobState,
-    counts: TaskCounts,
-    created_at: UnixMs,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    finished_at: Option<UnixMs>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    kill_requested: bool,
-    #[serde(default)]
-    next_fresh: u32,
-}
-
-impl JobRec {
-    fn from_row(j: &JobRow) -> Self {
-        JobRec {
-            id: j.id.0,
-            name: j.name.clone(),
-            spec: j.spec.clone(),
-            state: j.state,
-            counts: j.counts,
-            created_at: j.created_at,
-            finished_at: j.finished_at,
-            kill_requested: j.kill_requested,
-            next_fresh: j.next_fresh,
-        }
-    }
-    fn into_row(self) -> JobRow {
-        JobRow {
-            id: JobId(self.id),
-            name: self.name,
-            spec: self.spec,
-            state: self.state,
-            counts: self.counts,
-            created_at: self.created_at,
-            finished_at: self.finished_at,
-            kill_requested: self.kill_requested,
-            next_fresh: self.next_fresh,
-        }
-    }
-}
-
-/// The task row as stored.
-#[derive(Serialize, Deserialize)]
-struct TaskRec {
-    j: u64,
-    i: u32,
-    s: TaskState,
-    a: u32,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    l: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    n: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nb: Option<UnixMs>,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-impl TaskRec {
-    fn from_row(t: &TaskRow) -> Self {
-        TaskRec {
-            j: t.job.0,
-            i: t.index,
-            s: t.state,
-            a: t.attempts,
-            l: t.lost,
-            n: t.node.clone(),
-            nb: t.not_before,
-        }
-    }
-    fn into_row(self) -> TaskRow {
-        TaskRow {
-            job: JobId(self.j),
-            index: self.i,
-            state: self.s,
-            attempts: self.a,
-            lost: self.l,
-            node: self.n,
-            not_before: self.nb,
         }
     }
 }
@@ -343,10 +253,28 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn from_json<'a, T: Deserialize<'a>>(kv: &'a KeyValue) -> Result<T> {
-    serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+    decode(kv, serde_json::from_slice)
+}
+
+/// Reads `kv`'s value with `read` (a JSON decoder), a corrupt record if it fails.
+fn decode<'a, T>(
+    kv: &'a KeyValue,
+    read: impl FnOnce(&'a [u8]) -> serde_json::Result<T>,
+) -> Result<T> {
+    read(kv.value()).map_err(|e| StoreError::Corrupt {
         what: format!("etcd key {}", String::from_utf8_lossy(kv.key())),
         detail: e.to_string(),
     })
+}
+
+/// A job row from its etcd value.
+fn job_from(kv: &KeyValue) -> Result<JobRow> {
+    decode(kv, JobRecord::from_etcd).map(JobRow::from)
+}
+
+/// A task row from its etcd value.
+fn task_from(kv: &KeyValue) -> Result<TaskRow> {
+    decode(kv, TaskRecord::from_etcd).map(TaskRow::from)
 }
 
 /// The etcd store.
@@ -642,9 +570,7 @@ impl EtcdStore {
     }
 
     fn jobs_from(&self, kvs: &[KeyValue]) -> Result<Vec<JobRow>> {
-        kvs.iter()
-            .map(|kv| from_json::<JobRec>(kv).map(JobRec::into_row))
-            .collect()
+        kvs.iter().map(job_from).collect()
     }
 
     fn id_of(&self, kv: &KeyValue) -> Result<u64> {
@@ -681,7 +607,7 @@ impl Store for EtcdStore {
         }
         st.jobs.sort_by_key(|j| j.id);
         for kv in self.scan_prefix(&self.k("atasks/"), false)? {
-            st.tasks.push(from_json::<TaskRec>(&kv)?.into_row());
+            st.tasks.push(task_from(&kv)?);
         }
         let next = self.counter("next_job_id")?.max(1);
         let max_job = self.last_number_from(self.k("jobs/"), next)?.unwrap_or(0);
@@ -711,15 +637,15 @@ impl Store for EtcdStore {
         want.dedup();
         let got = self.get_many(want.iter().map(|&id| self.job_key(id)).collect())?;
         // id -> (state in etcd now, record after this batch)
-        let mut jobs: BTreeMap<u64, (Option<JobState>, JobRec)> = BTreeMap::new();
+        let mut jobs: BTreeMap<u64, (Option<JobState>, JobRecord)> = BTreeMap::new();
         for (id, kv) in want.iter().zip(got) {
             if let Some(kv) = kv {
-                let rec: JobRec = from_json(&kv)?;
+                let rec = decode(&kv, JobRecord::from_etcd)?;
                 jobs.insert(*id, (Some(rec.state), rec));
             }
         }
         for j in &b.insert_jobs {
-            jobs.insert(j.id.0, (None, JobRec::from_row(j)));
+            jobs.insert(j.id.0, (None, JobRecord::from(j.clone())));
         }
         for j in &b.update_jobs {
             if let Some((_, rec)) = jobs.get_mut(&j.id.0) {
@@ -735,7 +661,7 @@ impl Store for EtcdStore {
             if deleted.contains(id) {
                 continue;
             }
-            let json = to_json(rec);
+            let json = rec.to_etcd();
             ops.put(self.job_key(*id), json.clone());
             if let Some(old) = old {
                 if *old != rec.state {
@@ -753,7 +679,7 @@ impl Store for EtcdStore {
             if deleted.contains(&t.job.0) {
                 continue;
             }
-            let json = to_json(&TaskRec::from_row(t));
+            let json = TaskRecord::from(t.clone()).to_etcd();
             let ak = self.atask_key(t.job.0, t.index);
             if task_active(t.state) {
                 ops.put(ak, json.clone());
@@ -829,7 +755,7 @@ impl Store for EtcdStore {
                 None => true,
                 Some(name) => {
                     let text = if full {
-                        serde_json::from_slice::<JobRec>(kv.value())
+                        JobRecord::from_etcd(kv.value())
                             .map(|r| r.name)
                             .unwrap_or_default()
                     } else {
@@ -850,7 +776,7 @@ impl Store for EtcdStore {
             let got = self.get_many(ids.iter().map(|&id| self.job_key(id)).collect())?;
             let mut rows = Vec::new();
             for kv in got.into_iter().flatten() {
-                rows.push(from_json::<JobRec>(&kv)?.into_row());
+                rows.push(job_from(&kv)?);
             }
             rows
         };
@@ -868,7 +794,7 @@ impl Store for EtcdStore {
 
     fn get_job(&self, id: JobId) -> Result<Option<JobRow>> {
         match self.get_one(self.job_key(id.0))? {
-            Some(kv) => Ok(Some(from_json::<JobRec>(&kv)?.into_row())),
+            Some(kv) => Ok(Some(job_from(&kv)?)),
             None => Ok(None),
         }
     }
@@ -885,10 +811,10 @@ impl Store for EtcdStore {
             self.task_key(id, end).into_bytes(),
             false,
         )? {
-            let t: TaskRec = from_json(&kv)?;
-            if let Some(v) = tasks.get_mut((t.i - from) as usize) {
-                v.state = t.s;
-                v.not_before = t.nb;
+            let t = task_from(&kv)?;
+            if let Some(v) = tasks.get_mut((t.index - from) as usize) {
+                v.state = t.state;
+                v.not_before = t.not_before;
             }
         }
         for kv in self.scan(
@@ -957,7 +883,7 @@ impl Store for EtcdStore {
     fn tasks_in_states(&self, job: JobId, states: &[TaskState]) -> Result<Vec<TaskRow>> {
         let mut out = Vec::new();
         for kv in self.scan_prefix(&format!("{}/tasks/{:020}/", self.p, job.0), false)? {
-            let t = from_json::<TaskRec>(&kv)?.into_row();
+            let t = task_from(&kv)?;
             if states.contains(&t.state) {
                 out.push(t);
             }
@@ -981,7 +907,7 @@ impl Store for EtcdStore {
         let mut found: HashMap<u64, JobHistory> = HashMap::new();
         let (from, to) = span("jobs");
         for kv in self.scan(from, to, false)? {
-            let job = from_json::<JobRec>(&kv)?.into_row();
+            let job = job_from(&kv)?;
             let history = JobHistory {
                 job,
                 tasks: Vec::new(),
@@ -991,7 +917,7 @@ impl Store for EtcdStore {
         }
         let (from, to) = span("tasks");
         for kv in self.scan(from, to, false)? {
-            let t = from_json::<TaskRec>(&kv)?.into_row();
+            let t = task_from(&kv)?;
             if let Some(h) = found.get_mut(&t.job.0) {
                 h.tasks.push(t);
             }

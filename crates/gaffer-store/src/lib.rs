@@ -11,9 +11,13 @@
 //! Tasks of an array are stored lazily: a job records `next_fresh`, and every task with an index
 //! at or above it that has no row is pending and has never run. A 1,000,000-task array costs one
 //! row until its tasks start.
+//!
+//! [`record`] holds the job, task and attempt records as they are kept on disk: the etcd
+//! backend's values and the lines of a `gaffer admin snapshot` file.
 
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod record;
 pub mod sqlite;
 
 use gaffer_api::state::TaskCounts;
