@@ -1,11 +1,12 @@
-//! The client subcommands: each turns parsed flags into API calls and prints the answer for
-//! people (tables) or scripts (`-o json`).
+//! The client subcommands: each turns parsed flags into API calls and prints the answer through
+//! the [`Output`] that `-o` chose, for people (tables) or scripts (JSON).
 
 use crate::cli::{
-    EventsArgs, Format, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs, RmArgs, StatusArgs,
+    EventsArgs, JobsArgs, JobsList, LogsArgs, NodeCommand, OutputArgs, RmArgs, StatusArgs,
     SubmitArgs, WaitArgs,
 };
 use crate::client::{enc, Client};
+use crate::output::Output;
 use anyhow::{anyhow, bail, Context, Result};
 use gaffer_api::now_ms;
 use gaffer_api::views::{
@@ -18,11 +19,6 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 fn job_id(s: &str) -> Result<JobId> {
     s.parse()
         .map_err(|e: gaffer_api::ids::BadJobId| anyhow!("{e}"))
-}
-
-pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 /// "3s", "2m10s", "1h5m".
@@ -84,7 +80,7 @@ fn command_line(spec: &JobSpec) -> String {
 }
 
 /// `gaffer submit`.
-pub fn submit(c: &Client, fmt: Format, a: SubmitArgs) -> Result<i32> {
+pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
     let body: serde_json::Value = match &a.file {
         Some(path) => {
             let text = if path.as_os_str() == "-" {
@@ -146,19 +142,17 @@ pub fn submit(c: &Client, fmt: Format, a: SubmitArgs) -> Result<i32> {
         .unwrap_or_else(crate::client::idempotency_key);
     let headers = [("Idempotency-Key", key.as_str())];
     let resp: SubmitResponse = c.post("/v1/jobs", &body, &headers)?;
-    if fmt == Format::Json {
-        print_json(&resp)?;
-    } else if a.quiet {
+    out.print(&resp, || {
         for id in &resp.ids {
-            println!("{id}");
+            if a.quiet {
+                println!("{id}");
+            } else {
+                println!("submitted {id}");
+            }
         }
-    } else {
-        for id in &resp.ids {
-            println!("submitted {id}");
-        }
-    }
+    })?;
     if a.wait {
-        return wait_ids(c, &resp.ids, None, fmt == Format::Human && !a.quiet);
+        return wait_ids(c, &resp.ids, None, out.is_human() && !a.quiet);
     }
     Ok(0)
 }
@@ -186,7 +180,7 @@ fn job_row(j: &JobView) -> Vec<String> {
 }
 
 /// `gaffer jobs`.
-pub fn jobs(c: &Client, fmt: Format, a: JobsArgs) -> Result<i32> {
+pub fn jobs(c: &Client, out: Output, a: JobsArgs) -> Result<i32> {
     let mut q = format!("/v1/jobs?limit={}", a.limit);
     if let Some(s) = &a.state {
         q.push_str(&format!("&state={}", enc(s)));
@@ -198,13 +192,15 @@ pub fn jobs(c: &Client, fmt: Format, a: JobsArgs) -> Result<i32> {
         q.push_str(&format!("&before={}", job_id(b)?));
     }
     let page: JobPage = c.get(&q)?;
-    if fmt == Format::Json {
-        print_json(&page)?;
-        return Ok(0);
-    }
+    out.print(&page, || print_jobs(&page))?;
+    Ok(0)
+}
+
+/// The human rendering of `gaffer jobs`.
+fn print_jobs(page: &JobPage) {
     if page.jobs.is_empty() {
         println!("no jobs");
-        return Ok(0);
+        return;
     }
     let rows: Vec<Vec<String>> = page.jobs.iter().map(job_row).collect();
     table(
@@ -222,20 +218,21 @@ pub fn jobs(c: &Client, fmt: Format, a: JobsArgs) -> Result<i32> {
     if let Some(n) = page.next {
         println!("(more: gaffer jobs --before {n})");
     }
-    Ok(0)
 }
 
 /// `gaffer status`.
-pub fn status(c: &Client, fmt: Format, a: StatusArgs) -> Result<i32> {
+pub fn status(c: &Client, out: Output, a: StatusArgs) -> Result<i32> {
     let id = job_id(&a.job)?;
     let d: JobDetail = c.get(&format!(
         "/v1/jobs/{id}?tasks_from={}&tasks_limit={}",
         a.tasks_from, a.tasks_limit
     ))?;
-    if fmt == Format::Json {
-        print_json(&d)?;
-        return Ok(0);
-    }
+    out.print(&d, || print_status(&d, a.tasks_from))?;
+    Ok(0)
+}
+
+/// The human rendering of `gaffer status`: the job, then a row per attempt (or task).
+fn print_status(d: &JobDetail, tasks_from: u32) {
     let j = &d.job;
     let t = &j.tasks;
     println!("job      {} ({})", j.id, j.name);
@@ -335,14 +332,13 @@ pub fn status(c: &Client, fmt: Format, a: StatusArgs) -> Result<i32> {
         ],
         &rows,
     );
-    let shown_to = a.tasks_from + d.task_list.len() as u32;
+    let shown_to = tasks_from + d.task_list.len() as u32;
     if shown_to < t.total {
         println!(
             "(tasks {}..{} of {}; see more with --tasks-from {shown_to})",
-            a.tasks_from, shown_to, t.total
+            tasks_from, shown_to, t.total
         );
     }
-    Ok(0)
 }
 
 /// `gaffer logs`.
@@ -456,46 +452,40 @@ impl Resume {
 use std::io::Read as _;
 
 /// `gaffer kill`.
-pub fn kill(c: &Client, fmt: Format, a: JobsList) -> Result<i32> {
-    let mut out = Vec::new();
+pub fn kill(c: &Client, out: Output, a: JobsList) -> Result<i32> {
+    let mut answers = Vec::new();
     for j in &a.jobs {
         let id = job_id(j)?;
         let v: serde_json::Value =
             c.post_idempotent(&format!("/v1/jobs/{id}/kill"), &serde_json::json!({}))?;
-        if fmt == Format::Human {
+        out.human(|| {
             let state = v["state"].as_str().unwrap_or("?");
             if matches!(state, "succeeded" | "failed") {
                 println!("{id} had already finished ({state})");
             } else {
                 println!("{id}: kill requested (running tasks get SIGTERM, then SIGKILL after their grace period)");
             }
-        }
-        out.push(v);
+        });
+        answers.push(v);
     }
-    if fmt == Format::Json {
-        print_json(&out)?;
-    }
+    out.json(&answers)?;
     Ok(0)
 }
 
 /// `gaffer retry`.
-pub fn retry(c: &Client, fmt: Format, a: JobsList) -> Result<i32> {
-    let mut out = Vec::new();
+pub fn retry(c: &Client, out: Output, a: JobsList) -> Result<i32> {
+    let mut answers = Vec::new();
     for j in &a.jobs {
         let id = job_id(j)?;
         let v: serde_json::Value =
             c.post(&format!("/v1/jobs/{id}/retry"), &serde_json::json!({}), &[])?;
-        if fmt == Format::Human {
-            match v["retried"].as_u64().unwrap_or(0) {
-                0 => println!("{id}: no failed task to retry"),
-                n => println!("{id}: {n} task(s) queued again"),
-            }
-        }
-        out.push(v);
+        out.human(|| match v["retried"].as_u64().unwrap_or(0) {
+            0 => println!("{id}: no failed task to retry"),
+            n => println!("{id}: {n} task(s) queued again"),
+        });
+        answers.push(v);
     }
-    if fmt == Format::Json {
-        print_json(&out)?;
-    }
+    out.json(&answers)?;
     Ok(0)
 }
 
@@ -513,21 +503,21 @@ pub fn rm(c: &Client, a: RmArgs) -> Result<i32> {
 }
 
 /// `gaffer wait`.
-pub fn wait(c: &Client, fmt: Format, a: WaitArgs) -> Result<i32> {
+pub fn wait(c: &Client, out: Output, a: WaitArgs) -> Result<i32> {
     let ids = a
         .jobs
         .iter()
         .map(|j| job_id(j))
         .collect::<Result<Vec<_>>>()?;
-    let code = wait_ids(c, &ids, a.timeout.map(|t| t.as_std()), fmt == Format::Human)?;
-    if fmt == Format::Json {
+    let code = wait_ids(c, &ids, a.timeout.map(|t| t.as_std()), out.is_human())?;
+    out.json_with(|| {
         let mut views = Vec::new();
         for id in &ids {
             let d: JobDetail = c.get(&format!("/v1/jobs/{id}?tasks_limit=0"))?;
             views.push(d.job);
         }
-        print_json(&views)?;
-    }
+        Ok(views)
+    })?;
     Ok(code)
 }
 
@@ -596,7 +586,7 @@ fn wait_ids(c: &Client, ids: &[JobId], timeout: Option<Duration>, human: bool) -
 }
 
 /// `gaffer output`.
-pub fn output(c: &Client, fmt: Format, a: OutputArgs) -> Result<i32> {
+pub fn output(c: &Client, out: Output, a: OutputArgs) -> Result<i32> {
     let id = job_id(&a.job)?;
     let mut q = format!("/v1/jobs/{id}/outputs");
     if let Some(t) = a.task {
@@ -606,11 +596,9 @@ pub fn output(c: &Client, fmt: Format, a: OutputArgs) -> Result<i32> {
     let d: JobDetail = c.get(&format!("/v1/jobs/{id}?tasks_limit=0"))?;
     let single = d.job.tasks.total == 1;
     if files.is_empty() {
-        if fmt == Format::Json {
-            print_json(&files)?;
-        } else {
-            println!("job {id} has no output files (declare them with --output GLOB)");
-        }
+        out.print(&files, || {
+            println!("job {id} has no output files (declare them with --output GLOB)")
+        })?;
         return Ok(0);
     }
     for f in &files {
@@ -627,28 +615,26 @@ pub fn output(c: &Client, fmt: Format, a: OutputArgs) -> Result<i32> {
             "/v1/jobs/{id}/outputs/{}/{path_q}?attempt={}",
             f.task, f.attempt
         ))?;
-        let mut out = std::fs::File::create(&dest)
+        let mut file = std::fs::File::create(&dest)
             .with_context(|| format!("cannot write {}", dest.display()))?;
-        std::io::copy(&mut r, &mut out)
+        std::io::copy(&mut r, &mut file)
             .with_context(|| format!("download of {} failed", f.path))?;
-        if fmt == Format::Human {
-            println!("{}", dest.display());
-        }
+        out.human(|| println!("{}", dest.display()));
     }
-    if fmt == Format::Json {
-        print_json(&files)?;
-    }
+    out.json(&files)?;
     Ok(0)
 }
 
 /// `gaffer nodes`.
 /// `gaffer servers`.
-pub fn servers(c: &Client, fmt: Format) -> Result<i32> {
+pub fn servers(c: &Client, out: Output) -> Result<i32> {
     let v: ServersView = c.get("/v1/servers")?;
-    if fmt == Format::Json {
-        print_json(&v)?;
-        return Ok(0);
-    }
+    out.print(&v, || print_servers(&v))?;
+    Ok(0)
+}
+
+/// The human rendering of `gaffer servers`.
+fn print_servers(v: &ServersView) {
     let now = now_ms();
     let rows: Vec<Vec<String>> = v
         .servers
@@ -670,16 +656,17 @@ pub fn servers(c: &Client, fmt: Format) -> Result<i32> {
             v.answered_by
         ),
     }
-    Ok(0)
 }
 
 /// `gaffer nodes`.
-pub fn nodes(c: &Client, fmt: Format) -> Result<i32> {
+pub fn nodes(c: &Client, out: Output) -> Result<i32> {
     let nodes: Vec<NodeView> = c.get("/v1/nodes")?;
-    if fmt == Format::Json {
-        print_json(&nodes)?;
-        return Ok(0);
-    }
+    out.print(&nodes, || print_nodes(&nodes))?;
+    Ok(0)
+}
+
+/// The human rendering of `gaffer nodes`.
+fn print_nodes(nodes: &[NodeView]) {
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -717,14 +704,15 @@ pub fn nodes(c: &Client, fmt: Format) -> Result<i32> {
         ],
         &rows,
     );
-    Ok(0)
 }
 
-fn print_event(e: &EventView, fmt: Format) -> Result<()> {
-    if fmt == Format::Json {
-        println!("{}", serde_json::to_string(e)?);
-        return Ok(());
-    }
+fn print_event(e: &EventView, out: Output) -> Result<()> {
+    println!("{}", out.line(e, || event_line(e))?);
+    Ok(())
+}
+
+/// An event as a line for people.
+fn event_line(e: &EventView) -> String {
     let what = match (e.task, e.attempt) {
         (Some(t), Some(a)) => format!("{}.{t}#{a}", e.job),
         (Some(t), None) => format!("{}.{t}", e.job),
@@ -735,12 +723,11 @@ fn print_event(e: &EventView, fmt: Format) -> Result<()> {
         .as_deref()
         .map(|f| format!("{f} -> "))
         .unwrap_or_default();
-    println!("{} {what} {from}{} {}", timestamp(e.time), e.to, e.detail);
-    Ok(())
+    format!("{} {what} {from}{} {}", timestamp(e.time), e.to, e.detail)
 }
 
 /// `gaffer events`.
-pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
+pub fn events(c: &Client, out: Output, a: EventsArgs) -> Result<i32> {
     let job = a.job.as_deref().map(job_id).transpose()?;
     let mut after = match (a.after, a.follow) {
         (Some(n), _) => Some(n),
@@ -790,7 +777,7 @@ pub fn events(c: &Client, fmt: Format, a: EventsArgs) -> Result<i32> {
             if let Some(data) = line.strip_prefix("data:") {
                 let e: EventView =
                     serde_json::from_str(data.trim()).context("bad event from the server")?;
-                print_event(&e, fmt)?;
+                print_event(&e, out)?;
                 after = Some(e.id);
                 resume.progressed();
             }

@@ -1,10 +1,10 @@
 //! `gaffer image` (the cluster's images, through the server's catalog) and `gaffer agent image`
 //! (one agent's own image store, on its machine).
 
-use crate::cli::Format;
 use crate::cli_images::{AgentImageCommand, ImageCommand, PullArgs};
 use crate::client::{enc, Client};
-use crate::commands::{ago, print_json, short_duration, table};
+use crate::commands::{ago, short_duration, table};
+use crate::output::Output;
 use anyhow::{bail, Context, Result};
 use gaffer_api::views::ImageView;
 use gaffer_api::ByteSize;
@@ -14,13 +14,13 @@ use std::path::Path;
 use std::time::Instant;
 
 /// `gaffer image import|pull|ls|rm`.
-pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
+pub fn image(c: &Client, out: Output, cmd: ImageCommand) -> Result<i32> {
     match cmd {
         ImageCommand::Import {
             name,
             path,
             all_nodes,
-        } => import(c, fmt, &name, &path, all_nodes)?,
+        } => import(c, out, &name, &path, all_nodes)?,
         ImageCommand::Pull {
             what:
                 PullArgs {
@@ -33,9 +33,7 @@ pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
             let body =
                 serde_json::json!({"reference": reference, "name": name, "insecure": insecure});
             let v: serde_json::Value = c.post("/v1/images/pull", &body, &[])?;
-            if fmt == Format::Json {
-                print_json(&v)?;
-            } else {
+            out.print(&v, || {
                 let nodes: Vec<&str> = v["nodes"]
                     .as_array()
                     .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
@@ -46,31 +44,29 @@ pub fn image(c: &Client, fmt: Format, cmd: ImageCommand) -> Result<i32> {
                     v["name"].as_str().unwrap_or_default(),
                     nodes.join(", ")
                 );
-            }
+            })?;
         }
         ImageCommand::Ls => {
             let images: Vec<ImageView> = c.get("/v1/images")?;
-            if fmt == Format::Json {
-                print_json(&images)?;
-            } else if images.is_empty() {
-                println!("no images (add one with gaffer image import NAME FILE)");
-            } else {
-                let rows: Vec<Vec<String>> = images.iter().map(image_row).collect();
-                table(
-                    &["NAME", "SIZE", "DIGEST", "FORMAT", "IMPORTED", "NODES"],
-                    &rows,
-                );
-            }
+            out.print(&images, || {
+                if images.is_empty() {
+                    println!("no images (add one with gaffer image import NAME FILE)");
+                } else {
+                    let rows: Vec<Vec<String>> = images.iter().map(image_row).collect();
+                    table(
+                        &["NAME", "SIZE", "DIGEST", "FORMAT", "IMPORTED", "NODES"],
+                        &rows,
+                    );
+                }
+            })?;
         }
         ImageCommand::Rm { name } => {
             let v: ImageView = c.delete_json(&format!("/v1/images/{}", enc(&name)))?;
-            if fmt == Format::Json {
-                print_json(&v)?;
-            } else {
+            out.print(&v, || {
                 println!(
                     "removed image `{name}` from the cluster's catalog; nodes holding it remove their copy"
                 );
-            }
+            })?;
         }
     }
     Ok(0)
@@ -174,7 +170,7 @@ fn tar_layout(dir: &Path) -> Result<tempfile::NamedTempFile> {
 }
 
 /// `gaffer image import`: hash, skip the upload if the server has the archive, else stream it.
-fn import(c: &Client, fmt: Format, name: &str, path: &Path, all_nodes: bool) -> Result<()> {
+fn import(c: &Client, out: Output, name: &str, path: &Path, all_nodes: bool) -> Result<()> {
     if !gaffer_runtime::image::valid_image_name(name) {
         bail!("invalid image name `{name}`: use 1 to 128 characters from [a-z0-9._-], not starting with '.'");
     }
@@ -190,7 +186,7 @@ fn import(c: &Client, fmt: Format, name: &str, path: &Path, all_nodes: bool) -> 
     let len = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
         .len();
-    let show = fmt == Format::Human && std::io::stderr().is_terminal();
+    let show = out.is_human() && std::io::stderr().is_terminal();
     let digest = sha256_file(file, len, show)?;
     let have = c.exists(&format!("/v1/images/blobs/{digest}"))?;
     let url = format!(
@@ -211,31 +207,29 @@ fn import(c: &Client, fmt: Format, name: &str, path: &Path, all_nodes: bool) -> 
         })
         .with_context(|| format!("cannot import {} as `{name}`", path.display()))?
     };
-    if fmt == Format::Json {
-        return print_json(&view);
-    }
-    println!(
-        "imported {} as `{name}` ({}, {}) in {}{}; {}",
-        path.display(),
-        ByteSize(len),
-        &digest[..19],
-        short_duration(t0.elapsed().as_millis() as u64),
-        if have {
-            " (the server already had this archive)"
-        } else {
-            ""
-        },
-        if all_nodes {
-            "every connected node is fetching it now"
-        } else {
-            "nodes fetch it when a task needs it"
-        }
-    );
-    Ok(())
+    out.print(&view, || {
+        println!(
+            "imported {} as `{name}` ({}, {}) in {}{}; {}",
+            path.display(),
+            ByteSize(len),
+            &digest[..19],
+            short_duration(t0.elapsed().as_millis() as u64),
+            if have {
+                " (the server already had this archive)"
+            } else {
+                ""
+            },
+            if all_nodes {
+                "every connected node is fetching it now"
+            } else {
+                "nodes fetch it when a task needs it"
+            }
+        );
+    })
 }
 
 /// `gaffer agent image import|pull|ls|rm` on this machine's agent data directory.
-pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
+pub fn agent_image(out: Output, cmd: AgentImageCommand) -> Result<i32> {
     match cmd {
         AgentImageCommand::Import {
             name,
@@ -247,11 +241,11 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             let img = store
                 .import(&name, &path)
                 .with_context(|| format!("cannot import {} as `{name}`", path.display()))?;
-            if fmt == Format::Json {
-                print_json(
-                    &serde_json::json!({"name": img.name, "rootfs": img.rootfs, "source": img.source}),
-                )?;
-            } else {
+            // Built for scripts only: a path that is not UTF-8 does not encode.
+            out.json_with(|| {
+                Ok(serde_json::json!({"name": img.name, "rootfs": img.rootfs, "source": img.source}))
+            })?;
+            out.human(|| {
                 println!(
                     "imported {} as `{}` in {} ({}); the agent reports it within a heartbeat",
                     path.display(),
@@ -259,7 +253,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
                     short_duration(t0.elapsed().as_millis() as u64),
                     img.rootfs.display()
                 );
-            }
+            });
         }
         AgentImageCommand::Pull {
             what:
@@ -278,7 +272,7 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
             };
             let store = gaffer_agent::images::node_store(&data_dir);
             let t0 = Instant::now();
-            let human = fmt == Format::Human;
+            let human = out.is_human();
             let tty = human && std::io::stderr().is_terminal();
             let mut bar: Option<indicatif::ProgressBar> = None;
             let mut total = 0u64;
@@ -336,47 +330,49 @@ pub fn agent_image(fmt: Format, cmd: AgentImageCommand) -> Result<i32> {
                 b.abandon();
             }
             let img = res?;
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({
+            // Built for scripts only: a path that is not UTF-8 does not encode.
+            out.json_with(|| {
+                Ok(serde_json::json!({
                     "name": img.name,
                     "reference": reference,
                     "rootfs": img.rootfs,
                     "digest": manifest,
                     "bytes": total,
                     "config": img.config,
-                }))?;
-            } else {
+                }))
+            })?;
+            out.human(|| {
                 println!(
                     "pulled {reference} as `{}` in {} ({}); the agent reports it within a heartbeat",
                     img.name,
                     short_duration(t0.elapsed().as_millis() as u64),
                     img.rootfs.display()
                 );
-            }
+            });
         }
         AgentImageCommand::Ls { data_dir } => {
             let store = gaffer_agent::images::node_store(&data_dir);
             let images = store
                 .list()
                 .with_context(|| format!("cannot list images in {}", data_dir.display()))?;
-            if fmt == Format::Json {
-                let v: Vec<_> = images
-                    .iter()
-                    .map(|i| serde_json::json!({"name": i.name, "source": i.source, "imported_at": i.imported_at_ms, "user": i.config.user, "cmd": i.config.cmd}))
-                    .collect();
-                print_json(&v)?;
-            } else if images.is_empty() {
-                println!(
-                    "no images in {} (add one with gaffer agent image import NAME FILE)",
-                    data_dir.display()
-                );
-            } else {
-                let rows: Vec<Vec<String>> = images
-                    .iter()
-                    .map(|i| vec![i.name.clone(), ago(i.imported_at_ms), i.source.clone()])
-                    .collect();
-                table(&["NAME", "IMPORTED", "SOURCE"], &rows);
-            }
+            let v: Vec<_> = images
+                .iter()
+                .map(|i| serde_json::json!({"name": i.name, "source": i.source, "imported_at": i.imported_at_ms, "user": i.config.user, "cmd": i.config.cmd}))
+                .collect();
+            out.print(&v, || {
+                if images.is_empty() {
+                    println!(
+                        "no images in {} (add one with gaffer agent image import NAME FILE)",
+                        data_dir.display()
+                    );
+                } else {
+                    let rows: Vec<Vec<String>> = images
+                        .iter()
+                        .map(|i| vec![i.name.clone(), ago(i.imported_at_ms), i.source.clone()])
+                        .collect();
+                    table(&["NAME", "IMPORTED", "SOURCE"], &rows);
+                }
+            })?;
         }
         AgentImageCommand::Rm { name, data_dir } => {
             let store = gaffer_agent::images::node_store(&data_dir);

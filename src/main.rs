@@ -9,6 +9,7 @@ mod commands;
 mod daemon;
 mod ha;
 mod images;
+mod output;
 mod tls;
 mod toolbox;
 
@@ -64,29 +65,30 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let c = client::Client::new(&cli.addr, cli.token.clone(), cli.ca.as_deref())?;
-    let fmt = cli.format;
+    // `-o`, read once: commands print through it and never look at the format.
+    let out = output::Output::from(cli.format);
     match cli.command {
         Command::Dev(a) => daemon::dev(a).map(|_| 0),
         Command::Server(a) => daemon::server(a, cli.ca.clone()).map(|_| 0),
         Command::Agent(a) => match a.command {
-            Some(cli_images::AgentCommand::Image(i)) => images::agent_image(fmt, i),
+            Some(cli_images::AgentCommand::Image(i)) => images::agent_image(out, i),
             None => daemon::agent(a).map(|_| 0),
         },
         Command::Node(n) => commands::node(&c, n),
-        Command::Image(i) => images::image(&c, fmt, i),
-        Command::Submit(a) => commands::submit(&c, fmt, *a),
-        Command::Jobs(a) => commands::jobs(&c, fmt, a),
-        Command::Status(a) => commands::status(&c, fmt, a),
+        Command::Image(i) => images::image(&c, out, i),
+        Command::Submit(a) => commands::submit(&c, out, *a),
+        Command::Jobs(a) => commands::jobs(&c, out, a),
+        Command::Status(a) => commands::status(&c, out, a),
         Command::Logs(a) => commands::logs(&c, a),
-        Command::Kill(a) => commands::kill(&c, fmt, a),
-        Command::Wait(a) => commands::wait(&c, fmt, a),
-        Command::Retry(a) => commands::retry(&c, fmt, a),
+        Command::Kill(a) => commands::kill(&c, out, a),
+        Command::Wait(a) => commands::wait(&c, out, a),
+        Command::Retry(a) => commands::retry(&c, out, a),
         Command::Rm(a) => commands::rm(&c, a),
-        Command::Output(a) => commands::output(&c, fmt, a),
-        Command::Nodes => commands::nodes(&c, fmt),
-        Command::Servers => commands::servers(&c, fmt),
-        Command::Events(a) => commands::events(&c, fmt, a),
-        Command::Admin(a) => admin::run(fmt, a),
+        Command::Output(a) => commands::output(&c, out, a),
+        Command::Nodes => commands::nodes(&c, out),
+        Command::Servers => commands::servers(&c, out),
+        Command::Events(a) => commands::events(&c, out, a),
+        Command::Admin(a) => admin::run(out, a),
         Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
     }
 }

@@ -35,15 +35,16 @@ mod restore;
 mod snapshot;
 mod store;
 
-use crate::cli::{AdminCommand, Format};
+use crate::cli::AdminCommand;
+use crate::output::Output;
 use anyhow::Result;
 use restore::restore;
 use snapshot::snapshot;
 
 /// `gaffer admin ...`.
-pub fn run(fmt: Format, cmd: AdminCommand) -> Result<i32> {
+pub fn run(output: Output, cmd: AdminCommand) -> Result<i32> {
     match cmd {
-        AdminCommand::Snapshot(a) => snapshot(fmt, a),
-        AdminCommand::Restore(a) => restore(fmt, a),
+        AdminCommand::Snapshot(a) => snapshot(output, a),
+        AdminCommand::Restore(a) => restore(output, a),
     }
 }

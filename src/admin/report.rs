@@ -1,6 +1,6 @@
 //! What `admin` tells while it works and when it is done: progress on stderr, the closing summary.
 
-use crate::cli::Format;
+use crate::output::Output;
 use anyhow::Result;
 use gaffer_api::JobState;
 use serde::Serialize;
@@ -74,15 +74,12 @@ pub(super) struct Summary {
 }
 
 pub(super) fn print_summary(
-    fmt: Format,
+    out: Output,
     s: &Summary,
     human: String,
     to_stderr: bool,
 ) -> Result<()> {
-    let line = match fmt {
-        Format::Json => serde_json::to_string(s)?,
-        Format::Human => human,
-    };
+    let line = out.line(s, || human)?;
     if to_stderr {
         eprintln!("{line}");
     } else {

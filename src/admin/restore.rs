@@ -4,7 +4,8 @@ use super::check::{check, open_input, SnapReader};
 use super::file::{Counts, Rec};
 use super::report::{job_states, print_summary, Progress, Summary};
 use super::store::{open_store, Opened, Use};
-use crate::cli::{Format, RestoreArgs};
+use crate::cli::RestoreArgs;
+use crate::output::Output;
 use anyhow::{anyhow, bail, Context, Result};
 use gaffer_api::{JobId, UnixMs};
 use gaffer_store::{Batch, StoreError};
@@ -57,7 +58,7 @@ fn ensure_empty(dst: &Opened) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn restore(fmt: Format, a: RestoreArgs) -> Result<i32> {
+pub(super) fn restore(output: Output, a: RestoreArgs) -> Result<i32> {
     let t0 = Instant::now();
     let (mut file, name) = open_input(&a.file)?;
     // Pass 1: check everything before touching the destination.
@@ -253,7 +254,7 @@ pub(super) fn restore(fmt: Format, a: RestoreArgs) -> Result<i32> {
         bytes: checked.bytes,
         seconds: secs,
     };
-    print_summary(fmt, &s, human, false)?;
+    print_summary(output, &s, human, false)?;
     Ok(0)
 }
 

@@ -3,7 +3,8 @@
 use super::file::{push_line, Counts, EndRec, Fnv, Header, IdemRec, Rec, VERSION};
 use super::report::{job_states, print_summary, size, Progress, Summary};
 use super::store::{open_store, Use};
-use crate::cli::{Format, SnapshotArgs};
+use crate::cli::SnapshotArgs;
+use crate::output::Output;
 use anyhow::{anyhow, bail, Context, Result};
 use gaffer_api::JobId;
 use gaffer_store::record::AttemptRecord;
@@ -235,7 +236,7 @@ fn parallel_map<T: Sync, R: Send>(
     Ok(out)
 }
 
-pub(super) fn snapshot(fmt: Format, a: SnapshotArgs) -> Result<i32> {
+pub(super) fn snapshot(output: Output, a: SnapshotArgs) -> Result<i32> {
     let t0 = Instant::now();
     let src = open_store(&a.store, Use::Snapshot)?;
     if src.led && !a.force {
@@ -410,6 +411,6 @@ pub(super) fn snapshot(fmt: Format, a: SnapshotArgs) -> Result<i32> {
         bytes,
         seconds: secs,
     };
-    print_summary(fmt, &s, human, to_stderr)?;
+    print_summary(output, &s, human, to_stderr)?;
     Ok(0)
 }
