@@ -1,0 +1,75 @@
+//! `gaffer logs`.
+
+use super::resume::Resume;
+use super::util::job_id;
+use crate::cli::LogsArgs;
+use crate::client::Client;
+use anyhow::{anyhow, bail, Result};
+use std::io::Read as _;
+use std::io::Write;
+
+/// `gaffer logs`.
+pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
+    // `JOB.TASK` (the form of GAFFER_TASK_ID) names the task too.
+    let (id, task) = match a.job.rsplit_once('.') {
+        Some((job, index)) if !job.is_empty() => {
+            let index: u32 = index.parse().map_err(|_| {
+                anyhow!("`{}` is not a job id or JOB.TASK (like j-000003.2)", a.job)
+            })?;
+            if a.task != 0 && a.task != index {
+                bail!("`{}` names task {index}, but --task says {}", a.job, a.task);
+            }
+            (job_id(job)?, index)
+        }
+        _ => (job_id(&a.job)?, a.task),
+    };
+    let q = format!(
+        "/v1/jobs/{id}/logs?task={}&stream={}&follow={}",
+        task,
+        if a.stderr { "stderr" } else { "stdout" },
+        a.follow
+    );
+    // A stream that breaks (the server or its leader died) is resumed at the byte it broke
+    // at, on the same attempt, through whichever server answers next.
+    let mut attempt = a.attempt;
+    let mut sent = 0u64;
+    let mut out = std::io::stdout().lock();
+    let mut buf = [0u8; 16 * 1024];
+    let mut resume = Resume::default();
+    loop {
+        let mut path = format!("{q}&offset={sent}");
+        if let Some(n) = attempt {
+            path.push_str(&format!("&attempt={n}"));
+        }
+        let resp = match c.get_stream(&path) {
+            Ok(r) => r,
+            Err(e) if resume.resuming() => {
+                return Err(e.context("the log stream broke and could not be resumed"))
+            }
+            Err(e) => return Err(e),
+        };
+        if attempt.is_none() {
+            attempt = resp
+                .header(gaffer_server::api::ATTEMPT_HEADER)
+                .and_then(|v| v.parse().ok());
+        }
+        let mut r = resp.into_reader();
+        let broke = loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(0),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => break e,
+            };
+            if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                return Ok(0); // stdout closed (e.g. piped into head)
+            }
+            sent += n as u64;
+            resume.progressed();
+        };
+        if !a.follow {
+            return Err(anyhow!("the log stream broke: {broke}"));
+        }
+        resume.broke("log", &broke, || format!("resuming at byte {sent}"))?;
+    }
+}

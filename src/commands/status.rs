@@ -1,0 +1,138 @@
+//! `gaffer status`.
+
+use super::util::{ago, job_id, short_duration, table, timestamp};
+use crate::cli::StatusArgs;
+use crate::client::Client;
+use crate::output::Output;
+use anyhow::Result;
+use gaffer_api::now_ms;
+use gaffer_api::views::JobDetail;
+use gaffer_api::{ByteSize, JobSpec, TaskState};
+
+fn command_line(spec: &JobSpec) -> String {
+    match &spec.shell {
+        Some(s) => format!("sh -c {s:?}"),
+        None => spec.command.join(" "),
+    }
+}
+
+/// `gaffer status`.
+pub fn status(c: &Client, out: Output, a: StatusArgs) -> Result<i32> {
+    let id = job_id(&a.job)?;
+    let d: JobDetail = c.get(&format!(
+        "/v1/jobs/{id}?tasks_from={}&tasks_limit={}",
+        a.tasks_from, a.tasks_limit
+    ))?;
+    out.print(&d, || print_status(&d, a.tasks_from))?;
+    Ok(0)
+}
+
+/// The human rendering of `gaffer status`: the job, then a row per attempt (or task).
+fn print_status(d: &JobDetail, tasks_from: u32) {
+    let j = &d.job;
+    let t = &j.tasks;
+    println!("job      {} ({})", j.id, j.name);
+    println!(
+        "state    {}{}",
+        j.state,
+        if j.kill_requested && !j.state.is_final() {
+            " (kill requested)"
+        } else {
+            ""
+        }
+    );
+    println!("command  {}", command_line(&j.spec));
+    println!(
+        "tasks    {} total: {} pending, {} running, {} succeeded, {} failed, {} killed",
+        t.total, t.pending, t.running, t.succeeded, t.failed, t.killed
+    );
+    let mut limits = Vec::new();
+    limits.push(format!("cpus {}", j.spec.cpus()));
+    if let Some(m) = j.spec.resources.memory {
+        limits.push(format!("memory {m}"));
+    }
+    if let Some(to) = j.spec.timeout {
+        limits.push(format!("timeout {to}"));
+    }
+    if j.spec.retries > 0 {
+        limits.push(format!("retries {}", j.spec.retries));
+    }
+    println!("limits   {}", limits.join(", "));
+    print!(
+        "submitted {} ({})",
+        timestamp(j.created_at),
+        ago(j.created_at)
+    );
+    match j.finished_at {
+        Some(f) => println!(
+            ", finished after {}",
+            short_duration(f.saturating_sub(j.created_at))
+        ),
+        None => println!(),
+    }
+    if let Some(r) = &j.pending_reason {
+        println!("waiting  {r}");
+    }
+    println!();
+    let mut rows = Vec::new();
+    for task in &d.task_list {
+        if task.attempts.is_empty() {
+            rows.push(vec![
+                task.index.to_string(),
+                task.state.to_string(),
+                "-".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            continue;
+        }
+        for at in &task.attempts {
+            let exit = match (at.exit_code, at.signal) {
+                (Some(c), _) => c.to_string(),
+                (None, Some(s)) => format!("sig {s}"),
+                _ => String::new(),
+            };
+            let dur = match (at.started_at, at.ended_at) {
+                (Some(s), Some(e)) => short_duration(e.saturating_sub(s)),
+                (Some(s), None) => format!("{}+", short_duration(now_ms().saturating_sub(s))),
+                _ => String::new(),
+            };
+            let mem = at
+                .max_rss_bytes
+                .map(|b| ByteSize(b).to_string())
+                .unwrap_or_default();
+            let is_last = at.attempt == task.attempts.len() as u32;
+            let state = if is_last && task.state == TaskState::Pending {
+                format!("{} (retry pending)", at.state)
+            } else {
+                at.state.to_string()
+            };
+            rows.push(vec![
+                task.index.to_string(),
+                state,
+                at.attempt.to_string(),
+                at.node.clone(),
+                exit,
+                dur,
+                mem,
+                at.message.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "DURATION", "MAX RSS", "REASON",
+        ],
+        &rows,
+    );
+    let shown_to = tasks_from + d.task_list.len() as u32;
+    if shown_to < t.total {
+        println!(
+            "(tasks {}..{} of {}; see more with --tasks-from {shown_to})",
+            tasks_from, shown_to, t.total
+        );
+    }
+}
