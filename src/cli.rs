@@ -112,6 +112,28 @@ pub struct DevArgs {
     /// Memory the local agent offers, e.g. 8G (default: all).
     #[arg(long, value_parser = size)]
     pub memory: Option<ByteSize>,
+    /// The containers' network (`--network bridge`): the node's subnet comes from it.
+    #[arg(long, default_value = gaffer_server::core::DEFAULT_CLUSTER_CIDR, value_parser = cidr)]
+    pub cluster_cidr: gaffer_net::ipam::Cidr,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+}
+
+/// The bridge network flags of `gaffer agent` and `gaffer dev`.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// Name of the Linux bridge of the `bridge` container network (created when the first
+    /// bridge task starts).
+    #[arg(long, default_value = "gaffer0")]
+    pub bridge: String,
+    /// Offer no `bridge` network on this node (tasks asking for one go elsewhere).
+    #[arg(long)]
+    pub no_bridge: bool,
+}
+
+fn cidr(s: &str) -> Result<gaffer_net::ipam::Cidr, String> {
+    s.parse()
+        .map_err(|e: gaffer_net::ipam::CidrError| e.to_string())
 }
 
 fn size(s: &str) -> Result<ByteSize, String> {
@@ -156,6 +178,10 @@ pub struct ServerArgs {
     /// Default placement strategy: most_free_memory, binpack or spread.
     #[arg(long, default_value = "most_free_memory")]
     pub strategy: gaffer_api::Placement,
+    /// The containers' network (`--network bridge`): every node gets a /24 of it, kept for
+    /// good, and nodes route each other's subnets.
+    #[arg(long, default_value = gaffer_server::core::DEFAULT_CLUSTER_CIDR, value_parser = cidr)]
+    pub cluster_cidr: gaffer_net::ipam::Cidr,
     /// Shared directory (NFS, GlusterFS, CephFS) every agent also writes its attempts into.
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
@@ -232,7 +258,11 @@ pub struct AgentArgs {
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
     /// Server URL(s), tried in turn (comma-separated).
-    #[arg(long, required = true, value_delimiter = ',')]
+    #[arg(
+        long,
+        required_unless_present = "cleanup_network",
+        value_delimiter = ','
+    )]
     pub server: Vec<String>,
     /// Node name (default: the host name).
     #[arg(long)]
@@ -261,6 +291,13 @@ pub struct AgentArgs {
     /// CA certificate (PEM) that signed the server's TLS certificate.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
+    /// Remove everything of the bridge network on this machine (attempt namespaces and veths
+    /// of this --data-dir, the bridge, routes to other nodes, the `inet gaffer` nftables table)
+    /// and exit. Run it with the agent stopped.
+    #[arg(long)]
+    pub cleanup_network: bool,
 }
 
 /// `gaffer node ...`.
@@ -324,7 +361,8 @@ pub struct SubmitArgs {
     /// Run as UID[:GID] inside the container (default: the image's user, else 65534).
     #[arg(long)]
     pub user: Option<String>,
-    /// Container network: host (default) or none (loopback only).
+    /// Container network: host (default), none (loopback only) or bridge (an address of its
+    /// own on the node's subnet, reachable from other nodes' containers).
     #[arg(long)]
     pub network: Option<gaffer_api::Network>,
     /// Wall-clock limit per attempt, e.g. 30s, 5m, 2h.

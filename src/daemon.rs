@@ -33,7 +33,10 @@ pub fn dev(args: DevArgs) -> Result<()> {
             data_dir: data_dir.clone(),
             local_node: Some((node.clone(), agent_dir.clone())),
             storage_dir: None,
-            core: CoreConfig::default(),
+            core: CoreConfig {
+                cluster_cidr: args.cluster_cidr,
+                ..CoreConfig::default()
+            },
             auth: Auth::default(),
             cluster: None,
         })?;
@@ -42,6 +45,7 @@ pub fn dev(args: DevArgs) -> Result<()> {
             .context("cannot find this executable for the task supervisor")?;
         let mut cfg = AgentConfig::for_this_host(node.clone(), agent_dir, exe);
         cfg.allow_host_tasks = true;
+        cfg.bridge = bridge_of(&args.bridge, cfg.containers);
         if let Some(c) = args.cpus {
             cfg.cpus = c;
         }
@@ -127,6 +131,10 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     };
     let mut cfg = AgentConfig::for_this_host(name.clone(), attempts_root, exe);
     cfg.allow_host_tasks = args.allow_host_tasks;
+    cfg.bridge = bridge_of(&args.bridge, cfg.containers);
+    if args.cleanup_network {
+        return cleanup_network(&cfg, &args.bridge.bridge);
+    }
     cfg.labels = args.labels.iter().cloned().collect();
     if let Some(c) = args.cpus {
         cfg.cpus = c;
@@ -168,5 +176,21 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         }
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(())
+}
+
+/// The bridge an agent offers: none with `--no-bridge` or where it runs no containers.
+fn bridge_of(args: &crate::cli::BridgeArgs, containers: bool) -> Option<String> {
+    (containers && !args.no_bridge).then(|| args.bridge.clone())
+}
+
+/// `gaffer agent --cleanup-network`: removes every trace of the bridge network on this machine.
+fn cleanup_network(cfg: &AgentConfig, bridge: &str) -> Result<()> {
+    let net = gaffer_agent::net::BridgeNet::new(&cfg.name, &cfg.data_dir, bridge);
+    net.remove_all()
+        .context("cannot remove the bridge network")?;
+    gaffer_net::nft::delete_table(gaffer_net::nft::DEFAULT_TABLE)
+        .context("cannot remove the nftables table")?;
+    println!("removed the bridge network ({bridge}, its routes, namespaces and veths of {}, nftables table inet {})", cfg.data_dir.display(), gaffer_net::nft::DEFAULT_TABLE);
     Ok(())
 }

@@ -190,5 +190,7 @@ pub fn core_config(args: &ServerArgs) -> CoreConfig {
         },
         heartbeat_timeout: args.heartbeat_timeout.as_std(),
         max_lost: args.max_lost,
+        cluster_cidr: args.cluster_cidr,
+        ..CoreConfig::default()
     }
 }

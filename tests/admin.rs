@@ -396,6 +396,8 @@ fn active(s: &dyn Store) -> (Vec<JobRow>, Vec<TaskRow>, u64, u64) {
         mut tasks,
         next_job_id,
         next_event_id,
+        // Not in a snapshot: a restored cluster hands node subnets out anew.
+        node_subnets: _,
     } = s.load_active().expect("load_active");
     jobs.sort_by_key(|j| j.id);
     tasks.sort_by_key(|t| (t.job, t.index));

@@ -313,6 +313,10 @@ pub fn plumb(p: &Plumbing) -> Result<()> {
     })?;
     let (ip, subnet) = (p.ip, p.subnet);
     with_netlink(Some(&p.netns), move |h| async move {
+        // As in Docker: in its own namespace a task of any user may bind any port (the
+        // sysctl is the namespace's own, opened from a thread inside it).
+        std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+            .map_err(io("allow low ports in the attempt's network namespace"))?;
         let lo = index_of(&h, "lo")
             .await?
             .ok_or_else(|| LinkError::NoLink("lo".into()))?;

@@ -70,6 +70,7 @@ fn nodes(n: usize, rng: &mut Rng) -> (Vec<NodeCapacity>, Vec<(f64, u64)>) {
             tasks: 0,
             labels,
             images: Default::default(),
+            bridge: false,
         });
     }
     let totals = caps.iter().map(|c| (c.cpus_free, c.memory_free)).collect();
@@ -97,6 +98,7 @@ fn tasks(n: usize, rng: &mut Rng) -> Vec<Demand> {
                 host: !rng.chance(10),
                 constraints,
                 image: None,
+                bridge: false,
             }
         })
         .collect()

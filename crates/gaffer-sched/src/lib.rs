@@ -43,6 +43,8 @@ pub struct NodeCapacity {
     pub labels: BTreeMap<String, String>,
     /// Container images the node has (empty when it cannot run containers).
     pub images: HashSet<String>,
+    /// Runs the `bridge` container network (it has a subnet).
+    pub bridge: bool,
 }
 
 /// What a task needs.
@@ -58,6 +60,8 @@ pub struct Demand {
     pub constraints: BTreeMap<String, String>,
     /// Container image the node must have.
     pub image: Option<String>,
+    /// Needs the `bridge` container network.
+    pub bridge: bool,
 }
 
 /// Why a task fits nowhere right now.
@@ -67,6 +71,8 @@ pub enum Unfit {
     NoReadyNode,
     /// No ready node accepts host tasks.
     NoHostNode,
+    /// No ready node runs the bridge network.
+    NoBridge,
     /// No ready node (with the labels) has the image.
     NoImage {
         /// The image.
@@ -95,6 +101,10 @@ impl fmt::Display for Unfit {
             Unfit::NoHostNode => write!(
                 f,
                 "no ready node allows host tasks (start an agent with --allow-host-tasks, or give an image)"
+            ),
+            Unfit::NoBridge => write!(
+                f,
+                "no ready node runs the bridge network (agents that run containers offer it unless started with --no-bridge)"
             ),
             Unfit::NoImage { image } => write!(
                 f,
@@ -197,6 +207,7 @@ impl Scheduler {
                 && n.cpus_free + EPS >= d.cpus
                 && n.memory_free >= d.memory
                 && (!d.host || n.allow_host_tasks)
+                && (!d.bridge || n.bridge)
                 && self.has_labels(i, &want, d)
                 && d.image.as_ref().is_none_or(|im| n.images.contains(im)))
             {
@@ -254,8 +265,8 @@ impl Scheduler {
 
     /// Explains a miss in one pass over the nodes, without allocating.
     fn why(&self, d: &Demand, want: &Option<Option<u64>>) -> Unfit {
-        let (mut ready, mut kind, mut labelled, mut imaged, mut ever) =
-            (false, false, false, false, false);
+        let (mut ready, mut kind, mut bridged, mut labelled, mut imaged, mut ever) =
+            (false, false, false, false, false, false);
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.ready {
                 continue;
@@ -265,6 +276,10 @@ impl Scheduler {
                 continue;
             }
             kind = true;
+            if d.bridge && !n.bridge {
+                continue;
+            }
+            bridged = true;
             if !self.has_labels(i, want, d) {
                 continue;
             }
@@ -283,6 +298,8 @@ impl Scheduler {
             Unfit::NoReadyNode
         } else if !kind {
             Unfit::NoHostNode
+        } else if !bridged {
+            Unfit::NoBridge
         } else if !labelled {
             let c: Vec<String> = d
                 .constraints
@@ -320,6 +337,7 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
 /// `a` needs at least what `b` needed (and `b` did not fit).
 fn dominates(a: &Demand, b: &Demand) -> bool {
     a.image == b.image
+        && (a.bridge || !b.bridge)
         && a.cpus + EPS >= b.cpus
         && a.memory >= b.memory
         && (a.host || !b.host)
@@ -344,6 +362,7 @@ mod tests {
             tasks: 0,
             labels: BTreeMap::new(),
             images: HashSet::new(),
+            bridge: false,
         }
     }
 
@@ -370,7 +389,30 @@ mod tests {
             host: true,
             constraints: BTreeMap::new(),
             image: None,
+            bridge: false,
         }
+    }
+
+    #[test]
+    fn a_bridge_task_goes_only_to_a_bridge_node() {
+        let mut b = node("b", 1.0, 1);
+        b.bridge = true;
+        let mut s = sched(vec![node("a", 8.0, 64), b], Strategy::MostFreeMemory);
+        let mut want = d(1.0, 0);
+        want.bridge = true;
+        assert_eq!(s.place(want.clone()), Ok(1));
+        // b is full now; a has room but no bridge network.
+        assert_eq!(
+            s.place(want.clone()),
+            Err(Unfit::NoCapacity {
+                cpus: 1.0,
+                memory: 0,
+                ever: true
+            })
+        );
+        let mut s = sched(vec![node("a", 8.0, 64)], Strategy::MostFreeMemory);
+        assert_eq!(s.place(want), Err(Unfit::NoBridge));
+        assert!(Unfit::NoBridge.to_string().contains("bridge network"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! | `P/jevents/{job}/{id}` | copy of the event, for per-job reads |
 //! | `P/ended/{time}/{id}` | `s`/`f` for task events that end an attempt ([`Store::ended_per_minute`]) |
 //! | `P/idem/{key}` | JSON array of job ids |
+//! | `P/subnets/{node}` | the node's container subnet, e.g. `10.88.3.0/24` |
 //!
 //! `list_jobs` reads `P/jobs/` or `P/state/{state}/` newest first in ascending windows of ids
 //! that move backwards from the cursor (see [`newest`]): etcd ignores the limit of a descending
@@ -617,6 +618,13 @@ impl Store for EtcdStore {
             .last_number_from(self.k("events/"), next_ev)?
             .unwrap_or(0);
         st.next_event_id = next_ev.max(max_ev + 1);
+        let prefix = self.k("subnets/");
+        for kv in self.scan_prefix(&prefix, false)? {
+            let node = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+            st.node_subnets
+                .push((node, String::from_utf8_lossy(kv.value()).into_owned()));
+        }
+        st.node_subnets.sort();
         Ok(st)
     }
 
@@ -730,6 +738,12 @@ impl Store for EtcdStore {
         }
         if let Some(n) = b.next_event_id {
             ops.put(self.k("meta/next_event_id"), n.to_string().into_bytes());
+        }
+        for (node, subnet) in &b.node_subnets {
+            ops.put(
+                self.k(&format!("subnets/{node}")),
+                subnet.clone().into_bytes(),
+            );
         }
         self.write(ops.ops)
     }

@@ -140,6 +140,8 @@ pub struct Batch {
     /// New value of the event id counter (kept when deletes remove the newest events, so that
     /// ids are never handed out twice).
     pub next_event_id: Option<u64>,
+    /// Container subnets given to nodes: (node, CIDR). A node keeps its subnet for good.
+    pub node_subnets: Vec<(String, String)>,
 }
 
 impl Batch {
@@ -154,6 +156,7 @@ impl Batch {
             && self.idempotency.is_empty()
             && self.next_job_id.is_none()
             && self.next_event_id.is_none()
+            && self.node_subnets.is_empty()
     }
 }
 
@@ -168,6 +171,8 @@ pub struct ActiveState {
     pub next_job_id: u64,
     /// Next event id.
     pub next_event_id: u64,
+    /// Every node's container subnet: (node, CIDR), by node name.
+    pub node_subnets: Vec<(String, String)>,
 }
 
 /// Filter and page of a job listing.

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, ids TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS node_subnets (node TEXT PRIMARY KEY, subnet TEXT NOT NULL);
 "#;
 
 const JOB_COLS: &str =
@@ -239,6 +240,10 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             st.next_event_id = (max_ev.unwrap_or(0) + 1).max(next_ev.unwrap_or(1)) as u64;
+            let mut q = w.prepare("SELECT node, subnet FROM node_subnets ORDER BY node")?;
+            st.node_subnets = q
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
             Ok(st)
         };
         run().map_err(|e| self.err(e))
@@ -391,6 +396,12 @@ impl Store for SqliteStore {
                 tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_event_id', ?1)",
                     [n as i64],
+                )?;
+            }
+            for (node, subnet) in &b.node_subnets {
+                tx.execute(
+                    "INSERT OR REPLACE INTO node_subnets (node, subnet) VALUES (?1, ?2)",
+                    params![node, subnet],
                 )?;
             }
             Ok(())

@@ -199,7 +199,33 @@ conformance!(
     large_batch_in_one_commit,
     many_jobs_load,
     job_histories_hold_every_row_of_each_job,
+    node_subnets_are_kept,
 );
+
+fn node_subnets_are_kept(fx: &dyn Fixture) {
+    let s = fx.open();
+    assert!(s.load_active().unwrap().node_subnets.is_empty());
+    s.commit(&Batch {
+        node_subnets: vec![
+            ("b".into(), "10.88.1.0/24".into()),
+            ("a".into(), "10.88.0.0/24".into()),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    // Only this: the batch is not empty.
+    s.commit(&Batch {
+        node_subnets: vec![("b".into(), "10.88.7.0/24".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let want = vec![
+        ("a".to_string(), "10.88.0.0/24".to_string()),
+        ("b".to_string(), "10.88.7.0/24".to_string()),
+    ];
+    assert_eq!(s.load_active().unwrap().node_subnets, want);
+    assert_eq!(fx.open().load_active().unwrap().node_subnets, want);
+}
 
 // ---------------------------------------------------------------- helpers
 

@@ -3,6 +3,7 @@
 
 use gaffer_api::proto::{AgentMsg, AttemptReport, NodeInfo, ServerMsg};
 use gaffer_api::{FieldError, JobId, JobSpec, JobState};
+use gaffer_net::ipam::Cidr;
 use gaffer_sched::Strategy;
 use std::collections::BTreeMap;
 use std::sync::mpsc::Sender;
@@ -133,7 +134,15 @@ pub struct CoreConfig {
     pub heartbeat_timeout: Duration,
     /// Lost attempts per task that do not consume its retries.
     pub max_lost: u32,
+    /// The container network of the cluster: every node that runs the bridge network gets a
+    /// subnet of it.
+    pub cluster_cidr: Cidr,
+    /// Prefix length of a node's subnet (24: 253 addresses per node).
+    pub node_prefix: u8,
 }
+
+/// The default cluster CIDR.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.88.0.0/16";
 
 impl Default for CoreConfig {
     fn default() -> Self {
@@ -141,6 +150,8 @@ impl Default for CoreConfig {
             strategy: Strategy::MostFreeMemory,
             heartbeat_timeout: Duration::from_secs(10),
             max_lost: MAX_FREE_LOST,
+            cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid CIDR"),
+            node_prefix: 24,
         }
     }
 }

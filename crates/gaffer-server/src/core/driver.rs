@@ -45,8 +45,17 @@ impl<E: Effects> Core<E> {
             dependents: HashMap::new(),
             migrating: HashSet::new(),
             catalog: Default::default(),
+            subnets: Default::default(),
             stats: Stats::default(),
         };
+        for (node, subnet) in &active.node_subnets {
+            match subnet.parse() {
+                Ok(s) => {
+                    core.subnets.insert(node.clone(), s);
+                }
+                Err(e) => tracing::warn!(node = %node, error = %e, "ignoring a stored subnet"),
+            }
+        }
         for row in active.jobs {
             core.jobs.insert(row.id, ActiveJob::new(row));
         }

@@ -15,6 +15,7 @@
 //! - `jobs`: submit, kill, remove, retry and dependencies;
 //! - `attempts`: an attempt starts, ends, or its retry timer fires;
 //! - `nodes`: agents connect, speak, go silent, drain; the image catalog;
+//! - `network`: node subnets of the cluster CIDR and the routes between nodes;
 //! - `placement`: the scheduling round and the launch message it sends;
 //! - [`effects`]: the seam through which the rules act on the world;
 //! - `driver`: loading, the commit of a round, gauges and the thread loop.
@@ -32,6 +33,7 @@ mod driver;
 pub mod effects;
 mod jobs;
 mod model;
+mod network;
 mod nodes;
 mod placement;
 mod transition;
@@ -39,7 +41,9 @@ mod transition;
 #[cfg(test)]
 mod tests;
 
-pub use command::{Command, CoreConfig, CoreError, CoreHandle, MAX_FREE_LOST};
+pub use command::{
+    Command, CoreConfig, CoreError, CoreHandle, DEFAULT_CLUSTER_CIDR, MAX_FREE_LOST,
+};
 pub use driver::{run, RECONNECT_GRACE};
 pub use effects::{Deferred, Effects, Gauges, LiveEffects, OutputPull};
 pub use transition::IllegalMove;
@@ -92,6 +96,8 @@ pub struct Core<E: Effects = LiveEffects> {
     migrating: HashSet<AttemptKey>,
     /// The image catalog ([`Command::Images`]): name → (archive digest, size).
     catalog: BTreeMap<String, (String, u64)>,
+    /// Every node's container subnet, kept for good (a node that comes back gets its own).
+    subnets: BTreeMap<String, gaffer_net::ipam::Cidr>,
     stats: Stats,
 }
 

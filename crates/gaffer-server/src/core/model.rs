@@ -112,6 +112,7 @@ impl ActiveJob {
             host: self.row.spec.image.is_none(),
             constraints: self.row.spec.constraints.clone(),
             image: self.row.spec.image.clone(),
+            bridge: self.row.spec.network == Some(gaffer_api::Network::Bridge),
         }
     }
 

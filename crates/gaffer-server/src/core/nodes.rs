@@ -35,6 +35,8 @@ impl<E: Effects> Core<E> {
         node.connected = true;
         node.last_seen = now;
         node.ledger.clear();
+        self.give_subnet(&name);
+        self.send_networks();
 
         let mut reported: HashMap<AttemptKey, AttemptReport> = reports
             .into_iter()
@@ -105,6 +107,7 @@ impl<E: Effects> Core<E> {
         if let Some(n) = self.nodes.get_mut(node) {
             if n.conn == conn {
                 n.connected = false;
+                self.send_networks();
             }
         }
     }
@@ -211,6 +214,8 @@ impl<E: Effects> Core<E> {
                     refused(&e);
                 }
             }
+            // The others stop routing to it.
+            self.send_networks();
         }
     }
 

@@ -76,6 +76,7 @@ impl<E: Effects> Core<E> {
             memory_free: node.info.memory.saturating_sub(node.ledger.memory()),
             tasks: node.ledger.len() as u32,
             labels: node.info.labels.clone(),
+            bridge: node.info.bridge && self.subnets.contains_key(name),
             // The catalog's images count as present: the node fetches what it lacks.
             images: if node.info.containers {
                 node.info

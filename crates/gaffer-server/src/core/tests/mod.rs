@@ -4,6 +4,7 @@
 
 mod effects;
 mod jobs;
+mod network;
 mod nodes;
 mod retries;
 mod scheduling;
@@ -260,7 +261,7 @@ impl H {
         self.core.apply(
             Command::AgentConnected {
                 conn,
-                address: format!("{}:1", info.name),
+                address: format!("10.0.0.{conn}:4000"),
                 node: info,
                 attempts,
                 tx,

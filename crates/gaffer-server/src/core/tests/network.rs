@@ -1,0 +1,105 @@
+//! Node subnets and the routes between nodes.
+
+use super::*;
+
+fn bridge_node(name: &str) -> NodeInfo {
+    NodeInfo {
+        containers: true,
+        bridge: true,
+        images: vec!["busybox".into()],
+        ..node(name, 4.0, 4)
+    }
+}
+
+/// The last Network message released for `node`: (subnet, routes).
+fn network(h: &mut H, node: &str) -> Option<(String, Vec<(String, String)>)> {
+    h.sent()
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            ServerMsg::Network {
+                subnet,
+                routes,
+                cluster_cidr,
+            } if to == node => {
+                assert_eq!(cluster_cidr, "10.88.0.0/16");
+                Some((subnet, routes))
+            }
+            _ => None,
+        })
+        .last()
+}
+
+#[test]
+fn bridge_nodes_get_subnets_for_good_and_routes_to_each_other() {
+    let mut h = H::new();
+    h.connect(bridge_node("a")); // conn 1: 10.0.0.1
+    assert_eq!(network(&mut h, "a"), Some(("10.88.0.0/24".into(), vec![])));
+    h.connect(node("plain", 4.0, 4)); // conn 2
+    assert_eq!(network(&mut h, "plain"), None, "no bridge, no subnet");
+    h.connect(bridge_node("b")); // conn 3: 10.0.0.3
+    let sent = h.sent();
+    let last = |n: &str| {
+        sent.iter()
+            .filter_map(|(to, m)| match m {
+                ServerMsg::Network { subnet, routes, .. } if to == n => {
+                    Some((subnet.clone(), routes.clone()))
+                }
+                _ => None,
+            })
+            .last()
+    };
+    let route = |s: &str, via: &str| (s.to_string(), via.to_string());
+    assert_eq!(
+        last("a"),
+        Some((
+            "10.88.0.0/24".into(),
+            vec![route("10.88.1.0/24", "10.0.0.3")]
+        ))
+    );
+    assert_eq!(
+        last("b"),
+        Some((
+            "10.88.1.0/24".into(),
+            vec![route("10.88.0.0/24", "10.0.0.1")]
+        ))
+    );
+
+    // b falls silent: a stops routing to it.
+    h.now += 10_001;
+    h.agent(
+        "a",
+        AgentMsg::Heartbeat {
+            memory_free: 0,
+            images: vec!["busybox".into()],
+            image_digests: Default::default(),
+        },
+    );
+    assert_eq!(network(&mut h, "a"), Some(("10.88.0.0/24".into(), vec![])));
+
+    // A restarted server gives nodes the subnets they had.
+    h.restart(CoreConfig::default());
+    h.connect(bridge_node("b"));
+    assert_eq!(network(&mut h, "b").unwrap().0, "10.88.1.0/24");
+    h.connect(bridge_node("c"));
+    assert_eq!(network(&mut h, "c").unwrap().0, "10.88.2.0/24");
+}
+
+#[test]
+fn a_bridge_task_waits_for_a_bridge_node() {
+    let mut h = H::new();
+    h.connect(NodeInfo {
+        containers: true,
+        images: vec!["busybox".into()],
+        ..node("plain", 8.0, 8)
+    });
+    h.take();
+    let mut spec = job().image("busybox").spec();
+    spec.network = Some(gaffer_api::Network::Bridge);
+    let id = h.submit(spec);
+    assert!(h.starts().is_empty());
+    assert!(h.reason(id).unwrap().contains("bridge network"));
+    h.connect(bridge_node("b"));
+    let starts = h.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0].0, "b");
+}
