@@ -131,6 +131,10 @@ pub struct BridgeArgs {
     pub no_bridge: bool,
 }
 
+fn port_spec(s: &str) -> Result<gaffer_api::ports::PortSpec, String> {
+    s.parse()
+}
+
 fn cidr(s: &str) -> Result<gaffer_net::ipam::Cidr, String> {
     s.parse()
         .map_err(|e: gaffer_net::ipam::CidrError| e.to_string())
@@ -182,6 +186,9 @@ pub struct ServerArgs {
     /// good, and nodes route each other's subnets.
     #[arg(long, default_value = gaffer_server::core::DEFAULT_CLUSTER_CIDR, value_parser = cidr)]
     pub cluster_cidr: gaffer_net::ipam::Cidr,
+    /// Let tasks map host ports below 1024 (`--port 80:80`).
+    #[arg(long)]
+    pub allow_privileged_ports: bool,
     /// Shared directory (NFS, GlusterFS, CephFS) every agent also writes its attempts into.
     #[arg(long)]
     pub storage_dir: Option<PathBuf>,
@@ -365,6 +372,11 @@ pub struct SubmitArgs {
     /// own on the node's subnet, reachable from other nodes' containers).
     #[arg(long)]
     pub network: Option<gaffer_api::Network>,
+    /// Map a port of a bridge container: HOST:CONTAINER[/tcp|/udp] answers on every address of
+    /// its node and on 127.0.0.1 there; CONTAINER alone gets a free host port (shown by
+    /// `gaffer status`). Repeatable; implies --network bridge.
+    #[arg(long = "port", short = 'p', value_parser = port_spec)]
+    pub ports: Vec<gaffer_api::ports::PortSpec>,
     /// Wall-clock limit per attempt, e.g. 30s, 5m, 2h.
     #[arg(long, value_parser = duration)]
     pub timeout: Option<DurationSpec>,

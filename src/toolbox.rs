@@ -191,6 +191,7 @@ pub fn core_config(args: &ServerArgs) -> CoreConfig {
         heartbeat_timeout: args.heartbeat_timeout.as_std(),
         max_lost: args.max_lost,
         cluster_cidr: args.cluster_cidr,
+        allow_privileged_ports: args.allow_privileged_ports,
         ..CoreConfig::default()
     }
 }

@@ -671,6 +671,8 @@ fn fill(dir: &Path, jobs: u64) {
                         // Not exactly representable in few digits: must come back bit for bit.
                         cpu_secs: Some(0.1 + 0.2),
                         outputs: vec!["out/a.csv".into()],
+                        ip: None,
+                        ports: Vec::new(),
                     },
                 ));
             }

@@ -58,6 +58,13 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
         limits.push(format!("retries {}", j.spec.retries));
     }
     println!("limits   {}", limits.join(", "));
+    if let Some(n) = j.spec.net() {
+        let ports: Vec<String> = j.spec.ports.iter().map(|p| p.to_string()).collect();
+        match ports.is_empty() {
+            true => println!("network  {}", network_name(n)),
+            false => println!("network  {}, ports {}", network_name(n), ports.join(" ")),
+        }
+    }
     print!(
         "submitted {} ({})",
         timestamp(j.created_at),
@@ -74,6 +81,12 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
         println!("waiting  {r}");
     }
     println!();
+    // An address column only for jobs on the bridge network.
+    let addressed = d
+        .task_list
+        .iter()
+        .flat_map(|t| &t.attempts)
+        .any(|a| a.ip.is_some() || !a.ports.is_empty());
     let mut rows = Vec::new();
     for task in &d.task_list {
         if task.attempts.is_empty() {
@@ -120,14 +133,22 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
                 mem,
                 at.message.clone().unwrap_or_default(),
             ]);
+            if addressed {
+                let row = rows.last_mut().expect("just pushed");
+                row.insert(4, address(at));
+            }
         }
     }
-    table(
-        &[
-            "TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "DURATION", "MAX RSS", "REASON",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "DURATION", "MAX RSS", "REASON",
+    ];
+    if addressed {
+        header.insert(4, "ADDRESS");
+        for row in rows.iter_mut().filter(|r| r.len() < header.len()) {
+            row.insert(4, String::new());
+        }
+    }
+    table(&header, &rows);
     let shown_to = tasks_from + d.task_list.len() as u32;
     if shown_to < t.total {
         println!(
@@ -135,4 +156,23 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
             tasks_from, shown_to, t.total
         );
     }
+}
+
+fn network_name(n: gaffer_api::Network) -> &'static str {
+    match n {
+        gaffer_api::Network::Host => "host",
+        gaffer_api::Network::None => "none",
+        gaffer_api::Network::Bridge => "bridge",
+    }
+}
+
+/// An attempt's bridge address and mapped ports: `10.88.0.2 18080->80/tcp`.
+fn address(a: &gaffer_api::views::AttemptView) -> String {
+    let mut parts: Vec<String> = a.ip.iter().cloned().collect();
+    parts.extend(
+        a.ports
+            .iter()
+            .map(|p| format!("{}->{}/{}", p.host, p.container, p.protocol)),
+    );
+    parts.join(" ")
 }

@@ -59,6 +59,7 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 strategy: a.strategy,
                 user: a.user,
                 network: a.network,
+                ports: a.ports,
                 depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
             };
             serde_json::to_value(spec)?

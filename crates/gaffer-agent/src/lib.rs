@@ -531,17 +531,21 @@ impl Inner {
             }
         };
         let bridged = l.network == Some(gaffer_api::Network::Bridge);
+        let mut ip = None;
         if bridged {
-            if let Err(e) = self.bridge_attempt(&key, &dir, &mut spec) {
-                let result = AttemptResult {
-                    kind: EndKind::SpawnFailed,
-                    ..lost(e.to_string())
-                };
-                self.send(AgentMsg::Ended { key, result });
-                return;
+            match self.bridge_attempt(&key, &dir, &mut spec, &l.ports) {
+                Ok(addr) => ip = Some(addr.to_string()),
+                Err(e) => {
+                    let result = AttemptResult {
+                        kind: EndKind::SpawnFailed,
+                        ..lost(e.to_string())
+                    };
+                    self.send(AgentMsg::Ended { key, result });
+                    return;
+                }
             }
         }
-        let result = self.clone().supervise(key, &dir, spec, journaled).await;
+        let result = self.clone().supervise(key, &dir, spec, journaled, ip).await;
         if bridged {
             // Before the end is reported: the address and ports are free when the server
             // places the next task here.
@@ -560,6 +564,7 @@ impl Inner {
         dir: &Path,
         spec: LaunchSpec,
         journaled: bool,
+        ip: Option<String>,
     ) -> Option<AttemptResult> {
         let dir = dir.to_path_buf();
         // A few small file operations: cheaper inline than a hop to the blocking pool.
@@ -617,7 +622,11 @@ impl Inner {
                 );
             }
         }
-        self.send(AgentMsg::Started { key, at: now_ms() });
+        self.send(AgentMsg::Started {
+            key,
+            at: now_ms(),
+            ip,
+        });
         let exit = child.wait().await;
         lock(&self.procs).pids.remove(&key);
         let result = match gaffer_runtime::read_status(&dir) {
@@ -647,19 +656,22 @@ impl Inner {
         key: &AttemptKey,
         dir: &Path,
         spec: &mut LaunchSpec,
-    ) -> std::result::Result<(), net::NetError> {
+        ports: &[gaffer_api::ports::PortMapping],
+    ) -> std::result::Result<std::net::Ipv4Addr, net::NetError> {
         let Some(c) = spec.container.as_mut() else {
-            return Ok(());
+            return Err(net::NetError::NoSubnet {
+                node: self.cfg.name.clone(),
+            });
         };
         std::fs::create_dir_all(dir).map_err(|source| net::NetError::File {
             path: dir.to_path_buf(),
             source,
         })?;
-        let (attempt, files) = self.net.attach(key, dir, &c.hostname)?;
+        let (attempt, files) = self.net.attach(key, dir, &c.hostname, ports)?;
         c.network = gaffer_runtime::Network::Join;
         c.netns = Some(attempt.netns);
         c.files = files;
-        Ok(())
+        Ok(attempt.ip)
     }
 
     /// Applies the server's [`ServerMsg::Network`].

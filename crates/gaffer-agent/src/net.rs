@@ -10,9 +10,11 @@
 //!
 //! [`ServerMsg::Network`]: gaffer_api::proto::ServerMsg::Network
 
+use gaffer_api::ports::{PortMapping, Protocol};
 use gaffer_api::AttemptKey;
 use gaffer_net::ipam::{Cidr, Pool};
 use gaffer_net::link::{self, Plumbing};
+use gaffer_net::nft;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,9 @@ pub struct AttemptNet {
     pub netns: PathBuf,
     /// Host end of its veth pair.
     pub host_if: String,
+    /// Its mapped ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
 }
 
 const NET_FILE: &str = "net.json";
@@ -61,6 +66,15 @@ pub enum NetError {
         #[source]
         source: link::LinkError,
     },
+    /// The nftables table could not be replaced.
+    #[error("container network on node {node}: {source}")]
+    Nft {
+        /// This node.
+        node: String,
+        /// What nft said.
+        #[source]
+        source: nft::NftError,
+    },
     /// A file of the attempt could not be written.
     #[error("cannot write {}: {source}", .path.display())]
     File {
@@ -82,6 +96,8 @@ struct State {
     /// Addresses of live attempts found at start-up, reserved once the pool exists.
     recovered: Vec<Ipv4Addr>,
     routes: Vec<(Cidr, Ipv4Addr)>,
+    /// Mapped ports of the attempts on the bridge, by namespace file.
+    ports: HashMap<PathBuf, Vec<nft::PortRule>>,
 }
 
 /// The node's bridge network.
@@ -158,6 +174,7 @@ impl BridgeNet {
         key: &AttemptKey,
         dir: &Path,
         hostname: &str,
+        ports: &[PortMapping],
     ) -> Result<(AttemptNet, Vec<(PathBuf, PathBuf)>), NetError> {
         let (bridge, ip, subnet) = {
             let mut st = lock(&self.state);
@@ -169,6 +186,9 @@ impl BridgeNet {
                 None => {
                     let b = link::ensure_bridge(&self.bridge, subnet.gateway(), subnet.prefix())
                         .map_err(self.link_err())?;
+                    self.nft_err(nft::enable_ip_forward())?;
+                    self.nft_err(nft::enable_route_localnet(&self.bridge))?;
+                    self.apply_rules(&st)?;
                     st.bridge = Some(b);
                     b
                 }
@@ -190,8 +210,16 @@ impl BridgeNet {
                 .netns_dir
                 .join(format!("{}-{}", key.task_id(), key.attempt)),
             host_if: format!("{}{:08x}", self.prefix, fnv(&format!("{key}"))),
+            ports: ports.to_vec(),
         };
-        let done = self.plumb(&net, bridge, dir, hostname);
+        let done = self.plumb(&net, bridge, dir, hostname).and_then(|files| {
+            if !net.ports.is_empty() {
+                let mut st = lock(&self.state);
+                st.ports.insert(net.netns.clone(), rules(&net));
+                self.apply_rules(&st)?;
+            }
+            Ok(files)
+        });
         match done {
             Ok(files) => Ok((net, files)),
             Err(e) => {
@@ -199,6 +227,27 @@ impl BridgeNet {
                 Err(e)
             }
         }
+    }
+
+    fn nft_err<T>(&self, r: Result<T, nft::NftError>) -> Result<T, NetError> {
+        r.map_err(|source| NetError::Nft {
+            node: self.node.clone(),
+            source,
+        })
+    }
+
+    /// Replaces the nftables table: masquerade for the subnet, and every mapped port.
+    fn apply_rules(&self, st: &State) -> Result<(), NetError> {
+        let (Some(subnet), Some(cluster)) = (st.subnet, st.cluster) else {
+            return Ok(());
+        };
+        let to_nft = |c: Cidr| nft::Cidr::new(c.addr(), c.prefix());
+        let (Ok(subnet), Ok(cluster)) = (to_nft(subnet), to_nft(cluster)) else {
+            return Ok(());
+        };
+        let mut rs = nft::Ruleset::new(self.bridge.clone(), subnet, cluster);
+        rs.ports = st.ports.values().flatten().cloned().collect();
+        self.nft_err(nft::apply(&rs))
     }
 
     fn plumb(
@@ -252,10 +301,15 @@ impl BridgeNet {
     }
 
     fn release(&self, net: &AttemptNet) {
+        let mut st = lock(&self.state);
+        if st.ports.remove(&net.netns).is_some() {
+            if let Err(e) = self.apply_rules(&st) {
+                tracing::warn!(error = %e, "cannot remove an attempt's ports");
+            }
+        }
         if let Err(e) = link::unplumb(&net.netns, &net.host_if) {
             tracing::warn!(netns = %net.netns.display(), error = %e, "cannot remove an attempt's network");
         }
-        let mut st = lock(&self.state);
         if st.subnet == Some(net.subnet) {
             if let Some(p) = st.pool.as_mut() {
                 p.release(net.ip);
@@ -272,6 +326,11 @@ impl BridgeNet {
             if let Ok(text) = std::fs::read_to_string(dir.join(NET_FILE)) {
                 if let Ok(net) = serde_json::from_str::<AttemptNet>(&text) {
                     ips.push(net.ip);
+                    if !net.ports.is_empty() {
+                        lock(&self.state)
+                            .ports
+                            .insert(net.netns.clone(), rules(&net));
+                    }
                     owned.insert(net.netns, net.host_if);
                 }
             }
@@ -313,6 +372,22 @@ impl BridgeNet {
         link::delete_link(&self.bridge).map_err(self.link_err())?;
         Ok(())
     }
+}
+
+/// The DNAT rules of an attempt's mapped ports.
+fn rules(net: &AttemptNet) -> Vec<nft::PortRule> {
+    net.ports
+        .iter()
+        .map(|p| nft::PortRule {
+            proto: match p.protocol {
+                Protocol::Tcp => nft::Proto::Tcp,
+                Protocol::Udp => nft::Proto::Udp,
+            },
+            host_port: p.host,
+            ip: net.ip,
+            container_port: p.container,
+        })
+        .collect()
 }
 
 /// The attempt's `/etc/hosts`: loopback names and its own hostname.

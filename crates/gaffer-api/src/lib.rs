@@ -7,6 +7,7 @@
 //! field it is about ([`FieldError`]).
 
 pub mod ids;
+pub mod ports;
 pub mod proto;
 pub mod spec;
 pub mod state;

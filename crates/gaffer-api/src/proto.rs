@@ -34,6 +34,9 @@ pub enum AgentMsg {
         key: AttemptKey,
         /// When (Unix ms).
         at: UnixMs,
+        /// Its address on the bridge network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
     },
     /// The attempt ended.
     Ended {
@@ -273,7 +276,10 @@ pub struct TaskLaunch {
     /// `UID[:GID]` to run as in a container.
     #[serde(default)]
     pub user: Option<String>,
-    /// Container network: `none` or `host`.
+    /// Container network: `none`, `host` or `bridge`.
     #[serde(default)]
     pub network: Option<crate::spec::Network>,
+    /// Ports to map (host ports chosen by the server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortMapping>,
 }

@@ -83,6 +83,11 @@ pub struct JobSpec {
     /// container network: an address of its own, reachable from other nodes' containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
+    /// Ports of a bridge container reachable on its node's addresses (and 127.0.0.1 there),
+    /// e.g. `{"host": 18080, "container": 80}`; without `host` the server picks one. Implies
+    /// the bridge network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortSpec>,
     /// Jobs that must succeed before this one starts; if one fails, this job fails as
     /// `dependency_failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -312,6 +317,9 @@ impl JobSpec {
                 );
             }
         }
+        for e in crate::ports::check(&self.ports, self.network, self.image.is_some()) {
+            err(&e.field, e.message);
+        }
         if self.network.is_some() && self.image.is_none() {
             err(
                 "network",
@@ -339,7 +347,16 @@ impl JobSpec {
         }
     }
 
-    /// Number of tasks the job has.
+    /// The container network the task gets: `network`, or `bridge` when only `ports` are
+    /// given.
+    pub fn net(&self) -> Option<Network> {
+        match self.network {
+            None if !self.ports.is_empty() => Some(Network::Bridge),
+            n => n,
+        }
+    }
+
+    /// Number of tasks.
     pub fn task_count(&self) -> u32 {
         self.array.unwrap_or(1)
     }

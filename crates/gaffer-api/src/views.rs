@@ -106,6 +106,12 @@ pub struct AttemptView {
     /// Output files kept (paths relative to the working directory).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<String>,
+    /// Its address on the bridge network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Its mapped ports (host port on its node → container port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortMapping>,
 }
 
 /// A state transition, as stored and streamed by `GET /v1/events`.

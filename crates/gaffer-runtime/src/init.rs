@@ -120,6 +120,25 @@ pub(crate) fn run(
         }
     }
 
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from its second
+    // argument: `c"init"` is a static C string of 5 bytes, valid for the call. PR_SET_DUMPABLE
+    // takes integers only. Neither touches memory of this process otherwise.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"init".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // The init is a fork of the shim: its memory and /proc/1/environ hold the agent's
+        // environment. Not dumpable, its /proc files are closed to the task even when the task
+        // runs as root (reading them needs CAP_SYS_PTRACE, which containers do not have). The
+        // task's own exec resets this for the task. Both are set before the task is forked, so
+        // that the task never sees the init under its old name.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+
     // SAFETY: fork(2) is unsafe because the child of a multi-threaded process may only make
     // async-signal-safe calls (another thread may have held the allocator's or any other lock).
     // This process has one thread (a fork of the single-threaded shim), so the child is a
@@ -148,23 +167,6 @@ pub(crate) fn run(
     // the task's at its exec. The caller's OwnedFd is never dropped, because
     // this function does not return from here on.
     let _ = nix::unistd::close(setup_err.as_raw_fd());
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from its second
-    // argument: `c"init"` is a static C string of 5 bytes, valid for the call. PR_SET_DUMPABLE
-    // takes integers only. Neither touches memory of this process otherwise.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_NAME,
-            c"init".as_ptr() as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        // The init is a fork of the shim: its memory and /proc/1/environ hold the agent's
-        // environment. Not dumpable, its /proc files are closed to the task even when the task
-        // runs as root (reading them needs CAP_SYS_PTRACE, which containers do not have). The
-        // task's own exec resets this for the task.
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
     supervise(child, &wait_set, status_pipe)
 }
 

@@ -71,6 +71,7 @@ fn nodes(n: usize, rng: &mut Rng) -> (Vec<NodeCapacity>, Vec<(f64, u64)>) {
             labels,
             images: Default::default(),
             bridge: false,
+            ports: Default::default(),
         });
     }
     let totals = caps.iter().map(|c| (c.cpus_free, c.memory_free)).collect();
@@ -99,6 +100,7 @@ fn tasks(n: usize, rng: &mut Rng) -> Vec<Demand> {
                 constraints,
                 image: None,
                 bridge: false,
+                ports: Vec::new(),
             }
         })
         .collect()

@@ -45,6 +45,8 @@ pub struct NodeCapacity {
     pub images: HashSet<String>,
     /// Runs the `bridge` container network (it has a subnet).
     pub bridge: bool,
+    /// Host ports taken there: (port, protocol number: 0 TCP, 1 UDP).
+    pub ports: HashSet<(u16, u8)>,
 }
 
 /// What a task needs.
@@ -62,6 +64,8 @@ pub struct Demand {
     pub image: Option<String>,
     /// Needs the `bridge` container network.
     pub bridge: bool,
+    /// Host ports it needs free on the node: (port, protocol number: 0 TCP, 1 UDP).
+    pub ports: Vec<(u16, u8)>,
 }
 
 /// Why a task fits nowhere right now.
@@ -73,6 +77,11 @@ pub enum Unfit {
     NoHostNode,
     /// No ready node runs the bridge network.
     NoBridge,
+    /// Nodes have room, but a host port the task needs is taken on each of them.
+    PortTaken {
+        /// The port, e.g. `18080/tcp`.
+        port: String,
+    },
     /// No ready node (with the labels) has the image.
     NoImage {
         /// The image.
@@ -105,6 +114,10 @@ impl fmt::Display for Unfit {
             Unfit::NoBridge => write!(
                 f,
                 "no ready node runs the bridge network (agents that run containers offer it unless started with --no-bridge)"
+            ),
+            Unfit::PortTaken { port } => write!(
+                f,
+                "host port {port} is taken on every node with room (it is free again when the task holding it ends)"
             ),
             Unfit::NoImage { image } => write!(
                 f,
@@ -194,6 +207,13 @@ impl Scheduler {
         !self.nodes.iter().any(|n| n.ready && n.cpus_free > EPS)
     }
 
+    /// Marks `ports` taken on node `i` (host ports the caller picked itself).
+    pub fn take_ports(&mut self, i: usize, ports: &[(u16, u8)]) {
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.ports.extend(ports.iter().copied());
+        }
+    }
+
     /// Picks a node for `d` and reserves its resources there; returns the node's index.
     pub fn place(&mut self, d: &Demand, strategy: Strategy) -> Result<usize, Unfit> {
         let want = self.want(d);
@@ -208,6 +228,7 @@ impl Scheduler {
                 && n.memory_free >= d.memory
                 && (!d.host || n.allow_host_tasks)
                 && (!d.bridge || n.bridge)
+                && d.ports.iter().all(|p| !n.ports.contains(p))
                 && self.has_labels(i, &want, d)
                 && d.image.as_ref().is_none_or(|im| n.images.contains(im)))
             {
@@ -225,6 +246,7 @@ impl Scheduler {
                 n.cpus_free -= d.cpus;
                 n.memory_free -= d.memory;
                 n.tasks += 1;
+                n.ports.extend(d.ports.iter().copied());
                 Ok(i)
             }
             None => {
@@ -267,6 +289,7 @@ impl Scheduler {
     fn why(&self, d: &Demand, want: &Option<Option<u64>>) -> Unfit {
         let (mut ready, mut kind, mut bridged, mut labelled, mut imaged, mut ever) =
             (false, false, false, false, false, false);
+        let mut taken: Option<(u16, u8)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.ready {
                 continue;
@@ -288,10 +311,13 @@ impl Scheduler {
                 continue;
             }
             imaged = true;
+            if n.cpus_free + EPS >= d.cpus && n.memory_free >= d.memory {
+                // It has room now, so a port is what stops it.
+                taken = taken.or_else(|| d.ports.iter().find(|p| n.ports.contains(p)).copied());
+            }
             let (c, m) = self.totals.get(i).copied().unwrap_or((0.0, 0));
             if c + EPS >= d.cpus && m >= d.memory {
                 ever = true;
-                break;
             }
         }
         if !ready {
@@ -312,6 +338,10 @@ impl Scheduler {
         } else if !imaged {
             Unfit::NoImage {
                 image: d.image.clone().unwrap_or_default(),
+            }
+        } else if let Some((port, proto)) = taken {
+            Unfit::PortTaken {
+                port: format!("{port}/{}", if proto == 1 { "udp" } else { "tcp" }),
             }
         } else {
             Unfit::NoCapacity {
@@ -338,6 +368,7 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
 fn dominates(a: &Demand, b: &Demand) -> bool {
     a.image == b.image
         && (a.bridge || !b.bridge)
+        && b.ports.iter().all(|p| a.ports.contains(p))
         && a.cpus + EPS >= b.cpus
         && a.memory >= b.memory
         && (a.host || !b.host)
@@ -363,6 +394,7 @@ mod tests {
             labels: BTreeMap::new(),
             images: HashSet::new(),
             bridge: false,
+            ports: HashSet::new(),
         }
     }
 
@@ -390,7 +422,32 @@ mod tests {
             constraints: BTreeMap::new(),
             image: None,
             bridge: false,
+            ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_taken_host_port_sends_the_task_elsewhere_or_names_the_port() {
+        let mut s = sched(vec![node("a", 4.0, 4), node("b", 4.0, 4)], Strategy::Spread);
+        let mut want = d(1.0, 0);
+        want.ports = vec![(18080, 0)];
+        let first = s.place(want.clone()).unwrap();
+        let second = s.place(want.clone()).unwrap();
+        assert_ne!(first, second, "never the same host port twice on a node");
+        assert_eq!(
+            s.place(want.clone()),
+            Err(Unfit::PortTaken {
+                port: "18080/tcp".into()
+            })
+        );
+        // UDP 18080 is another port.
+        want.ports = vec![(18080, 1)];
+        assert!(s.place(want).is_ok());
+        let mut s = sched(vec![node("a", 4.0, 4)], Strategy::Spread);
+        s.0.take_ports(0, &[(30000, 0)]);
+        let mut want = d(1.0, 0);
+        want.ports = vec![(30000, 0)];
+        assert!(s.place(want).is_err());
     }
 
     #[test]

@@ -75,6 +75,8 @@ fn main() {
                         max_rss_bytes: Some(1 << 20),
                         cpu_secs: Some(0.001),
                         outputs: Vec::new(),
+                        ip: None,
+                        ports: Vec::new(),
                     },
                 ));
                 for (from, to) in [

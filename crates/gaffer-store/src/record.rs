@@ -301,6 +301,12 @@ pub struct AttemptRecord {
     /// Output files kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<String>,
+    /// Its address on the bridge network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Its mapped ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<gaffer_api::ports::PortMapping>,
 }
 
 fn exact_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
@@ -329,6 +335,8 @@ impl From<(JobId, u32, AttemptView)> for AttemptRecord {
             max_rss_bytes: a.max_rss_bytes,
             cpu_secs: a.cpu_secs,
             outputs: a.outputs,
+            ip: a.ip,
+            ports: a.ports,
         }
     }
 }
@@ -350,6 +358,8 @@ impl From<AttemptRecord> for (JobId, u32, AttemptView) {
                 max_rss_bytes: a.max_rss_bytes,
                 cpu_secs: a.cpu_secs,
                 outputs: a.outputs,
+                ip: a.ip,
+                ports: a.ports,
             },
         )
     }
@@ -411,6 +421,8 @@ mod tests {
             max_rss_bytes: full.then_some(10),
             cpu_secs: full.then_some(0.1),
             outputs: if full { vec!["a".into()] } else { vec![] },
+            ip: None,
+            ports: Vec::new(),
         }
     }
 
@@ -532,7 +544,7 @@ mod tests {
             err::<AttemptRecord>(r#"{"x":1}"#),
             "unknown field `x`, expected one of `job`, `index`, `attempt`, `node`, `state`, \
              `started_at`, `ended_at`, `exit_code`, `signal`, `message`, `max_rss_bytes`, \
-             `cpu_secs`, `outputs` at line 1 column 4"
+             `cpu_secs`, `outputs`, `ip`, `ports` at line 1 column 4"
         );
         assert_eq!(
             err::<JobRecord>("1"),

@@ -35,7 +35,7 @@ CREATE INDEX IF NOT EXISTS tasks_active ON tasks (state) WHERE state IN ('pendin
 CREATE TABLE IF NOT EXISTS attempts (
     job_id INTEGER NOT NULL, idx INTEGER NOT NULL, attempt INTEGER NOT NULL,
     node TEXT NOT NULL, state TEXT NOT NULL, started_at INTEGER, ended_at INTEGER,
-    exit_code INTEGER, signal INTEGER, message TEXT, max_rss INTEGER, cpu_secs REAL, outputs TEXT,
+    exit_code INTEGER, signal INTEGER, message TEXT, max_rss INTEGER, cpu_secs REAL, outputs TEXT, net TEXT,
     PRIMARY KEY (job_id, idx, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
@@ -74,6 +74,7 @@ impl SqliteStore {
             )
             .map_err(|e| s.err(e))?;
             w.execute_batch(SCHEMA).map_err(|e| s.err(e))?;
+            migrate(&w).map_err(|e| s.err(e))?;
         }
         Ok(s)
     }
@@ -149,6 +150,31 @@ fn task_state(col: usize, s: String) -> rusqlite::Result<TaskState> {
     s.parse().map_err(|e: String| conv_err(col, e))
 }
 
+/// Brings a database made by an older gaffer up to the current schema.
+fn migrate(w: &Connection) -> rusqlite::Result<()> {
+    let has_net: bool = w
+        .prepare("SELECT 1 FROM pragma_table_info('attempts') WHERE name = 'net'")?
+        .exists([])?;
+    if !has_net {
+        w.execute_batch("ALTER TABLE attempts ADD COLUMN net TEXT")?;
+    }
+    Ok(())
+}
+
+/// The `net` column of an attempt: `NULL` off the bridge network.
+fn net_col(a: &AttemptView) -> std::result::Result<Option<String>, String> {
+    if a.ip.is_none() && a.ports.is_empty() {
+        return Ok(None);
+    }
+    let net = NetCol {
+        ip: a.ip.clone(),
+        ports: a.ports.clone(),
+    };
+    serde_json::to_string(&net)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
 fn attempt_from_row(r: &Row) -> rusqlite::Result<AttemptView> {
     attempt_at(r, 0)
 }
@@ -156,6 +182,14 @@ fn attempt_from_row(r: &Row) -> rusqlite::Result<AttemptView> {
 /// The attempt in columns `base..` (in the order of `ATTEMPT_COLS`).
 fn attempt_at(r: &Row, base: usize) -> rusqlite::Result<AttemptView> {
     let outputs: Option<String> = r.get(base + 10)?;
+    let net: Option<String> = r.get(base + 11)?;
+    let net: NetCol = match net {
+        Some(n) => serde_json::from_str(&n).map_err(|e| conv_err(base + 11, e.to_string()))?,
+        None => NetCol {
+            ip: None,
+            ports: Vec::new(),
+        },
+    };
     Ok(AttemptView {
         attempt: r.get::<_, i64>(base)? as u32,
         node: r.get(base + 1)?,
@@ -171,6 +205,8 @@ fn attempt_at(r: &Row, base: usize) -> rusqlite::Result<AttemptView> {
             Some(o) => serde_json::from_str(&o).map_err(|e| conv_err(base + 10, e.to_string()))?,
             None => Vec::new(),
         },
+        ip: net.ip,
+        ports: net.ports,
     })
 }
 
@@ -202,7 +238,16 @@ fn event_from_row(r: &Row) -> rusqlite::Result<EventView> {
 
 const TASK_COLS: &str = "job_id, idx, state, attempts, lost, node, not_before";
 const ATTEMPT_COLS: &str =
-    "attempt, node, state, started_at, ended_at, exit_code, signal, message, max_rss, cpu_secs, outputs";
+    "attempt, node, state, started_at, ended_at, exit_code, signal, message, max_rss, cpu_secs, outputs, net";
+
+/// An attempt's bridge network in the `net` column: its address and mapped ports.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NetCol {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    ports: Vec<gaffer_api::ports::PortMapping>,
+}
 
 impl Store for SqliteStore {
     fn load_active(&self) -> Result<ActiveState> {
@@ -325,7 +370,7 @@ impl Store for SqliteStore {
             if !b.attempts.is_empty() {
                 let mut q = tx.prepare_cached(&format!(
                     "INSERT OR REPLACE INTO attempts (job_id, idx, {ATTEMPT_COLS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
                 ))?;
                 for (job, idx, a) in &b.attempts {
                     let outputs = if a.outputs.is_empty() {
@@ -350,6 +395,7 @@ impl Store for SqliteStore {
                         a.max_rss_bytes.map(|v| v as i64),
                         a.cpu_secs,
                         outputs,
+                        net_col(a).map_err(|e| conv_err(13, e))?,
                     ])?;
                 }
             }

@@ -276,6 +276,8 @@ fn attempt(n: u32, state: TaskState) -> AttemptView {
         max_rss_bytes: None,
         cpu_secs: Some(1.25),
         outputs: vec![],
+        ip: None,
+        ports: Vec::new(),
     }
 }
 

@@ -8,11 +8,12 @@ use gaffer_api::{AttemptKey, TaskState, UnixMs};
 use std::cmp::Reverse;
 
 impl<E: Effects> Core<E> {
-    /// The agent started attempt `key` at `at`.
+    /// The agent started attempt `key` at `at` (on the bridge network at `ip`).
     pub(super) fn mark_running(
         &mut self,
         key: AttemptKey,
         at: UnixMs,
+        ip: Option<String>,
         now: UnixMs,
     ) -> Result<(), CoreError> {
         let Some(job) = self.jobs.get_mut(&key.job) else {
@@ -33,6 +34,9 @@ impl<E: Effects> Core<E> {
             TaskState::Running,
         )?;
         t.started_at = Some(at);
+        if ip.is_some() {
+            t.ip = ip;
+        }
         let node = t.node.clone().unwrap_or_default();
         self.batch.tasks.push(t.row(key.job, key.index));
         self.batch.attempts.push((
@@ -50,6 +54,8 @@ impl<E: Effects> Core<E> {
                 max_rss_bytes: None,
                 cpu_secs: None,
                 outputs: Vec::new(),
+                ip: t.ip.clone(),
+                ports: t.ports.clone(),
             },
         ));
         self.stats.tasks_started += 1;
@@ -129,6 +135,8 @@ impl<E: Effects> Core<E> {
             max_rss_bytes: result.max_rss_bytes,
             cpu_secs: result.cpu_secs,
             outputs: result.outputs.clone(),
+            ip: t.ip.take(),
+            ports: std::mem::take(&mut t.ports),
         };
         self.batch.attempts.push((key.job, key.index, attempt));
         if !result.outputs.is_empty() {

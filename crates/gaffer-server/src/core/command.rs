@@ -139,6 +139,8 @@ pub struct CoreConfig {
     pub cluster_cidr: Cidr,
     /// Prefix length of a node's subnet (24: 253 addresses per node).
     pub node_prefix: u8,
+    /// Tasks may map host ports below 1024.
+    pub allow_privileged_ports: bool,
 }
 
 /// The default cluster CIDR.
@@ -152,6 +154,7 @@ impl Default for CoreConfig {
             max_lost: MAX_FREE_LOST,
             cluster_cidr: DEFAULT_CLUSTER_CIDR.parse().expect("a valid CIDR"),
             node_prefix: 24,
+            allow_privileged_ports: false,
         }
     }
 }

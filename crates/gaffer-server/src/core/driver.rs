@@ -72,6 +72,7 @@ impl<E: Effects> Core<E> {
                 core.timers
                     .push(Reverse((t.not_before.unwrap_or(0), t.job, t.index)));
             }
+            let rt = TaskRt::from_row(&t);
             if let (TaskState::Assigned | TaskState::Running, Some(n)) = (t.state, &t.node) {
                 let key = AttemptKey {
                     job: t.job,
@@ -82,9 +83,9 @@ impl<E: Effects> Core<E> {
                     .entry(n.clone())
                     .or_insert_with(|| Node::placeholder(n, seen))
                     .ledger
-                    .reserve(key, job.reservation());
+                    .reserve(key, job.held_by(&rt));
             }
-            job.tasks.insert(t.index, TaskRt::from_row(&t));
+            job.tasks.insert(t.index, rt);
         }
         let mut ids: Vec<JobId> = core.jobs.keys().copied().collect();
         ids.sort();

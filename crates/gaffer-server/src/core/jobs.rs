@@ -4,6 +4,7 @@ use super::command::Reply;
 use super::model::{ActiveJob, TaskRt};
 use super::transition::{end_untouched, move_task, waiting_reason};
 use super::{refused, Core, CoreError, Effects};
+use gaffer_api::ports::FIRST_UNPRIVILEGED_PORT;
 use gaffer_api::proto::ServerMsg;
 use gaffer_api::state::TaskCounts;
 use gaffer_api::{AttemptKey, FieldError, JobId, JobSpec, JobState, TaskState, UnixMs};
@@ -97,6 +98,20 @@ impl<E: Effects> Core<E> {
                         field: "image".into(),
                         message: "no node runs host processes (agents need --allow-host-tasks): give a container image".into(),
                     });
+                }
+            }
+        }
+        // Low host ports only where the server allows them.
+        if !self.cfg.allow_privileged_ports {
+            for (i, spec) in specs.iter().enumerate() {
+                for (k, p) in spec.ports.iter().enumerate() {
+                    if let Some(h) = p.host.filter(|h| *h < FIRST_UNPRIVILEGED_PORT) {
+                        errors.push(FieldError {
+                            index: index(i),
+                            field: format!("ports[{k}]"),
+                            message: format!("host port {h} is below {FIRST_UNPRIVILEGED_PORT}: the server allows that only with --allow-privileged-ports"),
+                        });
+                    }
                 }
             }
         }

@@ -4,11 +4,12 @@
 //! A job's tasks that never had an attempt have no [`TaskRt`]: they are counted in
 //! `counts.pending` and start at `row.next_fresh` (see `gaffer_store`'s lazy task rows).
 
+use gaffer_api::ports::{PortMapping, Protocol};
 use gaffer_api::proto::NodeInfo;
 use gaffer_api::{AttemptKey, JobId, Placement, TaskState, UnixMs};
 use gaffer_sched::{Demand, Strategy};
 use gaffer_store::{JobRow, TaskRow};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 /// A task that has had an attempt, or waits for a retry.
 #[derive(Debug, Clone)]
@@ -22,6 +23,9 @@ pub(super) struct TaskRt {
     /// Earliest time a retry may be placed.
     pub(super) not_before: Option<UnixMs>,
     pub(super) started_at: Option<UnixMs>,
+    /// The current attempt's address and mapped ports (bridge network).
+    pub(super) ip: Option<String>,
+    pub(super) ports: Vec<PortMapping>,
 }
 
 impl TaskRt {
@@ -34,6 +38,8 @@ impl TaskRt {
             node: None,
             not_before: None,
             started_at: None,
+            ip: None,
+            ports: Vec::new(),
         }
     }
 
@@ -46,6 +52,8 @@ impl TaskRt {
             node: t.node.clone(),
             not_before: t.not_before,
             started_at: None,
+            ip: None,
+            ports: Vec::new(),
         }
     }
 
@@ -96,23 +104,57 @@ impl ActiveJob {
             && (!self.ready.is_empty() || self.row.next_fresh < self.row.counts.total)
     }
 
-    /// What one of its attempts holds on a node.
-    pub(super) fn reservation(&self) -> Reservation {
+    /// What one of its attempts holds on a node, with `ports` (its mapped host ports).
+    pub(super) fn reservation(&self, ports: &[PortMapping]) -> Reservation {
         Reservation {
             cpus_m: milli(self.row.spec.cpus()),
             memory: self.row.spec.resources.memory.map(|m| m.0).unwrap_or(0),
+            ports: ports.iter().map(|p| port_key(p.host, p.protocol)).collect(),
         }
+    }
+
+    /// What task `t`'s current attempt holds: its mapped ports, or (for an attempt known only
+    /// from the store) the ports the spec fixes.
+    pub(super) fn held_by(&self, t: &TaskRt) -> Reservation {
+        if !t.ports.is_empty() {
+            return self.reservation(&t.ports);
+        }
+        let fixed: Vec<PortMapping> = self
+            .row
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| {
+                Some(PortMapping {
+                    host: p.host?,
+                    container: p.container,
+                    protocol: p.protocol,
+                })
+            })
+            .collect();
+        self.reservation(&fixed)
+    }
+
+    /// Its fixed host ports (those it names), as the scheduler counts them.
+    pub(super) fn fixed_ports(&self) -> Vec<(u16, u8)> {
+        self.row
+            .spec
+            .ports
+            .iter()
+            .filter_map(|p| Some(port_key(p.host?, p.protocol)))
+            .collect()
     }
 
     /// What the scheduler must find for one of its tasks.
     pub(super) fn demand(&self) -> Demand {
         Demand {
             cpus: self.row.spec.cpus(),
-            memory: self.reservation().memory,
+            memory: self.row.spec.resources.memory.map(|m| m.0).unwrap_or(0),
+            ports: self.fixed_ports(),
             host: self.row.spec.image.is_none(),
             constraints: self.row.spec.constraints.clone(),
             image: self.row.spec.image.clone(),
-            bridge: self.row.spec.network == Some(gaffer_api::Network::Bridge),
+            bridge: self.row.spec.net() == Some(gaffer_api::Network::Bridge),
         }
     }
 
@@ -125,11 +167,17 @@ impl ActiveJob {
 /// Order of the placement queue.
 pub(super) type QueueKey = (std::cmp::Reverse<i32>, JobId);
 
-/// CPU (in thousandths) and memory that one attempt holds on its node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// CPU (in thousandths), memory and host ports that one attempt holds on its node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Reservation {
     pub(super) cpus_m: u64,
     pub(super) memory: u64,
+    pub(super) ports: Vec<(u16, u8)>,
+}
+
+/// A host port as the scheduler and the ledger key it: (port, 0 for TCP or 1 for UDP).
+pub(super) fn port_key(port: u16, protocol: Protocol) -> (u16, u8) {
+    (port, matches!(protocol, Protocol::Udp) as u8)
 }
 
 /// What a node has reserved, per attempt, with the totals kept in step. The one place node
@@ -140,6 +188,7 @@ pub(super) struct Ledger {
     /// CPUs reserved, in thousandths (sums of fractions like 0.1 drift in floating point).
     cpus_m: u64,
     memory: u64,
+    ports: HashSet<(u16, u8)>,
 }
 
 impl Ledger {
@@ -148,6 +197,7 @@ impl Ledger {
         self.release(key);
         self.cpus_m += r.cpus_m;
         self.memory += r.memory;
+        self.ports.extend(r.ports.iter().copied());
         self.held.insert(key, r);
     }
 
@@ -157,6 +207,9 @@ impl Ledger {
             Some(r) => {
                 self.cpus_m -= r.cpus_m;
                 self.memory -= r.memory;
+                for p in &r.ports {
+                    self.ports.remove(p);
+                }
                 true
             }
             None => false,
@@ -187,6 +240,11 @@ impl Ledger {
 
     pub(super) fn memory(&self) -> u64 {
         self.memory
+    }
+
+    /// Host ports held.
+    pub(super) fn ports(&self) -> &HashSet<(u16, u8)> {
+        &self.ports
     }
 }
 

@@ -54,7 +54,7 @@ impl<E: Effects> Core<E> {
                         index: *idx,
                         attempt: t.attempt,
                     };
-                    ours.push((key, t.state, job.reservation()));
+                    ours.push((key, t.state, job.held_by(t)));
                 }
             }
         }
@@ -64,7 +64,7 @@ impl<E: Effects> Core<E> {
             match reported.remove(&key) {
                 Some(AttemptReport::Running { .. }) => {
                     if state == TaskState::Assigned {
-                        if let Err(e) = self.mark_running(key, now, now) {
+                        if let Err(e) = self.mark_running(key, now, None, now) {
                             refused(&e);
                         }
                     }
@@ -145,7 +145,7 @@ impl<E: Effects> Core<E> {
                 self.prune_images(node);
                 Ok(())
             }
-            AgentMsg::Started { key, at } => self.mark_running(key, at, now),
+            AgentMsg::Started { key, at, ip } => self.mark_running(key, at, ip, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now, true),
             // File and archive reads are answered by the gateway, never by the core.
             AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => Ok(()),

@@ -2,15 +2,17 @@
 //! `gaffer-sched` one task at a time; each placed task becomes an attempt and a launch message
 //! to its node. A job that cannot be placed gets a pending reason naming what is missing.
 
-use super::model::{strategy_of, ActiveJob, QueueKey, TaskRt};
+use super::model::{port_key, strategy_of, ActiveJob, QueueKey, TaskRt};
 use super::transition::{check, move_task};
 use super::{refused, Core, CoreError, Effects};
+use gaffer_api::ports::{PortMapping, PortSpec, AUTO_PORTS};
 use gaffer_api::proto::{ServerMsg, TaskLaunch};
 use gaffer_api::spec::DEFAULT_KILL_GRACE;
 use gaffer_api::views::AttemptView;
 use gaffer_api::{AttemptKey, JobId, TaskState, UnixMs};
 use gaffer_sched::{NodeCapacity, Scheduler};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::ops::Bound;
 
 impl<E: Effects> Core<E> {
@@ -45,7 +47,7 @@ impl<E: Effects> Core<E> {
             let mut placed_any = false;
             while self.jobs[&jid].has_work() {
                 match sched.place(&demand, strategy) {
-                    Ok(i) => match self.assign(jid, &names[i], now) {
+                    Ok(i) => match self.assign(jid, &names[i], now, &mut sched, i) {
                         Ok(()) => placed_any = true,
                         Err(e) => {
                             refused(&e);
@@ -77,6 +79,7 @@ impl<E: Effects> Core<E> {
             tasks: node.ledger.len() as u32,
             labels: node.info.labels.clone(),
             bridge: node.info.bridge && self.subnets.contains_key(name),
+            ports: node.ledger.ports().clone(),
             // The catalog's images count as present: the node fetches what it lacks.
             images: if node.info.containers {
                 node.info
@@ -92,7 +95,14 @@ impl<E: Effects> Core<E> {
     }
 
     /// Places job `jid`'s next task (a ready retry, else its next fresh task) on `node_name`.
-    fn assign(&mut self, jid: JobId, node_name: &str, now: UnixMs) -> Result<(), CoreError> {
+    fn assign(
+        &mut self,
+        jid: JobId,
+        node_name: &str,
+        now: UnixMs,
+        sched: &mut Scheduler,
+        node_index: usize,
+    ) -> Result<(), CoreError> {
         let job = self.jobs.get_mut(&jid).expect("queued job is active");
         // A ready retry must be pending; refuse before anything changes.
         if let Some((i, t)) = job
@@ -117,14 +127,29 @@ impl<E: Effects> Core<E> {
         t.attempt += 1;
         t.node = Some(node_name.to_string());
         t.not_before = None;
+        t.ip = None;
+        let held = self.nodes.get(node_name).map(|n| n.ledger.ports());
+        t.ports = map_ports(&job.row.spec.ports, held);
+        let auto: Vec<(u16, u8)> = job
+            .row
+            .spec
+            .ports
+            .iter()
+            .zip(&t.ports)
+            .filter(|(want, _)| want.host.is_none())
+            .map(|(_, got)| port_key(got.host, got.protocol))
+            .collect();
+        sched.take_ports(node_index, &auto);
         let key = AttemptKey {
             job: jid,
             index,
             attempt: t.attempt,
         };
         let row = t.row(jid, index);
+        let ports = t.ports.clone();
         let job = &self.jobs[&jid];
-        let launch = launch(job, key, &self.catalog);
+        let mut launch = launch(job, key, &self.catalog);
+        launch.ports = ports.clone();
         // The node fetches the catalog's archive unless its copy of the image is that one.
         let fetching = match (&launch.image, &launch.image_archive) {
             (Some(name), Some((digest, size))) => {
@@ -142,7 +167,7 @@ impl<E: Effects> Core<E> {
             }
             _ => None,
         };
-        let reservation = job.reservation();
+        let reservation = job.reservation(&ports);
         self.batch.tasks.push(row);
         self.batch.attempts.push((
             jid,
@@ -159,6 +184,8 @@ impl<E: Effects> Core<E> {
                 max_rss_bytes: None,
                 cpu_secs: None,
                 outputs: Vec::new(),
+                ip: None,
+                ports,
             },
         ));
         self.nodes
@@ -220,6 +247,35 @@ fn launch(
         memory: spec.resources.memory.map(|m| m.0),
         pids: spec.resources.pids,
         user: spec.user.clone(),
-        network: spec.network,
+        network: spec.net(),
+        ports: Vec::new(),
     }
+}
+
+/// The host ports of an attempt: those the spec fixes, and for the others the first free ones
+/// of [`AUTO_PORTS`] on the node (`held`: the node's taken ports).
+fn map_ports(want: &[PortSpec], held: Option<&HashSet<(u16, u8)>>) -> Vec<PortMapping> {
+    let mut taken: HashSet<(u16, u8)> = held.cloned().unwrap_or_default();
+    for p in want {
+        if let Some(h) = p.host {
+            taken.insert(port_key(h, p.protocol));
+        }
+    }
+    want.iter()
+        .map(|p| {
+            let host = p.host.unwrap_or_else(|| {
+                let free = AUTO_PORTS
+                    .clone()
+                    .find(|h| !taken.contains(&port_key(*h, p.protocol)))
+                    .unwrap_or(*AUTO_PORTS.end());
+                taken.insert(port_key(free, p.protocol));
+                free
+            });
+            PortMapping {
+                host,
+                container: p.container,
+                protocol: p.protocol,
+            }
+        })
+        .collect()
 }

@@ -290,7 +290,14 @@ impl H {
     }
 
     pub(super) fn started(&mut self, node: &str, key: AttemptKey) {
-        self.agent(node, AgentMsg::Started { key, at: self.now });
+        self.agent(
+            node,
+            AgentMsg::Started {
+                key,
+                at: self.now,
+                ip: None,
+            },
+        );
     }
 
     pub(super) fn ended(&mut self, node: &str, key: AttemptKey, kind: EndKind, code: Option<i32>) {

@@ -26,7 +26,7 @@ fn network(h: &mut H, node: &str) -> Option<(String, Vec<(String, String)>)> {
             }
             _ => None,
         })
-        .last()
+        .next_back()
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn bridge_nodes_get_subnets_for_good_and_routes_to_each_other() {
                 }
                 _ => None,
             })
-            .last()
+            .next_back()
     };
     let route = |s: &str, via: &str| (s.to_string(), via.to_string());
     assert_eq!(
