@@ -423,6 +423,22 @@ impl Drop for Dev {
     fn drop(&mut self) {
         self.kill9();
         kill_leftovers(self.tmp.path());
+        unmount_under(self.tmp.path());
+    }
+}
+
+/// Lazily unmounts whatever is mounted under `root` (the network namespace files of bridge
+/// attempts an agent had no chance to remove), so that the directory can go.
+pub fn unmount_under(root: &Path) {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some(target) = line.split(' ').nth(1) else {
+            continue;
+        };
+        if Path::new(target).starts_with(&root) {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 

@@ -300,10 +300,10 @@ impl Agent {
                     cluster_cidr,
                     routes,
                 } => {
-                    let a = agent.clone();
-                    tokio::task::spawn_blocking(move || {
-                        a.configure_network(&subnet, &cluster_cidr, &routes)
-                    });
+                    // In order, before any later Start: a bridge attempt needs the subnet.
+                    // (It comes when a node joins or leaves; syncing routes is one netlink
+                    // round trip.)
+                    agent.configure_network(&subnet, &cluster_cidr, &routes);
                 }
                 ServerMsg::RemoveImage { name, digest } => {
                     let a = agent.clone();
