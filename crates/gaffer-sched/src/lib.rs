@@ -207,6 +207,11 @@ impl Scheduler {
         !self.nodes.iter().any(|n| n.ready && n.cpus_free > EPS)
     }
 
+    /// Whether any node is ready for new work.
+    pub fn any_ready(&self) -> bool {
+        self.nodes.iter().any(|n| n.ready)
+    }
+
     /// Marks `ports` taken on node `i` (host ports the caller picked itself).
     pub fn take_ports(&mut self, i: usize, ports: &[(u16, u8)]) {
         if let Some(n) = self.nodes.get_mut(i) {

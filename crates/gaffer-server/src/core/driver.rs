@@ -46,6 +46,7 @@ impl<E: Effects> Core<E> {
             migrating: HashSet::new(),
             catalog: Default::default(),
             subnets: Default::default(),
+            reasons: Default::default(),
             stats: Stats::default(),
         };
         for (node, subnet) in &active.node_subnets {

@@ -226,7 +226,7 @@ impl<E: Effects> Core<E> {
                 for dependent in self.dependents.remove(&id).unwrap_or_default() {
                     self.fail_dependency(dependent, id, JobState::Killed, now);
                 }
-                self.fx.set_reason(id, None);
+                self.set_reason(id, None);
                 self.queue.remove(&job.queue_key());
                 for (idx, t) in &job.tasks {
                     if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
@@ -378,14 +378,14 @@ impl<E: Effects> Core<E> {
                 if let Some(d) = self.jobs.get_mut(&dependent) {
                     d.waiting_on.remove(&id);
                     let reason = waiting_reason(&d.waiting_on);
-                    self.fx.set_reason(dependent, reason);
+                    self.set_reason(dependent, reason);
                     self.requeue(dependent);
                 }
             } else {
                 self.fail_dependency(dependent, id, new, now);
             }
         }
-        self.fx.set_reason(id, None);
+        self.set_reason(id, None);
     }
 
     /// Records what job `id` waits for; fails it at once if a dependency already failed.
@@ -420,7 +420,7 @@ impl<E: Effects> Core<E> {
             self.fail_dependency(id, d, st, now);
         } else if let Some(j) = self.jobs.get(&id) {
             let reason = waiting_reason(&j.waiting_on);
-            self.fx.set_reason(id, reason);
+            self.set_reason(id, reason);
         }
         Ok(())
     }
@@ -463,7 +463,7 @@ impl<E: Effects> Core<E> {
             "dependency_failed",
             format!("{dep} ended {dep_state}"),
         );
-        self.fx.set_reason(id, None);
+        self.set_reason(id, None);
         self.touch_job(id, now);
     }
 }

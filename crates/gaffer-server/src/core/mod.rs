@@ -98,6 +98,8 @@ pub struct Core<E: Effects = LiveEffects> {
     catalog: BTreeMap<String, (String, u64)>,
     /// Every node's container subnet, kept for good (a node that comes back gets its own).
     subnets: BTreeMap<String, gaffer_net::ipam::Cidr>,
+    /// The pending reasons as published, so that only changes are published.
+    reasons: HashMap<JobId, String>,
     stats: Stats,
 }
 
@@ -213,6 +215,22 @@ impl<E: Effects> Core<E> {
             .reply(Box::new(move |commit: Result<(), CoreError>| {
                 let _ = reply.send(commit.and(r));
             }));
+    }
+
+    /// Sets or clears why job `id` is not placed (published only when it changes).
+    fn set_reason(&mut self, id: JobId, reason: Option<String>) {
+        let changed = match &reason {
+            Some(r) => self.reasons.get(&id) != Some(r),
+            None => self.reasons.contains_key(&id),
+        };
+        if !changed {
+            return;
+        }
+        match &reason {
+            Some(r) => self.reasons.insert(id, r.clone()),
+            None => self.reasons.remove(&id),
+        };
+        self.fx.set_reason(id, reason);
     }
 
     /// Puts job `id` in the placement queue if it has placeable work, else takes it out.

@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::ops::Bound;
 
+/// Most unreached jobs given a reason per round (see `explain_full`).
+const EXPLAINED_PER_ROUND: usize = 1000;
+
 impl<E: Effects> Core<E> {
     /// One placement round.
     pub(super) fn schedule(&mut self, now: UnixMs) {
@@ -55,15 +58,43 @@ impl<E: Effects> Core<E> {
                         }
                     },
                     Err(why) => {
-                        self.fx.set_reason(jid, Some(why.to_string()));
+                        self.set_reason(jid, Some(why.to_string()));
                         break;
                     }
                 }
             }
             if placed_any {
-                self.fx.set_reason(jid, None);
+                self.set_reason(jid, None);
                 self.touch_job(jid, now);
             }
+        }
+        if sched.exhausted() {
+            self.explain_full(&sched, cursor);
+        }
+    }
+
+    /// Jobs the round did not reach because no ready node has a free CPU left: they wait for
+    /// one, and say so (unless they already say why). At most [`EXPLAINED_PER_ROUND`] a round,
+    /// so a long queue costs little.
+    fn explain_full(&mut self, sched: &Scheduler, after: Option<QueueKey>) {
+        let why = if sched.any_ready() {
+            "every ready node is fully allocated (no free CPU): waiting for running tasks to end"
+        } else {
+            "no node is ready"
+        };
+        let start = match after {
+            Some(c) => Bound::Excluded(c),
+            None => Bound::Unbounded,
+        };
+        let unreached: Vec<JobId> = self
+            .queue
+            .range((start, Bound::Unbounded))
+            .map(|(_, id)| *id)
+            .filter(|id| !self.reasons.contains_key(id))
+            .take(EXPLAINED_PER_ROUND)
+            .collect();
+        for id in unreached {
+            self.set_reason(id, Some(why.to_string()));
         }
     }
 

@@ -195,3 +195,25 @@ fn nothing_is_released_before_the_commit() {
     assert_eq!(h.starts().len(), 1);
     assert_eq!(h.job(ids[0]).state, JobState::Running);
 }
+
+#[test]
+fn jobs_behind_a_full_cluster_say_why_they_wait() {
+    let mut h = H::new();
+    let early = h.submit(job().spec());
+    assert_eq!(h.reason(early).as_deref(), Some("no node is ready"));
+    h.connect(node("a", 1.0, 8));
+    let (n, k) = h.starts().remove(0);
+    assert_eq!(h.reason(early), None, "placed");
+    // The only CPU is taken: the round stops before it reaches these.
+    let late: Vec<JobId> = (0..3).map(|_| h.submit(job().spec())).collect();
+    for id in &late {
+        let why = h.reason(*id).expect("a reason");
+        assert!(
+            why.starts_with("every ready node is fully allocated"),
+            "{why}"
+        );
+    }
+    h.run_to_exit(&n, k, 0);
+    assert_eq!(h.reason(late[0]), None, "the next one runs");
+    assert!(h.reason(late[1]).is_some());
+}
