@@ -73,8 +73,17 @@ impl<E: Effects> Core<E> {
                 core.timers
                     .push(Reverse((t.not_before.unwrap_or(0), t.job, t.index)));
             }
-            let rt = TaskRt::from_row(&t);
+            let mut rt = TaskRt::from_row(&t);
             if let (TaskState::Assigned | TaskState::Running, Some(n)) = (t.state, &t.node) {
+                if !job.row.spec.ports.is_empty() {
+                    // Its host ports (some picked by the server) and address are in its
+                    // attempt record: they stay taken.
+                    let held = core.store.attempts(t.job, t.index)?;
+                    if let Some(a) = held.into_iter().find(|a| a.attempt == t.attempts) {
+                        rt.ports = a.ports;
+                        rt.ip = a.ip;
+                    }
+                }
                 let key = AttemptKey {
                     job: t.job,
                     index: t.index,

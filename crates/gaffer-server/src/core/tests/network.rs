@@ -103,3 +103,27 @@ fn a_bridge_task_waits_for_a_bridge_node() {
     assert_eq!(starts.len(), 1);
     assert_eq!(starts[0].0, "b");
 }
+
+#[test]
+fn picked_host_ports_stay_taken_across_a_server_restart() {
+    let mut h = H::new();
+    h.connect(bridge_node("a"));
+    let mut spec = job().image("busybox").cpus(0.1).spec();
+    spec.ports = vec!["8080".parse().unwrap()];
+    let first = h.submit(spec.clone());
+    let (n, k) = h.starts().remove(0);
+    h.started(&n, k);
+    let got = h.attempts(first, 0)[0].ports.clone();
+    assert_eq!(got[0].host, 30000, "{got:?}");
+
+    h.restart(CoreConfig::default());
+    h.connect_with(bridge_node("a"), vec![AttemptReport::Running { key: k }]);
+    h.take();
+    let second = h.submit(spec);
+    h.starts();
+    let again = h.attempts(second, 0)[0].ports.clone();
+    assert_eq!(
+        again[0].host, 30001,
+        "30000 is still the first job's: {again:?}"
+    );
+}
