@@ -241,10 +241,6 @@ impl BridgeNet {
         let (Some(subnet), Some(cluster)) = (st.subnet, st.cluster) else {
             return Ok(());
         };
-        let to_nft = |c: Cidr| nft::Cidr::new(c.addr(), c.prefix());
-        let (Ok(subnet), Ok(cluster)) = (to_nft(subnet), to_nft(cluster)) else {
-            return Ok(());
-        };
         let mut rs = nft::Ruleset::new(self.bridge.clone(), subnet, cluster);
         rs.ports = st.ports.values().flatten().cloned().collect();
         self.nft_err(nft::apply(&rs))

@@ -40,7 +40,6 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -55,70 +54,15 @@ pub const DEFAULT_TABLE: &str = "gaffer";
 /// only (`ip saddr`, `meta nfproto ipv4`).
 pub const FAMILY: &str = "inet";
 
-/// An IPv4 subnet: an address and a prefix length (0 to 32).
-///
-/// Host bits are allowed (`10.88.3.1/24`) and ignored where a subnet is meant: see
-/// [`Cidr::network`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    /// The address.
-    pub addr: Ipv4Addr,
-    /// The prefix length, 0 to 32.
-    pub prefix: u8,
-}
+pub use crate::ipam::{Cidr, CidrError};
 
-/// A string that is not an IPv4 CIDR (`A.B.C.D/N`, N from 0 to 32).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid IPv4 CIDR {0:?}: expected A.B.C.D/N with N from 0 to 32")]
-pub struct CidrError(pub String);
-
-impl Cidr {
-    /// A subnet of `addr` with `prefix` bits, or an error if `prefix` is over 32.
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, CidrError> {
-        if prefix > 32 {
-            return Err(CidrError(format!("{addr}/{prefix}")));
-        }
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// The address with its host bits cleared (`10.88.3.0` for `10.88.3.1/24`).
-    pub fn network(&self) -> Ipv4Addr {
-        let mask = match self.prefix {
-            0 => 0,
-            p => u32::MAX << (32 - u32::from(p.min(32))),
-        };
-        Ipv4Addr::from(u32::from(self.addr) & mask)
-    }
-
-    /// The nft JSON of this subnet as a match's right-hand side: `{"prefix":{..}}`, or the bare
-    /// address for a /32.
-    fn to_json(self) -> Value {
-        if self.prefix >= 32 {
-            json!(self.addr.to_string())
-        } else {
-            json!({"prefix": {"addr": self.network().to_string(), "len": self.prefix}})
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || CidrError(s.to_string());
-        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        Cidr::new(addr, prefix).map_err(|_| bad())
+/// The nft JSON of a subnet as a match's right-hand side: `{"prefix":{..}}`, or the bare
+/// address for a /32.
+fn cidr_json(c: Cidr) -> Value {
+    if c.prefix() >= 32 {
+        json!(c.addr().to_string())
+    } else {
+        json!({"prefix": {"addr": c.addr().to_string(), "len": c.prefix()}})
     }
 }
 
@@ -254,12 +198,12 @@ impl Ruleset {
                 cmds.push(rule(chain, dnat_expr(p)));
             }
         }
-        let subnet = self.subnet.to_json();
+        let subnet = cidr_json(self.subnet);
         cmds.push(rule(
             "postrouting",
             vec![
                 eq(payload("ip", "saddr"), subnet.clone()),
-                matches("!=", payload("ip", "daddr"), self.cluster_cidr.to_json()),
+                matches("!=", payload("ip", "daddr"), cidr_json(self.cluster_cidr)),
                 json!({"masquerade": null}),
             ],
         ));

@@ -50,8 +50,6 @@ except OSError as e:
 
 /// The JSON of the table; no root needed.
 mod json {
-    use std::net::Ipv4Addr;
-
     use gaffer_net::nft::{Cidr, PortRule, Proto, Ruleset};
     use serde_json::{json, Value};
 
@@ -62,7 +60,7 @@ mod json {
     fn ruleset(ports: Vec<PortRule>) -> Ruleset {
         Ruleset {
             ports,
-            ..Ruleset::new("gaffer0", cidr("10.88.3.1/24"), cidr("10.88.0.0/16"))
+            ..Ruleset::new("gaffer0", cidr("10.88.3.0/24"), cidr("10.88.0.0/16"))
         }
     }
 
@@ -84,29 +82,6 @@ mod json {
             .filter(|r| r["chain"] == chain)
             .map(|r| &r["expr"])
             .collect()
-    }
-
-    #[test]
-    fn cidr_parses_and_normalizes() {
-        let c = cidr("10.88.3.7/24");
-        assert_eq!(c.addr, Ipv4Addr::new(10, 88, 3, 7));
-        assert_eq!(c.prefix, 24);
-        assert_eq!(c.network(), Ipv4Addr::new(10, 88, 3, 0));
-        assert_eq!(c.to_string(), "10.88.3.7/24");
-        assert_eq!(cidr("1.2.3.4/0").network(), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(cidr("1.2.3.4/32").network(), Ipv4Addr::new(1, 2, 3, 4));
-        for bad in [
-            "10.88.0.0",
-            "10.88.0.0/33",
-            "10.88.0/16",
-            "10.88.0.0/",
-            "x/8",
-            "1.2.3.4/+8",
-        ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
-            assert!(e.to_string().contains(bad), "{e}");
-        }
-        assert!(Cidr::new(Ipv4Addr::LOCALHOST, 33).is_err());
     }
 
     #[test]
