@@ -2,6 +2,7 @@
 //! `gaffer dev` (or `gaffer server --token-file` + `gaffer agent`), waiting on DOM conditions
 //! with deadlines. Screenshots land in `target/ui-screenshots/`.
 
+mod ui_network;
 mod ui_util;
 mod util;
 

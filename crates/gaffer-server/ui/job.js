@@ -102,7 +102,18 @@ class LogViewer {
   }
 }
 
-function attemptRows(t, viewer, onLogs) {
+/** An attempt's address and port mappings, e.g. `10.88.0.2 18080→80/tcp`. */
+function address(a) {
+  const ports = (a.ports || []).map((p) => `${p.host}→${p.container}/${p.protocol || 'tcp'}`);
+  return [a.ip, ...ports].filter(Boolean).join(' ');
+}
+
+/** The attempts table's columns: [label, kind]; Address only when some attempt has one. */
+function columns(net) {
+  return [['Task'], ['Attempt', 'num'], ['State'], ['Node'], net ? ['Address'] : null, ['Started'], ['Ended'], ['Exit'], ['Reason'], ['Max memory', 'num'], ['CPU time', 'num'], ['Log', 'sr']].filter(Boolean);
+}
+
+function attemptRows(t, viewer, onLogs, net) {
   const logBtn = (a) => h('button', {
     class: 'btn small', type: 'button', 'aria-label': `Show log of task ${t.index}${a ? ' attempt ' + a.attempt : ''}`,
     onclick: () => onLogs(t.index, a ? a.attempt : null),
@@ -110,7 +121,7 @@ function attemptRows(t, viewer, onLogs) {
   if (!t.attempts.length) {
     return [h('tr', { 'data-task': t.index },
       h('td', { class: 'mono' }, String(t.index)), h('td', {}, '—'), h('td', {}, badge(t.state)),
-      h('td', { colspan: 7, class: 'muted' }, t.not_before ? `retry after ${fmtTime(t.not_before)}` : 'not started'),
+      h('td', { colspan: net ? 8 : 7, class: 'muted' }, t.not_before ? `retry after ${fmtTime(t.not_before)}` : 'not started'),
       h('td', {}, ''))];
   }
   return t.attempts.map((a, i) => {
@@ -121,6 +132,7 @@ function attemptRows(t, viewer, onLogs) {
       h('td', { class: 'num' }, String(a.attempt)),
       h('td', {}, badge(a.state)),
       h('td', { class: 'mono small' }, a.node || '—'),
+      net ? h('td', { class: 'mono small addr' }, address(a) || '—') : null,
       h('td', { class: 'nowrap small' }, fmtTime(a.started_at)),
       h('td', { class: 'nowrap small' }, a.ended_at ? fmtTime(a.ended_at) : a.started_at ? 'running' : '—', dur !== null ? h('div', { class: 'muted' }, fmtDuration(dur)) : null),
       h('td', { class: 'mono' }, exit),
@@ -141,6 +153,7 @@ export async function render(main, ctx) {
   const actions = h('div', { class: 'actions' });
   const reason = h('div');
   const summary = h('dl', { class: 'kv' });
+  const tasksHead = h('tr');
   const tasksBody = h('tbody', { id: 'tasks-body' });
   const tasksPager = h('div', { class: 'pager' });
   const outputs = h('div', { id: 'outputs' });
@@ -230,11 +243,19 @@ export async function render(main, ctx) {
       h('dt', {}, 'Finished'), h('dd', {}, job.finished_at ? fmtTime(job.finished_at) : '—'),
       h('dt', {}, 'Duration'), h('dd', {}, end ? fmtDuration(end - job.created_at) : '—'),
       h('dt', {}, 'Resources'), h('dd', {}, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${s.resources.memory} memory` : '', s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
+      s.network || s.ports?.length ? [h('dt', {}, 'Network'), h('dd', { id: 'job-network' }, s.network || 'bridge',
+        s.ports?.length ? [' · ports ', h('span', { class: 'mono' }, s.ports.map((p) => `${p.host ? p.host + ':' : ''}${p.container}/${p.protocol || 'tcp'}`).join(', '))] : null)] : null,
       s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);
   }
 
   function drawTasks() {
-    keepFocus(tasksBody, () => fill(tasksBody, job.task_list.flatMap((t) => attemptRows(t, viewer, openLog))));
+    const net = job.task_list.some((t) => t.attempts.some((a) => a.ip || a.ports?.length));
+    if (tasksHead.dataset.net !== String(net)) {
+      tasksHead.dataset.net = String(net);
+      fill(tasksHead, columns(net).map(([c, k]) =>
+        h('th', { scope: 'col', class: k === 'num' ? 'num' : '' }, k === 'sr' ? h('span', { class: 'sr-only' }, c) : c)));
+    }
+    keepFocus(tasksBody, () => fill(tasksBody, job.task_list.flatMap((t) => attemptRows(t, viewer, openLog, net))));
     const total = job.tasks.total;
     if (total > TASKS_PAGE) {
       const prev = h('button', { class: 'btn small', type: 'button', disabled: tasksFrom === 0 }, '← Previous');
@@ -292,8 +313,7 @@ export async function render(main, ctx) {
     h('div', { style: { height: '1.25rem' } }),
     h('section', { class: 'panel flush', 'aria-labelledby': 'tasks-h' }, h('h2', { id: 'tasks-h' }, 'Tasks and attempts'),
       h('div', { class: 'table-wrap' }, h('table', { id: 'tasks-table' },
-        h('thead', {}, h('tr', {}, [['Task'], ['Attempt', 'num'], ['State'], ['Node'], ['Started'], ['Ended'], ['Exit'], ['Reason'], ['Max memory', 'num'], ['CPU time', 'num'], ['Log', 'sr']].map(([c, k]) =>
-          h('th', { scope: 'col', class: k === 'num' ? 'num' : '' }, k === 'sr' ? h('span', { class: 'sr-only' }, c) : c)))),
+        h('thead', {}, tasksHead),
         tasksBody)),
       tasksPager),
     h('section', { class: 'panel', 'aria-labelledby': 'log-h' }, h('h2', { id: 'log-h' }, 'Log'),

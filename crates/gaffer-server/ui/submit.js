@@ -79,6 +79,31 @@ function pairs(text, field, errs) {
   return out;
 }
 
+/** Ports of a bridge container: `HOST:CONTAINER[/tcp|udp]` or `CONTAINER` (the server picks the
+ * host port), separated by commas or spaces. Numbers out of range go to the server, which names
+ * them. */
+function portList(text, errs) {
+  const out = [];
+  for (const w of text.split(/[\s,]+/).filter(Boolean)) {
+    const m = /^(?:(\d+):)?(\d+)(?:\/(tcp|udp))?$/i.exec(w);
+    if (!m) {
+      errs.push({ field: 'ports', message: `\`${w}\`: expected HOST:CONTAINER[/tcp|udp] or CONTAINER` });
+      continue;
+    }
+    const p = {};
+    if (m[1] !== undefined) p.host = Number(m[1]);
+    p.container = Number(m[2]);
+    p.protocol = (m[3] || 'tcp').toLowerCase();
+    out.push(p);
+  }
+  return out;
+}
+
+/** A spec's ports as the form writes them. */
+function portText(ports) {
+  return (ports || []).map((p) => `${p.host ? p.host + ':' : ''}${p.container}${p.protocol === 'udp' ? '/udp' : ''}`).join(', ');
+}
+
 /** The input id that shows an error about `field` (a server path such as resources.memory). */
 function inputFor(field) {
   const f = field.replace(/\[\d+\]$/, '');
@@ -88,6 +113,7 @@ function inputFor(field) {
   if (f.startsWith('constraints')) return 'constraints';
   if (f.startsWith('outputs')) return 'outputs';
   if (f.startsWith('depends_on')) return 'depends_on';
+  if (f.startsWith('ports')) return 'ports';
   return f;
 }
 
@@ -116,6 +142,10 @@ export async function render(main, ctx) {
     h('option', { value: '' }, 'Server default (most free memory)'),
     h('option', { value: 'binpack' }, 'binpack'), h('option', { value: 'spread' }, 'spread'), h('option', { value: 'most_free_memory' }, 'most_free_memory'));
   const depends = h('input', { type: 'text', placeholder: 'j-000001, j-000002', autocomplete: 'off' });
+  const network = h('select', {},
+    h('option', { value: '' }, 'Default (host)'),
+    h('option', { value: 'host' }, 'host'), h('option', { value: 'none' }, 'none'), h('option', { value: 'bridge' }, 'bridge'));
+  const portsInput = h('input', { type: 'text', placeholder: '18080:80, 53:53/udp, 9000', autocomplete: 'off', spellcheck: 'false' });
   // The cluster's images, offered as the image field's suggestions.
   const imageOptions = h('datalist', { id: 'image-options' });
   api('/v1/images', { signal: ctx.signal })
@@ -134,7 +164,9 @@ export async function render(main, ctx) {
         FIELDS.map(([id, label, hint]) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', list: id === 'image' ? 'image-options' : null }))),
         imageOptions,
         field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
-        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends))),
+        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends),
+        field('network', 'Network', 'Containers only: host, none (loopback only) or bridge (an address of its own).', network),
+        field('ports', 'Ports', 'Bridge containers: HOST:CONTAINER[/udp], or CONTAINER for any free host port; comma-separated.', portsInput))),
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
       h('div', { class: 'form-grid' },
         AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))))),
@@ -203,6 +235,9 @@ export async function render(main, ctx) {
     if (strategy.value) spec.strategy = strategy.value;
     const deps = depends.value.split(/[\s,]+/).filter(Boolean);
     if (deps.length) spec.depends_on = deps;
+    if (network.value) spec.network = network.value;
+    const ports = portList(portsInput.value, errs);
+    if (ports.length) spec.ports = ports;
     const env = pairs(inputs.env.value, 'env', errs);
     if (Object.keys(env).length) spec.env = env;
     const cons = pairs(inputs.constraints.value, 'constraints', errs);
@@ -230,6 +265,8 @@ export async function render(main, ctx) {
     inputs.pids.value = spec.resources?.pids ?? '';
     strategy.value = spec.strategy || '';
     depends.value = (spec.depends_on || []).join(', ');
+    network.value = spec.network || '';
+    portsInput.value = portText(spec.ports);
     inputs.env.value = Object.entries(spec.env || {}).map(([k, x]) => `${k}=${x}`).join('\n');
     inputs.constraints.value = Object.entries(spec.constraints || {}).map(([k, x]) => `${k}=${x}`).join('\n');
     inputs.outputs.value = (spec.outputs || []).join('\n');
