@@ -546,13 +546,15 @@ impl Inner {
             }
         }
         let result = self.clone().supervise(key, &dir, spec, journaled, ip).await;
-        if bridged {
-            // Before the end is reported: the address and ports are free when the server
-            // places the next task here.
-            self.net.detach(&dir);
-        }
+        // Its ports go before the end is reported (the server may give them to the next task
+        // at once); its veth and namespace after, and its address once they are gone.
+        let net = if bridged { self.net.unmap(&dir) } else { None };
         if let Some(result) = result {
             self.send(AgentMsg::Ended { key, result });
+        }
+        if let Some(net) = net {
+            let a = self.clone();
+            tokio::task::spawn_blocking(move || a.net.remove(&dir, &net));
         }
     }
 

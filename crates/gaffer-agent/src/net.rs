@@ -286,26 +286,51 @@ impl BridgeNet {
     /// Removes an attempt's veth pair and namespace and frees its address (no-op for an attempt
     /// that was never on the bridge).
     pub fn detach(&self, dir: &Path) {
-        let Ok(text) = std::fs::read_to_string(dir.join(NET_FILE)) else {
-            return;
-        };
-        match serde_json::from_str::<AttemptNet>(&text) {
-            Ok(net) => self.release(&net),
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "unreadable net.json"),
+        if let Some(net) = self.unmap(dir) {
+            self.remove(dir, &net);
         }
+    }
+
+    /// The first half of [`BridgeNet::detach`], done before the attempt's end is reported: its
+    /// ports stop answering, so the server may give them to the next task at once. Returns
+    /// what [`BridgeNet::remove`] is left to do.
+    pub fn unmap(&self, dir: &Path) -> Option<AttemptNet> {
+        let text = std::fs::read_to_string(dir.join(NET_FILE)).ok()?;
+        let net = match serde_json::from_str::<AttemptNet>(&text) {
+            Ok(net) => net,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "unreadable net.json");
+                let _ = std::fs::remove_file(dir.join(NET_FILE));
+                return None;
+            }
+        };
+        self.drop_ports(&net);
+        Some(net)
+    }
+
+    /// The second half: removes the veth pair and the namespace (deleting a veth takes the
+    /// kernel tens of milliseconds), then frees the address, so that no new attempt gets it
+    /// while the old one may still answer.
+    pub fn remove(&self, dir: &Path, net: &AttemptNet) {
+        self.release(net);
         let _ = std::fs::remove_file(dir.join(NET_FILE));
     }
 
-    fn release(&self, net: &AttemptNet) {
+    fn drop_ports(&self, net: &AttemptNet) {
         let mut st = lock(&self.state);
         if st.ports.remove(&net.netns).is_some() {
             if let Err(e) = self.apply_rules(&st) {
                 tracing::warn!(error = %e, "cannot remove an attempt's ports");
             }
         }
+    }
+
+    fn release(&self, net: &AttemptNet) {
+        self.drop_ports(net);
         if let Err(e) = link::unplumb(&net.netns, &net.host_if) {
             tracing::warn!(netns = %net.netns.display(), error = %e, "cannot remove an attempt's network");
         }
+        let mut st = lock(&self.state);
         if st.subnet == Some(net.subnet) {
             if let Some(p) = st.pool.as_mut() {
                 p.release(net.ip);
