@@ -1,0 +1,293 @@
+//! Running one attempt: fetching its image, putting it on the bridge network, starting its
+//! supervisor, waiting for it and reporting its end; and killing one.
+
+use crate::{images, launch, lock, lost, net, result_from_status, Inner};
+use gaffer_api::now_ms;
+use gaffer_api::proto::{AgentMsg, AttemptResult, EndKind, TaskLaunch};
+use gaffer_api::AttemptKey;
+use gaffer_runtime::LaunchSpec;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+impl Inner {
+    pub(crate) async fn start(self: Arc<Self>, l: TaskLaunch) {
+        let key = l.key;
+        let dir = self.cfg.attempt_dir(&key);
+        let mut journaled = false;
+        if let (Some(image), Some((digest, size)), true) =
+            (&l.image, &l.image_archive, self.cfg.containers)
+        {
+            if !self.images.holds(image, digest) {
+                // Fetching can take a while: meanwhile the attempt is journaled and watched
+                // like a running one, so that a reconnect reports it as running (not lost, to
+                // be started a second time elsewhere). A kill waits for the fetch to end.
+                let fetched = match self.journal.add(key) {
+                    Ok(()) => {
+                        journaled = true;
+                        lock(&self.watched).insert(key);
+                        let send = |m| self.try_send(m);
+                        let r = self.images.ensure(image, digest, *size, &send).await;
+                        lock(&self.watched).remove(&key);
+                        r
+                    }
+                    Err(e) => Err(images::FetchFailed {
+                        message: format!("cannot record the attempt in the agent journal: {e}"),
+                        transient: false,
+                    }),
+                };
+                if let Err(e) = fetched {
+                    // Losing the server mid-fetch is no fault of the task: `lost` is placed
+                    // again without using up its retries.
+                    let kind = if e.transient {
+                        EndKind::Lost
+                    } else {
+                        EndKind::SpawnFailed
+                    };
+                    let result = AttemptResult {
+                        kind,
+                        ..lost(e.message)
+                    };
+                    self.send(AgentMsg::Ended { key, result });
+                    return;
+                }
+            }
+        }
+        let spec = match &l.image {
+            Some(image) if !self.cfg.containers => Err(launch::LaunchError::NoContainers {
+                node: self.cfg.name.clone(),
+                image: image.clone(),
+            }),
+            Some(image) => self.container_spec(&l, image),
+            None if !self.cfg.allow_host_tasks => Err(launch::LaunchError::NoHostTasks {
+                node: self.cfg.name.clone(),
+            }),
+            None => {
+                let mut env = self.base_env.clone();
+                for (k, v) in l.env {
+                    env.retain(|(ek, _)| *ek != k);
+                    env.push((k, v));
+                }
+                Ok(LaunchSpec {
+                    argv: l.argv,
+                    env,
+                    cwd: l.workdir.map(PathBuf::from),
+                    timeout_ms: l.timeout_ms,
+                    kill_grace_ms: l.kill_grace_ms,
+                    outputs: l.outputs,
+                    container: None,
+                })
+            }
+        };
+        let mut spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(e.to_string())
+                };
+                self.send(AgentMsg::Ended { key, result });
+                return;
+            }
+        };
+        let bridged = l.network == Some(gaffer_api::Network::Bridge);
+        let mut ip = None;
+        if bridged {
+            match self.bridge_attempt(&key, &dir, &mut spec, &l.ports) {
+                Ok(addr) => ip = Some(addr.to_string()),
+                Err(e) => {
+                    let result = AttemptResult {
+                        kind: EndKind::SpawnFailed,
+                        ..lost(e.to_string())
+                    };
+                    self.send(AgentMsg::Ended { key, result });
+                    return;
+                }
+            }
+        }
+        let result = self.clone().supervise(key, &dir, spec, journaled, ip).await;
+        // Its ports go before the end is reported (the server may give them to the next task
+        // at once); its veth and namespace after, and its address once they are gone.
+        let net = if bridged { self.net.unmap(&dir) } else { None };
+        if let Some(result) = result {
+            self.send(AgentMsg::Ended { key, result });
+        }
+        if let Some(net) = net {
+            let a = self.clone();
+            tokio::task::spawn_blocking(move || a.net.remove(&dir, &net));
+        }
+    }
+
+    /// Starts the supervisor of a prepared attempt and waits for it. Returns the attempt's
+    /// result (`None` when there is nothing to report).
+    async fn supervise(
+        self: Arc<Self>,
+        key: AttemptKey,
+        dir: &Path,
+        spec: LaunchSpec,
+        journaled: bool,
+        ip: Option<String>,
+    ) -> Option<AttemptResult> {
+        let dir = dir.to_path_buf();
+        // A few small file operations: cheaper inline than a hop to the blocking pool.
+        let journal = if journaled {
+            Ok(())
+        } else {
+            self.journal.add(key)
+        };
+        let prepared = journal
+            .map_err(|e| format!("cannot record the attempt in the agent journal: {e}"))
+            .and_then(|()| gaffer_runtime::prepare(&dir, &spec).map_err(|e| e.to_string()));
+        if let Err(msg) = prepared {
+            let result = AttemptResult {
+                kind: EndKind::SpawnFailed,
+                ..lost(msg)
+            };
+            return Some(result);
+        }
+        if lock(&self.procs).kills.remove(&key) {
+            // Killed before it started: do not start it.
+            let result = AttemptResult {
+                kind: EndKind::Killed,
+                ..lost("killed before it started".into())
+            };
+            return Some(result);
+        }
+        let container = spec.container.is_some();
+        let cmd = gaffer_runtime::shim_command(&self.cfg.shim_exe, &dir);
+        lock(&self.watched).insert(key);
+        let mut child = match tokio::process::Command::from(cmd).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                lock(&self.watched).remove(&key);
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(format!(
+                        "cannot start the supervisor {}: {e}",
+                        self.cfg.shim_exe.display()
+                    ))
+                };
+                return Some(result);
+            }
+        };
+        if let Some(pid) = child.id() {
+            let killed = {
+                let mut p = lock(&self.procs);
+                p.pids.insert(key, pid);
+                p.kills.remove(&key)
+            };
+            if killed {
+                // The kill arrived while the supervisor was being started.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        self.send(AgentMsg::Started {
+            key,
+            at: now_ms(),
+            ip,
+        });
+        let exit = child.wait().await;
+        lock(&self.procs).pids.remove(&key);
+        let result = match gaffer_runtime::read_status(&dir) {
+            Ok(Some(s)) => result_from_status(&s),
+            Ok(None) => {
+                if let Err(e) = gaffer_runtime::cleanup_attempt(&dir) {
+                    tracing::warn!(attempt = %key, error = %e, "cannot clean up after a dead supervisor");
+                }
+                lost(format!(
+                    "the supervisor exited ({exit:?}) without a result; see the agent's log"
+                ))
+            }
+            Err(e) => lost(format!("cannot read the attempt's status: {e}")),
+        };
+        lock(&self.watched).remove(&key);
+        if container {
+            // An image removed or replaced while this ran may be deletable now.
+            let a = self.clone();
+            tokio::task::spawn_blocking(move || a.images.purge_retired());
+        }
+        Some(result)
+    }
+
+    /// Puts a container attempt on the bridge network: its namespace, address and files.
+    fn bridge_attempt(
+        &self,
+        key: &AttemptKey,
+        dir: &Path,
+        spec: &mut LaunchSpec,
+        ports: &[gaffer_api::ports::PortMapping],
+    ) -> std::result::Result<std::net::Ipv4Addr, net::NetError> {
+        let Some(c) = spec.container.as_mut() else {
+            return Err(net::NetError::NoSubnet {
+                node: self.cfg.name.clone(),
+            });
+        };
+        std::fs::create_dir_all(dir).map_err(|source| net::NetError::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (attempt, files) = self.net.attach(key, dir, &c.hostname, ports)?;
+        c.network = gaffer_runtime::Network::Join;
+        c.netns = Some(attempt.netns);
+        c.files = files;
+        Ok(attempt.ip)
+    }
+
+    /// Applies the server's [`gaffer_api::proto::ServerMsg::Network`].
+    pub(crate) fn configure_network(
+        &self,
+        subnet: &str,
+        cluster: &str,
+        routes: &[(String, String)],
+    ) {
+        if !(self.containers() && self.cfg.bridge.is_some()) {
+            return;
+        }
+        let parsed = (|| -> std::result::Result<_, String> {
+            let subnet = subnet.parse().map_err(|e| format!("{e}"))?;
+            let cluster = cluster.parse().map_err(|e| format!("{e}"))?;
+            let mut want = Vec::new();
+            for (s, via) in routes {
+                let s = s.parse().map_err(|e| format!("{e}"))?;
+                let via = via
+                    .parse()
+                    .map_err(|_| format!("invalid node address `{via}`"))?;
+                want.push((s, via));
+            }
+            Ok((subnet, cluster, want))
+        })();
+        let result = parsed.and_then(|(subnet, cluster, want)| {
+            self.net
+                .configure(subnet, cluster, want)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot set up the container network");
+        }
+    }
+
+    pub(crate) fn kill(&self, key: AttemptKey) {
+        let dir = self.cfg.attempt_dir(&key);
+        match gaffer_runtime::kill_shim(&dir) {
+            Ok(true) => {}
+            _ => {
+                // The shim may not have written its pid file yet: signal the pid we spawned,
+                // or, if it is not spawned yet, remember the kill for when it is.
+                let mut p = lock(&self.procs);
+                match p.pids.get(&key) {
+                    Some(pid) => {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(*pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    None => {
+                        p.kills.insert(key);
+                    }
+                }
+            }
+        }
+    }
+}
