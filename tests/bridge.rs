@@ -12,51 +12,10 @@ mod util;
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use util::net::{isolated, sh};
 use util::{wait_until, Dev};
-
-fn no_containers() -> Option<String> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root"
-    } else if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
-        "no overlayfs"
-    } else if !Path::new("/bin/busybox").exists() {
-        "no /bin/busybox (apt-get install busybox-static)"
-    } else if Command::new("nft").arg("--version").output().is_err() {
-        "no nft (apt-get install nftables)"
-    } else {
-        return None;
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "bridge tests cannot run here ({why}); CI=true: failing instead of skipping"
-    );
-    eprintln!("SKIPPED (bridge network): {why}");
-    Some(why.into())
-}
-
-/// Runs `f` on a thread inside a new network namespace with loopback up.
-fn isolated(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        sh("ip link set lo up");
-        f()
-    })
-    .join()
-    .expect("the test in its network namespace passed");
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A busybox image with an httpd root holding `index.html`, imported as `web`.
 fn import_web(dev: &Dev) {
@@ -385,4 +344,8 @@ fn a_restarted_agent_keeps_live_bridge_attempts_and_removes_what_died() {
         }
         assert_clean(&dev);
     });
+}
+
+fn no_containers() -> Option<String> {
+    util::net::unsupported("bridge network", false)
 }

@@ -18,43 +18,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use util::net::sh;
 use util::{wait_until, Out, BIN};
 
 /// The server's port inside its namespace (nothing else listens there).
 const PORT: u16 = 6464;
-
-fn no_containers() -> Option<String> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root"
-    } else if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
-        "no overlayfs"
-    } else if !Path::new("/bin/busybox").exists() {
-        "no /bin/busybox (apt-get install busybox-static)"
-    } else if Command::new("nft").arg("--version").output().is_err() {
-        "no nft (apt-get install nftables)"
-    } else if Command::new("nsenter").arg("--version").output().is_err() {
-        "no nsenter (apt-get install util-linux)"
-    } else {
-        return None;
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "bridge cluster test cannot run here ({why}); CI=true: failing instead of skipping"
-    );
-    eprintln!("SKIPPED (bridge network across nodes): {why}");
-    Some(why.into())
-}
-
-/// Runs `cmd` (through `sh -c`), panicking with its stderr unless it succeeds; its stdout.
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The three machines of the lan: the server and two agents, and their host number.
 const ROLES: [(&str, u8); 3] = [("s", 1), ("a", 2), ("b", 3)];
@@ -582,4 +550,8 @@ fn body(lan: &mut Lan) {
             (!links.contains(": gv")).then_some(())
         },
     );
+}
+
+fn no_containers() -> Option<String> {
+    util::net::unsupported("bridge network across nodes", true)
 }

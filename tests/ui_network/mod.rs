@@ -6,54 +6,12 @@
 //! test says why it skips, and fails under CI=true).
 
 use crate::ui_util::{Browser, UI_TIMEOUT};
+use crate::util::net::{isolated, sh};
 use crate::util::{self, wait_until, Dev};
 use crate::{run, s};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn no_bridge() -> Option<String> {
-    let why = if !nix::unistd::geteuid().is_root() {
-        "not root"
-    } else if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
-        "no overlayfs"
-    } else if !Path::new("/bin/busybox").exists() {
-        "no /bin/busybox (apt-get install busybox-static)"
-    } else if Command::new("nft").arg("--version").output().is_err() {
-        "no nft (apt-get install nftables)"
-    } else {
-        return None;
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the bridge UI test cannot run here ({why}); CI=true: failing instead of skipping"
-    );
-    eprintln!("SKIPPED (bridge network in the UI): {why}");
-    Some(why.into())
-}
-
-/// Runs `f` on a thread inside a new network namespace with loopback up: `gaffer dev`,
-/// chromedriver and Chromium all start from it, so they share that namespace's loopback.
-fn isolated(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        sh("ip link set lo up");
-        f()
-    })
-    .join()
-    .expect("the test in its network namespace passed");
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "`{cmd}`: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A busybox image imported as `web`.
 fn import_busybox(dev: &Dev) {
@@ -281,4 +239,8 @@ async fn bridge_in_the_ui() {
         Duration::from_secs(10),
         || (leftovers() == (0, 0)).then_some(()),
     );
+}
+
+fn no_bridge() -> Option<String> {
+    crate::util::net::unsupported("bridge network in the UI", false)
 }

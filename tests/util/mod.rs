@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use serde_json::Value;
 use std::fs::File;
 use std::io::Read;

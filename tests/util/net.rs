@@ -1,0 +1,52 @@
+//! For the tests of the bridge network: what this machine lacks to run them, a thread in a
+//! network namespace of its own, and shell commands.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Why the bridge network cannot be tested here (`tests` names them in messages), or `None`.
+/// Under `CI=true` a missing piece fails the test instead of skipping it.
+pub fn unsupported(tests: &str, need_nsenter: bool) -> Option<String> {
+    let why = if !nix::unistd::geteuid().is_root() {
+        "not root"
+    } else if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
+        "no overlayfs"
+    } else if !Path::new("/bin/busybox").exists() {
+        "no /bin/busybox (apt-get install busybox-static)"
+    } else if Command::new("nft").arg("--version").output().is_err() {
+        "no nft (apt-get install nftables)"
+    } else if need_nsenter && Command::new("nsenter").arg("--version").output().is_err() {
+        "no nsenter (apt-get install util-linux)"
+    } else {
+        return None;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{tests} cannot run here ({why}); CI=true: failing instead of skipping"
+    );
+    eprintln!("SKIPPED ({tests}): {why}");
+    Some(why.into())
+}
+
+/// Runs `f` on a thread inside a new network namespace with loopback up: every process and
+/// socket it starts lives there.
+pub fn isolated(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        sh("ip link set lo up");
+        f()
+    })
+    .join()
+    .expect("the test in its network namespace passed");
+}
+
+/// Runs `cmd` (through `sh -c`), panicking with its stderr unless it succeeds; its stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}`: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
