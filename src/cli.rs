@@ -368,8 +368,9 @@ pub struct SubmitArgs {
     /// Run as UID[:GID] inside the container (default: the image's user, else 65534).
     #[arg(long)]
     pub user: Option<String>,
-    /// Container network: host (default), none (loopback only) or bridge (an address of its
-    /// own on the node's subnet, reachable from other nodes' containers).
+    /// Container network: bridge (an address of its own on the node's subnet, reachable from
+    /// other nodes' containers), host or none (loopback only). Default: bridge on nodes that
+    /// offer it (agents that run containers do, unless started with --no-bridge), else host.
     #[arg(long)]
     pub network: Option<gaffer_api::Network>,
     /// Map a port of a bridge container: HOST:CONTAINER[/tcp|/udp] answers on every address of

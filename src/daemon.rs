@@ -131,10 +131,10 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     };
     let mut cfg = AgentConfig::for_this_host(name.clone(), attempts_root, exe);
     cfg.allow_host_tasks = args.allow_host_tasks;
-    cfg.bridge = bridge_of(&args.bridge, cfg.containers);
     if args.cleanup_network {
         return cleanup_network(&cfg, &args.bridge.bridge);
     }
+    cfg.bridge = bridge_of(&args.bridge, cfg.containers);
     cfg.labels = args.labels.iter().cloned().collect();
     if let Some(c) = args.cpus {
         cfg.cpus = c;
@@ -179,9 +179,17 @@ pub fn agent(args: AgentArgs) -> Result<()> {
     Ok(())
 }
 
-/// The bridge an agent offers: none with `--no-bridge` or where it runs no containers.
+/// The bridge an agent offers: none with `--no-bridge`, where it runs no containers, or where
+/// nftables cannot be used (the bridge needs it for masquerade and ports; said in a warning).
 fn bridge_of(args: &crate::cli::BridgeArgs, containers: bool) -> Option<String> {
-    (containers && !args.no_bridge).then(|| args.bridge.clone())
+    if !containers || args.no_bridge {
+        return None;
+    }
+    if let Err(e) = gaffer_net::nft::table_exists(gaffer_net::nft::DEFAULT_TABLE) {
+        tracing::warn!(error = %e, "this node offers no bridge network (container tasks get the host's network unless they ask for bridge); pass --no-bridge to silence this");
+        return None;
+    }
+    Some(args.bridge.clone())
 }
 
 /// `gaffer agent --cleanup-network`: removes every trace of the bridge network on this machine.

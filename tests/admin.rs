@@ -172,6 +172,7 @@ impl Dev {
             let err = root.join(format!("dev-{}.err", dev.launches));
             let mut child = Command::new(BIN)
                 .arg("dev")
+                .arg("--no-bridge")
                 .arg("--data-dir")
                 .arg(data)
                 .arg("--listen")

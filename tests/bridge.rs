@@ -101,7 +101,7 @@ fn bridge_containers_talk_map_ports_wait_for_taken_ones_and_leave_nothing() {
         return;
     }
     isolated(|| {
-        let dev = Dev::start();
+        let dev = Dev::start_bridged();
         import_web(&dev);
         let web = dev.submit_cli(&[
             "--image", "web", "-p", "18080:80", "--", "httpd", "-f", "-p", "80", "-h", "/www",
@@ -131,12 +131,11 @@ fn bridge_containers_talk_map_ports_wait_for_taken_ones_and_leave_nothing() {
             "{status}"
         );
 
-        // A second bridge container fetches from the first by its address, and knows itself.
+        // A second container, on the bridge by default, fetches from the first by its address
+        // and knows itself.
         let client = dev.submit_cli(&[
             "--image",
             "web",
-            "--network",
-            "bridge",
             "--",
             "sh",
             "-c",
@@ -205,7 +204,7 @@ fn bad_ports_and_networks_are_refused_naming_the_field() {
         return;
     }
     isolated(|| {
-        let dev = Dev::start();
+        let dev = Dev::start_bridged();
         for (ports, network, want) in [
             (
                 json!([{"host": 80, "container": 80}]),
@@ -262,7 +261,7 @@ fn a_restarted_agent_keeps_live_bridge_attempts_and_removes_what_died() {
         return;
     }
     isolated(|| {
-        let mut dev = Dev::start();
+        let mut dev = Dev::start_bridged();
         import_web(&dev);
         let keep = dev.submit_cli(&[
             "--image", "web", "--cpus", "0.1", "-p", "18081:80", "--", "httpd", "-f", "-p", "80",
@@ -343,6 +342,22 @@ fn a_restarted_agent_keeps_live_bridge_attempts_and_removes_what_died() {
             dev.wait_final(id, Duration::from_secs(30));
         }
         assert_clean(&dev);
+
+        // The bridge and the table outlive the agent (as docker0 does) until
+        // `gaffer agent --cleanup-network` removes them.
+        dev.sigterm(Duration::from_secs(20));
+        assert!(sh("ip -o link").contains(": gaffer0:"));
+        let out = dev.gaffer(&[
+            "agent",
+            "--cleanup-network",
+            "--data-dir",
+            dev.data.join("agent").to_str().unwrap(),
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(out.stdout.contains("removed the bridge network"), "{out:?}");
+        assert!(!sh("ip -o link").contains("gaffer0"));
+        assert!(!sh("nft list tables").contains("gaffer"));
+        assert_eq!(sh("ip route show proto 171"), "");
     });
 }
 

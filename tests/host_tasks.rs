@@ -26,7 +26,14 @@ fn host_tasks_are_refused_when_no_agent_allows_them() {
     );
     procs.0.push(
         Command::new(GAFFER)
-            .args(["agent", "--server", &addr, "--name", "locked"])
+            .args([
+                "agent",
+                "--no-bridge",
+                "--server",
+                &addr,
+                "--name",
+                "locked",
+            ])
             .arg("--data-dir")
             .arg(d.join("agent"))
             .stdout(Stdio::null())

@@ -545,7 +545,12 @@ fn pull_on_all_nodes_through_the_server() {
     let port = free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let mut dev = Command::new(GAFFER)
-        .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "dev",
+            "--no-bridge",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg("--data-dir")
         .arg(tmp.path().join("data"))
         .stdout(Stdio::null())

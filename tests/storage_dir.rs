@@ -31,6 +31,7 @@ fn agents_write_attempts_to_the_shared_storage_dir_and_the_server_reads_them_the
         Command::new(GAFFER)
             .args([
                 "agent",
+                "--no-bridge",
                 "--server",
                 &addr,
                 "--name",

@@ -111,6 +111,7 @@ fn tls_server_serves_clients_and_agents_that_trust_its_ca_and_refuses_others() {
         Command::new(GAFFER)
             .args([
                 "agent",
+                "--no-bridge",
                 "--server",
                 &addr,
                 "--name",

@@ -518,6 +518,7 @@ impl Cluster {
             None => Command::new(BIN),
         };
         cmd.arg("agent")
+            .arg("--no-bridge")
             .args(["--server", &server, "--name", &a.spec.name])
             .arg("--data-dir")
             .arg(&a.data)

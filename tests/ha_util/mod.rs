@@ -358,6 +358,7 @@ impl Ha {
         let ns = self.servers.len() + k;
         let mut cmd = self.in_ns(ns);
         cmd.arg("agent")
+            .arg("--no-bridge")
             .args(["--server", &self.all_urls(), "--name", &format!("a{k}")])
             .arg("--data-dir")
             .arg(self.root().join(format!("agent-{k}")))

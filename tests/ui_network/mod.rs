@@ -81,7 +81,7 @@ fn a_bridge_jobs_page_shows_its_address_and_ports_and_the_form_sends_them() {
 }
 
 async fn bridge_in_the_ui() {
-    let dev = Dev::start();
+    let dev = Dev::start_bridged();
     import_busybox(&dev);
     let web = dev.submit(json!({"name": "web", "image": "web", "network": "bridge",
         "ports": [{"host": 18080, "container": 80}, {"container": 9000}],

@@ -392,6 +392,7 @@ impl Cluster {
         assert!(!cl.addr.is_empty(), "gaffer server did not start");
         let agent = Command::new(BIN)
             .arg("agent")
+            .arg("--no-bridge")
             .arg("--server")
             .arg(&cl.addr)
             .arg("--allow-host-tasks")

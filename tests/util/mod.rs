@@ -154,8 +154,23 @@ impl Dev {
         Dev::start_with(&[])
     }
 
-    /// Starts `gaffer dev` with extra arguments (e.g. `--cpus 2`).
+    /// Starts `gaffer dev` with extra arguments (e.g. `--cpus 2`) and `--no-bridge`: the tests
+    /// share this machine's network namespace, and two agents offering the bridge network in
+    /// one would share its bridge and nftables table. Tests of the bridge use
+    /// [`Dev::start_bridged`] in a namespace of their own.
     pub fn start_with(extra: &[&str]) -> Dev {
+        let mut args = vec!["--no-bridge"];
+        args.extend_from_slice(extra);
+        Dev::launched(&args)
+    }
+
+    /// Starts `gaffer dev` offering the bridge network (the default for its containers). Only
+    /// for a test in a network namespace of its own (see `util::net::isolated`).
+    pub fn start_bridged() -> Dev {
+        Dev::launched(&[])
+    }
+
+    fn launched(extra: &[&str]) -> Dev {
         let tmp = tempfile::Builder::new()
             .prefix("gaffer-it-")
             .tempdir()

@@ -79,8 +79,9 @@ pub struct JobSpec {
     /// In a container: run as `UID[:GID]` (default: the image's user, else 65534).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Container network: `host` (default), `none` (loopback only) or `bridge` (the node's
-    /// container network: an address of its own, reachable from other nodes' containers).
+    /// Container network: `bridge` (the node's container network: an address of its own,
+    /// reachable from other nodes' containers), `host` or `none` (loopback only). Unset: the
+    /// bridge on nodes that offer one, else the host's network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<Network>,
     /// Ports of a bridge container reachable on its node's addresses (and 127.0.0.1 there),

@@ -143,7 +143,7 @@ export async function render(main, ctx) {
     h('option', { value: 'binpack' }, 'binpack'), h('option', { value: 'spread' }, 'spread'), h('option', { value: 'most_free_memory' }, 'most_free_memory'));
   const depends = h('input', { type: 'text', placeholder: 'j-000001, j-000002', autocomplete: 'off' });
   const network = h('select', {},
-    h('option', { value: '' }, 'Default (host)'),
+    h('option', { value: '' }, 'Default (bridge where the node has one)'),
     h('option', { value: 'host' }, 'host'), h('option', { value: 'none' }, 'none'), h('option', { value: 'bridge' }, 'bridge'));
   const portsInput = h('input', { type: 'text', placeholder: '18080:80, 53:53/udp, 9000', autocomplete: 'off', spellcheck: 'false' });
   // The cluster's images, offered as the image field's suggestions.
@@ -165,7 +165,7 @@ export async function render(main, ctx) {
         imageOptions,
         field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
         field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends),
-        field('network', 'Network', 'Containers only: host, none (loopback only) or bridge (an address of its own).', network),
+        field('network', 'Network', 'Containers only: bridge (an address of its own; the default on nodes that offer it), host or none (loopback only).', network),
         field('ports', 'Ports', 'Bridge containers: HOST:CONTAINER[/udp], or CONTAINER for any free host port; comma-separated.', portsInput))),
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
       h('div', { class: 'form-grid' },

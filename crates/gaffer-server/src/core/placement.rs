@@ -98,6 +98,11 @@ impl<E: Effects> Core<E> {
         }
     }
 
+    /// Whether node `name` runs the bridge network (it offers one and has a subnet).
+    fn bridged(&self, name: &str) -> bool {
+        self.nodes.get(name).is_some_and(|n| n.info.bridge) && self.subnets.contains_key(name)
+    }
+
     /// What the scheduler sees of node `name`.
     fn capacity(&self, name: &str) -> NodeCapacity {
         let node = &self.nodes[name];
@@ -109,7 +114,7 @@ impl<E: Effects> Core<E> {
             memory_free: node.info.memory.saturating_sub(node.ledger.memory()),
             tasks: node.ledger.len() as u32,
             labels: node.info.labels.clone(),
-            bridge: node.info.bridge && self.subnets.contains_key(name),
+            bridge: self.bridged(name),
             ports: node.ledger.ports().clone(),
             // The catalog's images count as present: the node fetches what it lacks.
             images: if node.info.containers {
@@ -181,6 +186,10 @@ impl<E: Effects> Core<E> {
         let job = &self.jobs[&jid];
         let mut launch = launch(job, key, &self.catalog);
         launch.ports = ports.clone();
+        // A container that names no network gets the node's bridge where it has one.
+        if launch.network.is_none() && launch.image.is_some() && self.bridged(node_name) {
+            launch.network = Some(gaffer_api::Network::Bridge);
+        }
         // The node fetches the catalog's archive unless its copy of the image is that one.
         let fetching = match (&launch.image, &launch.image_archive) {
             (Some(name), Some((digest, size))) => {

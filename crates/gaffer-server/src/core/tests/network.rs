@@ -127,3 +127,49 @@ fn picked_host_ports_stay_taken_across_a_server_restart() {
         "30000 is still the first job's: {again:?}"
     );
 }
+
+#[test]
+fn a_container_naming_no_network_gets_the_bridge_where_its_node_has_one() {
+    let mut h = H::new();
+    h.connect(bridge_node("b"));
+    h.connect(NodeInfo {
+        containers: true,
+        images: vec!["busybox".into()],
+        ..node("plain", 4.0, 4)
+    });
+    h.take();
+    let spec = job().image("busybox").cpus(4.0).spec();
+    h.submit_all(vec![spec.clone(), spec.clone()]);
+    let mut nets: Vec<(String, Option<gaffer_api::Network>)> = h
+        .sent()
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            ServerMsg::Start(l) => Some((to, l.network)),
+            _ => None,
+        })
+        .collect();
+    nets.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        nets,
+        vec![
+            ("b".to_string(), Some(gaffer_api::Network::Bridge)),
+            ("plain".to_string(), None),
+        ],
+        "each node took one: the bridge on b, the host's network on plain"
+    );
+
+    // What a spec names is kept.
+    let mut h = H::new();
+    h.connect(bridge_node("b"));
+    h.take();
+    let mut explicit = spec;
+    explicit.network = Some(gaffer_api::Network::Host);
+    h.submit(explicit);
+    let sent = h.sent();
+    let Some((_, ServerMsg::Start(l))) =
+        sent.iter().find(|(_, m)| matches!(m, ServerMsg::Start(_)))
+    else {
+        panic!("a start: {sent:?}");
+    };
+    assert_eq!(l.network, Some(gaffer_api::Network::Host));
+}
