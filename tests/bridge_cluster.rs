@@ -12,7 +12,7 @@
 
 mod util;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -468,6 +468,12 @@ fn body(lan: &mut Lan) {
     let (sub_a, sub_b) = (subnet_of(&cip_a), subnet_of(&cip_b));
     assert_ne!(sub_a, sub_b, "each node has a subnet of its own");
     assert!(sub_a.starts_with("10.88.") && sub_b.starts_with("10.88."));
+    let nodes: Value =
+        serde_json::from_str(&lan.gaffer(&["nodes", "-o", "json"]).ok().stdout).unwrap();
+    for (n, sub) in [("a", &sub_a), ("b", &sub_b)] {
+        let node = nodes.as_array().unwrap().iter().find(|v| v["name"] == n);
+        assert_eq!(node.unwrap()["subnet"], json!(sub), "{nodes}");
+    }
 
     // Each node routes the other's subnet via the other's address on the lan.
     for (role, sub, via) in [("a", &sub_b, &ip_b), ("b", &sub_a, &ip_a)] {
@@ -486,11 +492,10 @@ fn body(lan: &mut Lan) {
 
     // A container on each node fetches from the other node's container by its address.
     for (from, to, ip) in [("b", "a", &cip_a), ("a", "b", &cip_b)] {
+        // On the bridge by default.
         let client = lan.submit(&[
             "--image",
             "web",
-            "--network",
-            "bridge",
             "--constraint",
             &format!("node={from}"),
             "--",

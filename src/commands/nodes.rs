@@ -24,6 +24,7 @@ fn print_nodes(nodes: &[NodeView]) {
             vec![
                 n.name.clone(),
                 n.address.clone(),
+                n.subnet.clone().unwrap_or_else(|| "-".into()),
                 n.state.clone(),
                 format!("{}/{}", n.cpus_allocated, n.cpus_total),
                 format!(
@@ -43,6 +44,7 @@ fn print_nodes(nodes: &[NodeView]) {
         &[
             "NAME",
             "ADDRESS",
+            "SUBNET",
             "STATE",
             "CPUS ALLOC/TOTAL",
             "MEMORY ALLOC/TOTAL",

@@ -139,6 +139,15 @@ async fn bridge_in_the_ui() {
     )
     .await;
 
+    // The nodes page shows the node's subnet.
+    b.goto(&format!("{}/#/nodes", dev.addr)).await;
+    b.wait_js(
+        "the node's bridge subnet on the nodes page",
+        UI_TIMEOUT,
+        "const r = document.querySelector('#nodes-body tr[data-node]');          return r && r.textContent.includes('containers 10.88.0.0/24')",
+    )
+    .await;
+
     // The form: a client-side mistake, then the server's 400s, each next to the Ports field.
     b.goto(&format!("{}/#/submit", dev.addr)).await;
     b.click("#mode-command").await;

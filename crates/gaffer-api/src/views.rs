@@ -152,6 +152,9 @@ pub struct NodeView {
     /// Address the agent connected from.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// Its subnet of the cluster CIDR, where it runs the bridge network (e.g. `10.88.0.0/24`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
     /// Labels.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,

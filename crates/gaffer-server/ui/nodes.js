@@ -63,7 +63,8 @@ export async function render(main, ctx) {
       return;
     }
     keepFocus(body, () => fill(body, nodes.map((n) => h('tr', { 'data-node': n.name, 'data-state': n.state },
-      h('td', {}, h('strong', {}, n.name), n.address ? h('div', { class: 'muted small mono' }, n.address) : null),
+      h('td', {}, h('strong', {}, n.name), n.address ? h('div', { class: 'muted small mono' }, n.address) : null,
+        n.subnet ? h('div', { class: 'muted small mono', title: 'subnet of the bridge network' }, 'containers ' + n.subnet) : null),
       h('td', {}, badge(n.state)),
       h('td', { class: 'hide-sm' }, Object.keys(n.labels || {}).length
         ? Object.entries(n.labels).map(([k, v]) => h('span', { class: 'chip' }, `${k}=${v}`)) : h('span', { class: 'muted' }, '—')),

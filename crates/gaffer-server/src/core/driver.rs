@@ -182,6 +182,7 @@ impl<E: Effects> Core<E> {
                 }
                 .into(),
                 address: n.address.clone(),
+                subnet: self.subnets.get(name).map(ToString::to_string),
                 labels: n.info.labels.clone(),
                 images: n.info.images.clone(),
                 image_digests: n.info.image_digests.clone(),

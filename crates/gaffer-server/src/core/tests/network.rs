@@ -36,6 +36,8 @@ fn bridge_nodes_get_subnets_for_good_and_routes_to_each_other() {
     assert_eq!(network(&mut h, "a"), Some(("10.88.0.0/24".into(), vec![])));
     h.connect(node("plain", 4.0, 4)); // conn 2
     assert_eq!(network(&mut h, "plain"), None, "no bridge, no subnet");
+    assert_eq!(h.node_view("a").subnet.as_deref(), Some("10.88.0.0/24"));
+    assert_eq!(h.node_view("plain").subnet, None);
     h.connect(bridge_node("b")); // conn 3: 10.0.0.3
     let sent = h.sent();
     let last = |n: &str| {
@@ -75,6 +77,17 @@ fn bridge_nodes_get_subnets_for_good_and_routes_to_each_other() {
         },
     );
     assert_eq!(network(&mut h, "a"), Some(("10.88.0.0/24".into(), vec![])));
+
+    // b comes back from another address (conn 4: 10.0.0.4): a routes to it there, and b
+    // keeps its subnet.
+    h.connect(bridge_node("b"));
+    assert_eq!(
+        network(&mut h, "a"),
+        Some((
+            "10.88.0.0/24".into(),
+            vec![route("10.88.1.0/24", "10.0.0.4")]
+        ))
+    );
 
     // A restarted server gives nodes the subnets they had.
     h.restart(CoreConfig::default());
