@@ -14,24 +14,8 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
-use util::net::{isolated, sh};
+use util::net::{import_web, isolated, sh};
 use util::{wait_until, Dev};
-
-/// A busybox image with an httpd root holding `index.html`, imported as `web`.
-fn import_web(dev: &Dev) {
-    let root = dev.root().join("rootfs");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::write(root.join("www/index.html"), "hello from the bridge\n").unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "httpd", "wget", "ip", "cat", "sleep", "hostname"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    let tarball = dev.root().join("web.tar");
-    util::tar_dir(&root, &tarball);
-    dev.gaffer(&["image", "import", "web", tarball.to_str().unwrap()])
-        .ok();
-}
 
 /// A plain HTTP GET over TCP (from this thread's namespace); `None` if nothing answers.
 fn http_get(addr: &str) -> Option<String> {

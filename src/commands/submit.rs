@@ -61,6 +61,7 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 network: a.network,
                 ports: a.ports,
                 depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
+                replicas: a.replicas,
             };
             serde_json::to_value(spec)?
         }

@@ -50,3 +50,22 @@ pub fn sh(cmd: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A busybox image with an httpd root holding `index.html` (`/www`, one folder per node
+/// name too), imported into `dev` as `web`.
+pub fn import_web(dev: &super::Dev) {
+    let root = dev.root().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::write(root.join("www/index.html"), "hello from the bridge\n").unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in [
+        "sh", "httpd", "wget", "ip", "cat", "sleep", "hostname", "nslookup", "ping", "echo",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    let tarball = dev.root().join("web.tar");
+    super::tar_dir(&root, &tarball);
+    dev.gaffer(&["image", "import", "web", tarball.to_str().unwrap()])
+        .ok();
+}

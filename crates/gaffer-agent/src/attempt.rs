@@ -104,6 +104,9 @@ impl Inner {
                 }
             }
         }
+        if let (Some(_), Some(addr)) = (l.replicas, &ip) {
+            journaled = self.barrier(key, &dir, &mut spec, addr, journaled).await;
+        }
         let result = self.clone().supervise(key, &dir, spec, journaled, ip).await;
         // Its ports go before the end is reported (the server may give them to the next task
         // at once); its veth and namespace after, and its address once they are gone.
@@ -211,6 +214,68 @@ impl Inner {
         Some(result)
     }
 
+    /// The start barrier of a replica: reports it prepared at `ip`, and waits for its peers
+    /// (or a kill, which [`Inner::supervise`] then reports). Meanwhile it is journaled and
+    /// watched like a running attempt. Returns whether it is journaled.
+    async fn barrier(
+        &self,
+        key: AttemptKey,
+        dir: &Path,
+        spec: &mut LaunchSpec,
+        ip: &str,
+        journaled: bool,
+    ) -> bool {
+        let journaled = journaled || self.journal.add(key).is_ok();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut p = lock(&self.procs);
+            if p.kills.contains(&key) {
+                return journaled;
+            }
+            p.barriers.insert(key, tx);
+        }
+        lock(&self.watched).insert(key);
+        self.send(AgentMsg::Prepared {
+            key,
+            ip: ip.to_string(),
+        });
+        let peers = rx.await;
+        lock(&self.watched).remove(&key);
+        if let Ok(peers) = peers {
+            match net::write_peers(dir, &peers) {
+                Ok(hostfile) => {
+                    if let Some(c) = spec.container.as_mut() {
+                        c.files
+                            .push((hostfile, PathBuf::from(gaffer_api::spec::HOSTFILE)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(attempt = %key, error = %e, "cannot write the peers' names")
+                }
+            }
+        }
+        journaled
+    }
+
+    /// [`ServerMsg::Peers`](gaffer_api::proto::ServerMsg) for replica `key`: starts it if it
+    /// waits at the barrier, else rewrites its `/etc/hosts`.
+    pub(crate) fn peers(&self, key: AttemptKey, peers: Vec<(String, String)>) {
+        let waiting = lock(&self.procs).barriers.remove(&key);
+        match waiting {
+            Some(tx) => {
+                let _ = tx.send(peers);
+            }
+            None => {
+                let dir = self.cfg.attempt_dir(&key);
+                if dir.join("etc/hosts").exists() {
+                    if let Err(e) = net::write_peers(&dir, &peers) {
+                        tracing::warn!(attempt = %key, error = %e, "cannot rewrite the peers' names");
+                    }
+                }
+            }
+        }
+    }
+
     /// Puts a container attempt on the bridge network: its namespace, address and files.
     fn bridge_attempt(
         &self,
@@ -285,6 +350,8 @@ impl Inner {
                     }
                     None => {
                         p.kills.insert(key);
+                        // A replica at the start barrier goes on to find the kill.
+                        p.barriers.remove(&key);
                     }
                 }
             }

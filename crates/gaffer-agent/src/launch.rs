@@ -93,17 +93,7 @@ impl Inner {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             ));
         }
-        let hostname: String = format!("{}-{}", l.name, l.key.index)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .take(63)
-            .collect();
+        let hostname = gaffer_api::spec::hostname(&l.name, l.key.index);
         Ok(LaunchSpec {
             argv: img.config.argv(&l.argv),
             env,

@@ -144,6 +144,8 @@ fn base_env() -> Vec<(String, String)> {
 struct Procs {
     pids: HashMap<AttemptKey, u32>,
     kills: HashSet<AttemptKey>,
+    /// Replicas waiting at the start barrier for their peers ([`ServerMsg::Peers`]).
+    barriers: HashMap<AttemptKey, tokio::sync::oneshot::Sender<Vec<(String, String)>>>,
 }
 
 struct Inner {
@@ -266,6 +268,7 @@ impl Agent {
                     tokio::spawn(async move { a.start(*launch).await });
                 }
                 ServerMsg::Kill { key } => agent.kill(key),
+                ServerMsg::Peers { key, peers } => agent.peers(key, peers),
                 ServerMsg::PullImage {
                     reference,
                     name,

@@ -411,6 +411,27 @@ fn rules(net: &AttemptNet) -> Vec<nft::PortRule> {
         .collect()
 }
 
+/// Writes a replica's `/etc/hosts` (loopback and every peer) and its hostfile (the peers'
+/// names, one a line) under `dir/etc`, in place: a running container sees the change through
+/// its bind mount. Returns the hostfile's path.
+pub fn write_peers(dir: &Path, peers: &[(String, String)]) -> Result<PathBuf, NetError> {
+    let etc = dir.join("etc");
+    let write = |path: PathBuf, text: String| {
+        std::fs::write(&path, text)
+            .map(|()| path.clone())
+            .map_err(|source| NetError::File { path, source })
+    };
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut names = String::new();
+    for (name, ip) in peers {
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+        names.push_str(&format!("{name}\n"));
+    }
+    write(etc.join("hosts"), hosts)?;
+    write(etc.join("hostfile"), names)
+}
+
 /// The attempt's `/etc/hosts`: loopback names and its own hostname.
 fn hosts_file(hostname: &str, ip: Ipv4Addr) -> String {
     format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n")

@@ -38,6 +38,14 @@ pub enum AgentMsg {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ip: Option<String>,
     },
+    /// A replica's attempt is ready to start and has its address; it waits for
+    /// [`ServerMsg::Peers`] (the start barrier of a cluster job).
+    Prepared {
+        /// Which attempt.
+        key: AttemptKey,
+        /// Its address on the bridge network.
+        ip: String,
+    },
     /// The attempt ended.
     Ended {
         /// Which attempt.
@@ -233,6 +241,15 @@ pub enum ServerMsg {
         /// (subnet, node address) of every other node with a subnet.
         routes: Vec<(String, String)>,
     },
+    /// The hostnames and addresses of every replica of a cluster job, in replica order. A
+    /// replica waiting at the start barrier starts; a running one gets its `/etc/hosts`
+    /// rewritten (a peer came back with a new address).
+    Peers {
+        /// The replica's attempt.
+        key: AttemptKey,
+        /// (hostname, address) of every replica.
+        peers: Vec<(String, String)>,
+    },
     /// The image was removed from the catalog: remove the node's copy if it is that one.
     RemoveImage {
         /// Image name.
@@ -282,4 +299,8 @@ pub struct TaskLaunch {
     /// Ports to map (host ports chosen by the server).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<crate::ports::PortMapping>,
+    /// A replica of a cluster job of this many: it waits, once prepared, for
+    /// [`ServerMsg::Peers`] before its command starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }

@@ -94,6 +94,35 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub depends_on: Vec<crate::JobId>,
+    /// A cluster job of this many replicas (2 to 1,024): placed together or not at all, each
+    /// started once all have their addresses, and known to each other as `NAME-0` ...
+    /// `NAME-(N-1)` (`GAFFER_REPLICA`, `GAFFER_PEERS`, `GAFFER_HOSTFILE`, `/etc/hosts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+}
+
+/// Most replicas of a cluster job.
+pub const MAX_REPLICAS: u32 = 1024;
+
+/// Where a replica finds its peers' hostnames, one a line, inside its container.
+pub const HOSTFILE: &str = "/etc/gaffer/hostfile";
+
+/// The hostname of task `index` of job `name` in its container: `name-index`, lowercase,
+/// anything but letters, digits and `-` made `-`, at most 63 characters.
+pub fn hostname(name: &str, index: u32) -> String {
+    let suffix = format!("-{index}");
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63 - suffix.len())
+        .collect();
+    stem + &suffix
 }
 
 /// A container's network.
@@ -286,6 +315,32 @@ impl JobSpec {
                 format!("{} is too many (at most 1000)", self.retries),
             );
         }
+        if let Some(r) = self.replicas {
+            if !(2..=MAX_REPLICAS).contains(&r) {
+                err(
+                    "replicas",
+                    format!("{r} is out of range: expected 2 to {MAX_REPLICAS}"),
+                );
+            }
+            if self.array.is_some() {
+                err(
+                    "replicas",
+                    "cannot be combined with `array` (replicas are one program; an array is independent tasks)".into(),
+                );
+            }
+            if self.image.is_none() {
+                err(
+                    "replicas",
+                    "need a container image for now (host tasks cannot be replicas yet)".into(),
+                );
+            }
+            if matches!(self.network, Some(Network::Host | Network::None)) {
+                err(
+                    "replicas",
+                    "need the bridge network (replicas reach each other by name on it), not `host` or `none`".into(),
+                );
+            }
+        }
         if let Some(a) = self.array {
             if a == 0 || a > MAX_ARRAY {
                 err(
@@ -348,18 +403,18 @@ impl JobSpec {
         }
     }
 
-    /// The container network the task gets: `network`, or `bridge` when only `ports` are
-    /// given.
+    /// The container network the task gets: `network`, or `bridge` when it names none but
+    /// has `ports` or `replicas`.
     pub fn net(&self) -> Option<Network> {
         match self.network {
-            None if !self.ports.is_empty() => Some(Network::Bridge),
+            None if !self.ports.is_empty() || self.replicas.is_some() => Some(Network::Bridge),
             n => n,
         }
     }
 
     /// Number of tasks.
     pub fn task_count(&self) -> u32 {
-        self.array.unwrap_or(1)
+        self.replicas.or(self.array).unwrap_or(1)
     }
 
     /// The argv a task runs: `command`, or `/bin/sh -c shell`.

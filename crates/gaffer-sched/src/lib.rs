@@ -92,6 +92,21 @@ pub enum Unfit {
         /// The constraints, as `k=v,k=v`.
         constraints: String,
     },
+    /// Not all replicas of a cluster job fit at once (and none is placed).
+    Gang {
+        /// Replicas to place.
+        replicas: u32,
+        /// How many of them fit now.
+        fit: u32,
+        /// CPUs each asks for.
+        cpus: f64,
+        /// Memory each asks for, bytes.
+        memory: u64,
+        /// Whether they would all fit were the nodes empty.
+        ever: bool,
+        /// Why the next one does not fit.
+        next: Box<Unfit>,
+    },
     /// Nodes exist but none has enough free CPUs and memory.
     NoCapacity {
         /// CPUs asked for.
@@ -125,6 +140,24 @@ impl fmt::Display for Unfit {
             ),
             Unfit::NoMatchingNode { constraints } => {
                 write!(f, "no ready node has the labels {constraints}")
+            }
+            Unfit::Gang {
+                replicas,
+                fit,
+                cpus,
+                memory,
+                ever,
+                next,
+            } => {
+                write!(
+                    f,
+                    "needs {replicas} × ({cpus} CPU, {}) at once; {fit} fit now ({next})",
+                    human_bytes(*memory)
+                )?;
+                if !ever {
+                    write!(f, "; the ready nodes could never hold them all")?;
+                }
+                Ok(())
             }
             Unfit::NoCapacity { cpus, memory, ever } => {
                 write!(f, "no node has {cpus} free cpus and {} free memory", human_bytes(*memory))?;
@@ -259,6 +292,49 @@ impl Scheduler {
                 Err(self.why(d, &want))
             }
         }
+    }
+
+    /// Places `n` tasks of demand `d` (the replicas of a cluster job) in one decision: all of
+    /// them, reserving what they take, or none, reserving nothing. A miss does not count
+    /// against single tasks of the same demand later in the round.
+    pub fn place_gang(
+        &mut self,
+        d: &Demand,
+        n: u32,
+        strategy: Strategy,
+    ) -> Result<Vec<usize>, Unfit> {
+        let mut trial = self.clone();
+        let mut got = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            match trial.place(d, strategy) {
+                Ok(i) => got.push(i),
+                Err(next) => {
+                    return Err(Unfit::Gang {
+                        replicas: n,
+                        fit: got.len() as u32,
+                        cpus: d.cpus,
+                        memory: d.memory,
+                        ever: self.gang_fits_empty(d, n, strategy),
+                        next: Box::new(next),
+                    })
+                }
+            }
+        }
+        *self = trial;
+        Ok(got)
+    }
+
+    /// Whether `n` tasks of `d` would fit on the ready nodes were nothing running there.
+    fn gang_fits_empty(&self, d: &Demand, n: u32, strategy: Strategy) -> bool {
+        let mut empty = self.clone();
+        empty.failed.clear();
+        for (node, (cpus, memory)) in empty.nodes.iter_mut().zip(&self.totals) {
+            node.cpus_free = *cpus;
+            node.memory_free = *memory;
+            node.tasks = 0;
+            node.ports.clear();
+        }
+        (0..n).all(|_| empty.place(d, strategy).is_ok())
     }
 
     /// The demand's constraints as a label mask: `Some(None)` when some constraint names a
@@ -429,6 +505,46 @@ mod tests {
             bridge: false,
             ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_gang_is_placed_whole_or_not_at_all() {
+        let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
+        // 3 x 1 CPU fit only across both nodes: spread puts them on both.
+        let mut got = s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread).unwrap();
+        got.sort();
+        assert_eq!(got, vec![0, 0, 1]);
+        assert!(s.exhausted());
+
+        // A gang that does not fit reserves nothing, and a single task of the same demand
+        // still fits after it.
+        let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
+        let before = s.0.nodes().to_vec();
+        let miss = s.0.place_gang(&d(1.0, 1), 4, Strategy::Spread).unwrap_err();
+        assert_eq!(s.0.nodes(), &before[..], "nothing reserved");
+        match &miss {
+            Unfit::Gang { fit, ever, .. } => assert_eq!((*fit, *ever), (3, false)),
+            other => panic!("{other:?}"),
+        }
+        let text = miss.to_string();
+        assert!(
+            text.starts_with("needs 4 × (1 CPU, 1GiB) at once; 3 fit now (no node has 1 free cpus"),
+            "{text}"
+        );
+        assert!(text.ends_with("could never hold them all"), "{text}");
+        assert!(s.place(d(1.0, 1)).is_ok());
+
+        // Two gangs that each fit alone but not together: the second waits whole, and it
+        // could fit once the first is gone.
+        let mut s = sched(vec![node("a", 2.0, 4), node("b", 2.0, 4)], Strategy::Spread);
+        assert!(s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread).is_ok());
+        match s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread) {
+            Err(Unfit::Gang {
+                fit: 1, ever: true, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.0.nodes().iter().map(|n| n.tasks).sum::<u32>(), 3);
     }
 
     #[test]

@@ -44,6 +44,7 @@ impl<E: Effects> Core<E> {
             broken: false,
             dependents: HashMap::new(),
             migrating: HashSet::new(),
+            gang_since: HashMap::new(),
             catalog: Default::default(),
             subnets: Default::default(),
             reasons: Default::default(),
@@ -75,9 +76,9 @@ impl<E: Effects> Core<E> {
             }
             let mut rt = TaskRt::from_row(&t);
             if let (TaskState::Assigned | TaskState::Running, Some(n)) = (t.state, &t.node) {
-                if !job.row.spec.ports.is_empty() {
+                if !job.row.spec.ports.is_empty() || job.row.spec.replicas.is_some() {
                     // Its host ports (some picked by the server) and address are in its
-                    // attempt record: they stay taken.
+                    // attempt record: they stay taken, and a replica's peers know it.
                     let held = core.store.attempts(t.job, t.index)?;
                     if let Some(a) = held.into_iter().find(|a| a.attempt == t.attempts) {
                         rt.ports = a.ports;

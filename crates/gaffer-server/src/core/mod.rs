@@ -15,6 +15,7 @@
 //! - `jobs`: submit, kill, remove, retry and dependencies;
 //! - `attempts`: an attempt starts, ends, or its retry timer fires;
 //! - `nodes`: agents connect, speak, go silent, drain; the image catalog;
+//! - `gang`: cluster jobs' start barrier and peers;
 //! - `network`: node subnets of the cluster CIDR and the routes between nodes;
 //! - `placement`: the scheduling round and the launch message it sends;
 //! - [`effects`]: the seam through which the rules act on the world;
@@ -31,6 +32,7 @@ mod attempts;
 pub mod command;
 mod driver;
 pub mod effects;
+mod gang;
 mod jobs;
 mod model;
 mod network;
@@ -100,6 +102,8 @@ pub struct Core<E: Effects = LiveEffects> {
     subnets: BTreeMap<String, gaffer_net::ipam::Cidr>,
     /// The pending reasons as published, so that only changes are published.
     reasons: HashMap<JobId, String>,
+    /// Cluster jobs that do not fit now: since when (see `placement`'s queue hold).
+    gang_since: HashMap<JobId, UnixMs>,
     stats: Stats,
 }
 

@@ -146,6 +146,7 @@ impl<E: Effects> Core<E> {
                 Ok(())
             }
             AgentMsg::Started { key, at, ip } => self.mark_running(key, at, ip, now),
+            AgentMsg::Prepared { key, ip } => self.prepared(key, ip),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now, true),
             // File and archive reads are answered by the gateway, never by the core.
             AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => Ok(()),

@@ -10,13 +10,26 @@ use gaffer_api::proto::{ServerMsg, TaskLaunch};
 use gaffer_api::spec::DEFAULT_KILL_GRACE;
 use gaffer_api::views::AttemptView;
 use gaffer_api::{AttemptKey, JobId, TaskState, UnixMs};
-use gaffer_sched::{NodeCapacity, Scheduler};
+use gaffer_sched::{NodeCapacity, Scheduler, Strategy};
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::ops::Bound;
 
-/// Most unreached jobs given a reason per round (see `explain_full`).
+/// Most unreached jobs given a reason per round (see `explain_rest`).
 const EXPLAINED_PER_ROUND: usize = 1000;
+
+/// How long a cluster job that does not fit waits before it holds the queue.
+pub(super) const GANG_HOLD_MS: u64 = 30_000;
+
+/// What became of a cluster job in a placement round.
+enum Gang {
+    /// All its placeable replicas were placed.
+    Placed,
+    /// It does not fit (or has nothing to place); the round goes on.
+    Waits,
+    /// It does not fit and holds the queue: the round ends.
+    Holds,
+}
 
 impl<E: Effects> Core<E> {
     /// One placement round.
@@ -46,9 +59,30 @@ impl<E: Effects> Core<E> {
             cursor = Some(entry);
             let jid = entry.1;
             let demand = self.jobs[&jid].demand();
-            let strategy = strategy_of(self.jobs[&jid].row.spec.strategy, self.cfg.strategy);
+            let gang = self.jobs[&jid].row.spec.replicas.is_some();
+            // Replicas spread over the nodes unless the job says otherwise.
+            let default = if gang {
+                Strategy::Spread
+            } else {
+                self.cfg.strategy
+            };
+            let strategy = strategy_of(self.jobs[&jid].row.spec.strategy, default);
             let mut placed_any = false;
-            while self.jobs[&jid].has_work() {
+            if gang {
+                match self.place_gang(jid, &demand, strategy, now, &mut sched, &names) {
+                    Gang::Placed => placed_any = true,
+                    Gang::Waits => {}
+                    Gang::Holds => {
+                        self.explain_rest(
+                            &format!("waiting behind cluster job {jid}, which holds the queue until it fits"),
+                            cursor,
+                            true,
+                        );
+                        return;
+                    }
+                }
+            }
+            while !gang && self.jobs[&jid].has_work() {
                 match sched.place(&demand, strategy) {
                     Ok(i) => match self.assign(jid, &names[i], now, &mut sched, i) {
                         Ok(()) => placed_any = true,
@@ -69,19 +103,67 @@ impl<E: Effects> Core<E> {
             }
         }
         if sched.exhausted() {
-            self.explain_full(&sched, cursor);
+            let why = if sched.any_ready() {
+                "every ready node is fully allocated (no free CPU): waiting for running tasks to end"
+            } else {
+                "no node is ready"
+            };
+            self.explain_rest(why, cursor, false);
         }
     }
 
-    /// Jobs the round did not reach because no ready node has a free CPU left: they wait for
-    /// one, and say so (unless they already say why). At most [`EXPLAINED_PER_ROUND`] a round,
-    /// so a long queue costs little.
-    fn explain_full(&mut self, sched: &Scheduler, after: Option<QueueKey>) {
-        let why = if sched.any_ready() {
-            "every ready node is fully allocated (no free CPU): waiting for running tasks to end"
-        } else {
-            "no node is ready"
-        };
+    /// Places every placeable replica of cluster job `jid` at once, or none. A job that does
+    /// not fit waits, reserving nothing; once it has waited [`GANG_HOLD_MS`] while it could
+    /// fit on empty nodes, it holds the queue: nothing after it is placed until it fits, so
+    /// small tasks behind it cannot starve it (running tasks drain, as under Slurm's
+    /// reservation for the top job). Gangs never hold part of a node, so they cannot
+    /// deadlock each other.
+    fn place_gang(
+        &mut self,
+        jid: JobId,
+        demand: &gaffer_sched::Demand,
+        strategy: Strategy,
+        now: UnixMs,
+        sched: &mut Scheduler,
+        names: &[String],
+    ) -> Gang {
+        let job = &self.jobs[&jid];
+        if !job.has_work() {
+            return Gang::Waits;
+        }
+        let n = job.ready.len() as u32 + (job.row.counts.total - job.row.next_fresh);
+        match sched.place_gang(demand, n, strategy) {
+            Ok(nodes) => {
+                self.gang_since.remove(&jid);
+                for i in nodes {
+                    if let Err(e) = self.assign(jid, &names[i], now, sched, i) {
+                        refused(&e);
+                        break;
+                    }
+                }
+                Gang::Placed
+            }
+            Err(why) => {
+                let since = *self.gang_since.entry(jid).or_insert(now);
+                let hold = matches!(why, gaffer_sched::Unfit::Gang { ever: true, .. })
+                    && now.saturating_sub(since) >= GANG_HOLD_MS;
+                let mut text = why.to_string();
+                if hold {
+                    text.push_str("; holding the queue: jobs queued after it wait until it starts");
+                }
+                self.set_reason(jid, Some(text));
+                if hold {
+                    Gang::Holds
+                } else {
+                    Gang::Waits
+                }
+            }
+        }
+    }
+
+    /// Jobs the round did not reach: they say `why` (with `replace`, also those that already
+    /// say why). At most [`EXPLAINED_PER_ROUND`] a round, so a long queue costs little.
+    fn explain_rest(&mut self, why: &str, after: Option<QueueKey>, replace: bool) {
         let start = match after {
             Some(c) => Bound::Excluded(c),
             None => Bound::Unbounded,
@@ -90,7 +172,7 @@ impl<E: Effects> Core<E> {
             .queue
             .range((start, Bound::Unbounded))
             .map(|(_, id)| *id)
-            .filter(|id| !self.reasons.contains_key(id))
+            .filter(|id| replace || !self.reasons.contains_key(id))
             .take(EXPLAINED_PER_ROUND)
             .collect();
         for id in unreached {
@@ -269,6 +351,20 @@ fn launch(
             job.row.counts.total.to_string(),
         ),
     ]);
+    if let Some(n) = spec.replicas {
+        let peers: Vec<String> = (0..n)
+            .map(|i| gaffer_api::spec::hostname(&job.row.name, i))
+            .collect();
+        env.extend([
+            ("GAFFER_REPLICA".to_string(), key.index.to_string()),
+            ("GAFFER_REPLICAS".to_string(), n.to_string()),
+            ("GAFFER_PEERS".to_string(), peers.join(" ")),
+            (
+                "GAFFER_HOSTFILE".to_string(),
+                gaffer_api::spec::HOSTFILE.to_string(),
+            ),
+        ]);
+    }
     TaskLaunch {
         key,
         name: job.row.name.clone(),
@@ -289,6 +385,7 @@ fn launch(
         user: spec.user.clone(),
         network: spec.net(),
         ports: Vec::new(),
+        replicas: spec.replicas,
     }
 }
 

@@ -3,6 +3,7 @@
 //! each committed round released. No agent, thread or socket: each test runs in milliseconds.
 
 mod effects;
+mod gang;
 mod jobs;
 mod network;
 mod nodes;

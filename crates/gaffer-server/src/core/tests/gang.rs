@@ -1,0 +1,191 @@
+//! Cluster jobs: gang placement, the queue hold, the start barrier and the peers.
+
+use super::*;
+
+fn bridge_node(name: &str, cpus: f64) -> NodeInfo {
+    NodeInfo {
+        containers: true,
+        bridge: true,
+        images: vec!["busybox".into()],
+        ..node(name, cpus, 8)
+    }
+}
+
+fn gang(n: u32, cpus: f64) -> JobSpec {
+    let mut spec = job().image("busybox").cpus(cpus).spec();
+    spec.name = Some("cluster".into());
+    spec.replicas = Some(n);
+    spec
+}
+
+/// The Start messages released, as (node, launch).
+fn launches(h: &mut H) -> Vec<(String, TaskLaunchBox)> {
+    h.sent()
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            ServerMsg::Start(l) => Some((to, l)),
+            _ => None,
+        })
+        .collect()
+}
+type TaskLaunchBox = Box<gaffer_api::proto::TaskLaunch>;
+type Peers = Vec<(String, String)>;
+
+/// Lets [`placement::GANG_HOLD_MS`] pass, with heartbeats from `nodes` so they stay up.
+fn pass_hold(h: &mut H, nodes: &[&str]) {
+    let step = 5_000;
+    for _ in 0..=placement::GANG_HOLD_MS / step {
+        h.now += step;
+        for n in nodes {
+            h.agent(
+                n,
+                AgentMsg::Heartbeat {
+                    memory_free: 8 * GIB,
+                    images: vec!["busybox".into()],
+                    image_digests: Default::default(),
+                },
+            );
+        }
+    }
+}
+
+fn env<'a>(l: &'a gaffer_api::proto::TaskLaunch, k: &str) -> &'a str {
+    l.env
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("{k} in {:?}", l.env))
+}
+
+#[test]
+fn replicas_are_placed_together_and_start_once_all_have_addresses() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 2.0));
+    h.connect(bridge_node("b", 1.0));
+    h.take();
+    let id = h.submit(gang(3, 1.0));
+    let mut got = launches(&mut h);
+    got.sort_by_key(|(_, l)| l.key.index);
+    assert_eq!(got.len(), 3, "all three in one round");
+    let mut nodes: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+    nodes.sort();
+    assert_eq!(
+        nodes,
+        ["a", "a", "b"],
+        "spread over both nodes, as only both hold 3"
+    );
+    for (i, (_, l)) in got.iter().enumerate() {
+        assert_eq!(l.replicas, Some(3));
+        assert_eq!(l.network, Some(gaffer_api::Network::Bridge));
+        assert_eq!(env(l, "GAFFER_REPLICA"), i.to_string());
+        assert_eq!(env(l, "GAFFER_REPLICAS"), "3");
+        assert_eq!(env(l, "GAFFER_PEERS"), "cluster-0 cluster-1 cluster-2");
+        assert_eq!(env(l, "GAFFER_HOSTFILE"), "/etc/gaffer/hostfile");
+    }
+
+    // The barrier: nobody hears of peers until the last replica has its address.
+    let prepared = |h: &mut H, (n, l): &(String, TaskLaunchBox), ip: &str| {
+        h.agent(
+            n,
+            AgentMsg::Prepared {
+                key: l.key,
+                ip: ip.into(),
+            },
+        );
+    };
+    prepared(&mut h, &got[0], "10.88.0.2");
+    prepared(&mut h, &got[1], "10.88.0.3");
+    assert!(h.sent().is_empty(), "two of three prepared: nobody starts");
+    prepared(&mut h, &got[2], "10.88.1.2");
+    let peers: Vec<(String, AttemptKey, Peers)> = h
+        .sent()
+        .into_iter()
+        .filter_map(|(to, m)| match m {
+            ServerMsg::Peers { key, peers } => Some((to, key, peers)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(peers.len(), 3, "every replica is told");
+    let want = vec![
+        ("cluster-0".to_string(), "10.88.0.2".to_string()),
+        ("cluster-1".to_string(), "10.88.0.3".to_string()),
+        ("cluster-2".to_string(), "10.88.1.2".to_string()),
+    ];
+    for (to, key, p) in &peers {
+        assert_eq!(p, &want);
+        assert_eq!(to, &got[key.index as usize].0);
+    }
+    assert_eq!(
+        h.task(id, 0),
+        TaskState::Assigned,
+        "running only once started"
+    );
+}
+
+#[test]
+fn a_gang_that_cannot_fit_reserves_nothing_and_small_tasks_still_run() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 2.0));
+    h.connect(bridge_node("b", 1.0));
+    h.take();
+    let big = h.submit(gang(4, 1.0));
+    assert!(h.starts().is_empty());
+    let why = h.reason(big).unwrap();
+    assert!(
+        why.starts_with("needs 4 × (1 CPU, 0B) at once; 3 fit now")
+            && why.ends_with("could never hold them all"),
+        "{why}"
+    );
+    let small = h.submit(job().image("busybox").cpus(1.0).spec());
+    assert_eq!(h.starts().len(), 1);
+    // It never holds the queue: it could not fit even on empty nodes.
+    pass_hold(&mut h, &["a", "b"]);
+    let other = h.submit(job().image("busybox").cpus(1.0).spec());
+    assert_eq!(h.starts().len(), 1);
+    assert_eq!(h.task(small, 0), TaskState::Assigned);
+    assert_eq!(h.task(other, 0), TaskState::Assigned);
+}
+
+#[test]
+fn two_gangs_that_fit_only_apart_never_half_start_and_a_waiting_gang_holds_the_queue() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 2.0));
+    h.connect(bridge_node("b", 2.0));
+    h.take();
+    let first = h.submit(gang(3, 1.0));
+    let second = h.submit(gang(3, 1.0));
+    let got = h.starts();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(_, k)| k.job == first));
+    assert!(h.reason(second).unwrap().contains("1 fit now"));
+
+    // Before the hold a small task takes the last CPU; after it, small tasks wait.
+    let small = h.submit(job().image("busybox").cpus(1.0).spec());
+    assert_eq!(h.starts().len(), 1);
+    pass_hold(&mut h, &["a", "b"]);
+    h.take();
+    // One replica of the first gang ends: one CPU is free, which the second gang cannot use
+    // and which the small task submitted now does not get either.
+    let late = h.submit(job().image("busybox").cpus(1.0).spec());
+    let end = |h: &mut H, i: u32| {
+        let node = h.attempts(first, i)[0].node.clone();
+        h.run_to_exit(&node, key(first, i, 1), 0);
+    };
+    end(&mut h, 0);
+    assert!(h.starts().is_empty());
+    assert!(h.reason(second).unwrap().contains("holding the queue"));
+    assert!(
+        h.reason(late)
+            .unwrap()
+            .contains("waiting behind cluster job"),
+        "{:?}",
+        h.reason(late)
+    );
+    end(&mut h, 1);
+    end(&mut h, 2);
+    let got = h.starts();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|(_, k)| k.job == second));
+    assert_eq!(h.task(small, 0), TaskState::Assigned);
+    assert_eq!(h.task(late, 0), TaskState::Pending);
+}

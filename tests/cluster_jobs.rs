@@ -1,0 +1,113 @@
+//! Cluster jobs (`--replicas`) end to end on `gaffer dev` with the bridge network: replicas
+//! start only once every peer has an address, know each other by name (`/etc/hosts`,
+//! `GAFFER_PEERS`, the hostfile) and reach each other by it.
+//!
+//! Like tests/bridge.rs, each test runs on a thread in a network namespace of its own, so
+//! traffic goes only to addresses in it and in the containers gaffer makes there.
+
+mod util;
+
+use std::time::Duration;
+use util::net::{import_web, isolated};
+use util::Dev;
+
+#[test]
+fn replicas_know_each_other_by_name_and_reach_each_other() {
+    if let Some(why) = util::net::unsupported("cluster job", false) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    isolated(|| {
+        let dev = Dev::start_bridged();
+        import_web(&dev);
+        // Each replica serves its own name and fetches every peer's by that peer's name.
+        // With the start barrier a name always resolves; the peer's httpd may still be
+        // starting, hence the retry. (Into a file: Debian's static busybox wget crashes on a
+        // name when its output or its stderr is a pipe or /dev/null.)
+        let script = r#"
+            mkdir -p www && hostname > www/index.html
+            httpd -p 80 -h "$PWD/www"
+            echo "replica $GAFFER_REPLICA of $GAFFER_REPLICAS: $(hostname)"
+            echo "hostfile: $(cat $GAFFER_HOSTFILE)"
+            for p in $GAFFER_PEERS; do
+                grep -q "	$p\$" /etc/hosts || { echo "$p is not in /etc/hosts"; cat /etc/hosts; exit 3; }
+                i=0
+                while [ $i -lt 100 ]; do
+                    rm -f page
+                    wget -O page "http://$p/" 2>wget.err && got=$(cat page) && break
+                    i=$((i + 1))
+                    sleep 0.1
+                done
+                echo "from $p: $got"
+                [ "$got" = "$p" ] || { cat wget.err; exit 4; }
+            done
+            sleep 1
+        "#;
+        let id = dev.submit_cli(&[
+            "--name",
+            "ring",
+            "--replicas",
+            "3",
+            "--cpus",
+            "0.1",
+            "--image",
+            "web",
+            "--shell",
+            script,
+        ]);
+        let j = dev.wait_final(&id, Duration::from_secs(90));
+        let logs: Vec<String> = (0..3)
+            .map(|i| {
+                dev.gaffer(&["logs", &id, "--task", &i.to_string()])
+                    .ok()
+                    .stdout
+            })
+            .collect();
+        assert_eq!(j["state"], "succeeded", "{j}\n{logs:#?}");
+        let mut ips = Vec::new();
+        for (i, log) in logs.iter().enumerate() {
+            assert!(
+                log.contains(&format!("replica {i} of 3: ring-{i}\n")),
+                "{log}"
+            );
+            assert!(log.contains("hostfile: ring-0\nring-1\nring-2\n"), "{log}");
+            for p in 0..3 {
+                assert!(log.contains(&format!("from ring-{p}: ring-{p}\n")), "{log}");
+            }
+            ips.push(util::attempts(&j, i)[0]["ip"].as_str().unwrap().to_string());
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 3, "an address each: {ips:?}");
+
+        // Bad input is refused naming the field.
+        for (args, want) in [
+            (vec!["--replicas", "1"], "expected 2 to 1024"),
+            (
+                vec!["--replicas", "2", "--array", "2"],
+                "cannot be combined with `array`",
+            ),
+            (
+                vec!["--replicas", "2", "--network", "host"],
+                "need the bridge network",
+            ),
+        ] {
+            let mut all = vec!["submit", "--image", "web"];
+            all.extend(args);
+            all.extend(["--", "true"]);
+            let out = dev.gaffer(&all);
+            assert_ne!(out.code, 0, "{all:?}");
+            assert!(
+                out.stderr.contains("replicas") && out.stderr.contains(want),
+                "{all:?}: {}",
+                out.stderr
+            );
+        }
+        let out = dev.gaffer(&["submit", "--replicas", "2", "--", "true"]);
+        assert!(
+            out.stderr.contains("need a container image"),
+            "{}",
+            out.stderr
+        );
+    });
+}
