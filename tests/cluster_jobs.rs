@@ -76,6 +76,11 @@ fn replicas_know_each_other_by_name_and_reach_each_other() {
             }
             ips.push(util::attempts(&j, i)[0]["ip"].as_str().unwrap().to_string());
         }
+        let status = dev.gaffer(&["status", &id]).ok().stdout;
+        assert!(
+            status.contains("replicas 3, placed and started together: ring-0 … ring-2"),
+            "{status}"
+        );
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 3, "an address each: {ips:?}");

@@ -65,6 +65,13 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
             false => println!("network  {}, ports {}", network_name(n), ports.join(" ")),
         }
     }
+    if let Some(n) = j.spec.replicas {
+        println!(
+            "replicas {n}, placed and started together: {} … {}",
+            gaffer_api::spec::hostname(&j.name, 0),
+            gaffer_api::spec::hostname(&j.name, n - 1)
+        );
+    }
     print!(
         "submitted {} ({})",
         timestamp(j.created_at),

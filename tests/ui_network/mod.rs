@@ -148,6 +148,20 @@ async fn bridge_in_the_ui() {
     )
     .await;
 
+    // A cluster job's page names its replicas, with an address each.
+    let ring = dev.submit(
+        json!({"name": "Ring", "image": "web", "replicas": 2, "command": ["sleep", "300"],
+        "resources": {"cpus": 0.1}}),
+    );
+    b.goto(&format!("{}/#/jobs/{ring}", dev.addr)).await;
+    b.wait_js(
+        "the replicas with their names and addresses",
+        UI_TIMEOUT,
+        "const r = document.querySelector('#job-replicas');          const names = [...document.querySelectorAll('#tasks-body .replica-name')].map((e) => e.textContent);          const addrs = [...document.querySelectorAll('#tasks-body td.addr')].map((e) => e.textContent);          return r && r.textContent.includes('ring-0 … ring-1') && names.join() === 'ring-0,ring-1'            && addrs.length === 2 && addrs.every((a) => a.startsWith('10.88.0.'))",
+    )
+    .await;
+    dev.gaffer(&["kill", &ring]).ok();
+
     // The form: a client-side mistake, then the server's 400s, each next to the Ports field.
     b.goto(&format!("{}/#/submit", dev.addr)).await;
     b.click("#mode-command").await;
@@ -198,7 +212,7 @@ async fn bridge_in_the_ui() {
     .await;
     assert_eq!(
         dev.job_count(),
-        2,
+        3,
         "nothing stored by the refused submissions"
     );
     b.screenshot("submit-ports-error").await;

@@ -113,14 +113,22 @@ function columns(net) {
   return [['Task'], ['Attempt', 'num'], ['State'], ['Node'], net ? ['Address'] : null, ['Started'], ['Ended'], ['Exit'], ['Reason'], ['Max memory', 'num'], ['CPU time', 'num'], ['Log', 'sr']].filter(Boolean);
 }
 
-function attemptRows(t, viewer, onLogs, net) {
+// A replica's hostname, as the server makes it (gaffer_api::spec::hostname).
+function replicaName(job, index) {
+  const suffix = `-${index}`;
+  const stem = [...(job.name || '')].map((c) => /[A-Za-z0-9-]/.test(c) ? c.toLowerCase() : '-').slice(0, 63 - suffix.length).join('');
+  return stem + suffix;
+}
+
+function attemptRows(t, viewer, onLogs, net, name) {
+  const taskCell = () => h('td', { class: 'mono' }, String(t.index), name ? h('div', { class: 'muted small replica-name' }, name(t.index)) : null);
   const logBtn = (a) => h('button', {
     class: 'btn small', type: 'button', 'aria-label': `Show log of task ${t.index}${a ? ' attempt ' + a.attempt : ''}`,
     onclick: () => onLogs(t.index, a ? a.attempt : null),
   }, 'Log');
   if (!t.attempts.length) {
     return [h('tr', { 'data-task': t.index },
-      h('td', { class: 'mono' }, String(t.index)), h('td', {}, '—'), h('td', {}, badge(t.state)),
+      taskCell(), h('td', {}, '—'), h('td', {}, badge(t.state)),
       h('td', { colspan: net ? 8 : 7, class: 'muted' }, t.not_before ? `retry after ${fmtTime(t.not_before)}` : 'not started'),
       h('td', {}, ''))];
   }
@@ -128,7 +136,7 @@ function attemptRows(t, viewer, onLogs, net) {
     const dur = a.started_at ? (a.ended_at || Date.now()) - a.started_at : null;
     const exit = a.signal ? `signal ${a.signal}` : a.exit_code !== undefined && a.exit_code !== null ? String(a.exit_code) : '—';
     return h('tr', { 'data-task': t.index, 'data-attempt': a.attempt, class: i ? 'more-attempt' : '' },
-      h('td', { class: 'mono' }, i === 0 ? String(t.index) : ''),
+      i === 0 ? taskCell() : h('td', { class: 'mono' }, ''),
       h('td', { class: 'num' }, String(a.attempt)),
       h('td', {}, badge(a.state)),
       h('td', { class: 'mono small' }, a.node || '—'),
@@ -245,6 +253,8 @@ export async function render(main, ctx) {
       h('dt', {}, 'Resources'), h('dd', {}, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${s.resources.memory} memory` : '', s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
       s.network || s.ports?.length ? [h('dt', {}, 'Network'), h('dd', { id: 'job-network' }, s.network || 'bridge',
         s.ports?.length ? [' · ports ', h('span', { class: 'mono' }, s.ports.map((p) => `${p.host ? p.host + ':' : ''}${p.container}/${p.protocol || 'tcp'}`).join(', '))] : null)] : null,
+      s.replicas ? [h('dt', {}, 'Replicas'), h('dd', { id: 'job-replicas' }, `${s.replicas}, placed and started together: `,
+        h('span', { class: 'mono' }, `${replicaName(job, 0)} … ${replicaName(job, s.replicas - 1)}`))] : null,
       s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);
   }
 
@@ -255,7 +265,7 @@ export async function render(main, ctx) {
       fill(tasksHead, columns(net).map(([c, k]) =>
         h('th', { scope: 'col', class: k === 'num' ? 'num' : '' }, k === 'sr' ? h('span', { class: 'sr-only' }, c) : c)));
     }
-    keepFocus(tasksBody, () => fill(tasksBody, job.task_list.flatMap((t) => attemptRows(t, viewer, openLog, net))));
+    keepFocus(tasksBody, () => fill(tasksBody, job.task_list.flatMap((t) => attemptRows(t, viewer, openLog, net, job.spec.replicas ? (i) => replicaName(job, i) : null))));
     const total = job.tasks.total;
     if (total > TASKS_PAGE) {
       const prev = h('button', { class: 'btn small', type: 'button', disabled: tasksFrom === 0 }, '← Previous');
