@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::cli_images::{AgentCommand, ImageCommand};
+pub use crate::cli_submit::SubmitArgs;
 
 /// gaffer: a distributed job manager. Submit commands, watch them run, collect their output.
 #[derive(Debug, Parser)]
@@ -131,7 +132,7 @@ pub struct BridgeArgs {
     pub no_bridge: bool,
 }
 
-fn port_spec(s: &str) -> Result<gaffer_api::ports::PortSpec, String> {
+pub(crate) fn port_spec(s: &str) -> Result<gaffer_api::ports::PortSpec, String> {
     s.parse()
 }
 
@@ -140,15 +141,15 @@ fn cidr(s: &str) -> Result<gaffer_net::ipam::Cidr, String> {
         .map_err(|e: gaffer_net::ipam::CidrError| e.to_string())
 }
 
-fn size(s: &str) -> Result<ByteSize, String> {
+pub(crate) fn size(s: &str) -> Result<ByteSize, String> {
     parse_size(s)
 }
 
-fn duration(s: &str) -> Result<DurationSpec, String> {
+pub(crate) fn duration(s: &str) -> Result<DurationSpec, String> {
     parse_duration(s)
 }
 
-fn env_pair(s: &str) -> Result<(String, String), String> {
+pub(crate) fn env_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` must look like NAME=VALUE")),
@@ -323,107 +324,6 @@ pub enum NodeCommand {
         /// Node name.
         node: String,
     },
-}
-
-/// `gaffer submit`.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  gaffer submit --name hello -- echo hello world\n  gaffer submit --shell 'for i in 1 2 3; do echo $i; sleep 1; done'\n  gaffer submit --timeout 2s -- sleep 30\n  gaffer submit --retries 3 --shell 'exit 1'\n  gaffer submit --array 100 --shell 'echo $GAFFER_TASK_INDEX'\n  gaffer submit --output 'results/*.csv' --shell 'mkdir results; echo a,b > results/x.csv'\n  gaffer submit -f jobs.json      # one spec or a list; all or nothing"
-)]
-pub struct SubmitArgs {
-    /// The program and its arguments (after `--`).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
-    pub command: Vec<String>,
-    /// A command line for /bin/sh -c instead of COMMAND.
-    #[arg(long, conflicts_with = "command")]
-    pub shell: Option<String>,
-    /// Job spec file (JSON or TOML): one spec, a list, or {"jobs": [...]}.
-    #[arg(short = 'f', long = "file", conflicts_with_all = ["command", "shell"])]
-    pub file: Option<PathBuf>,
-    /// Job name.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Environment variable NAME=VALUE (repeatable).
-    #[arg(long = "env", short = 'e', value_parser = env_pair)]
-    pub env: Vec<(String, String)>,
-    /// Working directory (absolute); default: a fresh directory per attempt.
-    #[arg(long)]
-    pub workdir: Option<String>,
-    /// Container image (runs as a host process without one).
-    #[arg(long)]
-    pub image: Option<String>,
-    /// CPUs to reserve (default 1).
-    #[arg(long)]
-    pub cpus: Option<f64>,
-    /// Memory to reserve, e.g. 256M or 2G.
-    #[arg(long, value_parser = size)]
-    pub memory: Option<ByteSize>,
-    /// Process limit (containers).
-    #[arg(long)]
-    pub pids: Option<u32>,
-    /// Run as UID[:GID] inside the container (default: the image's user, else 65534).
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Container network: bridge (an address of its own on the node's subnet, reachable from
-    /// other nodes' containers), host or none (loopback only). Default: bridge on nodes that
-    /// offer it (agents that run containers do, unless started with --no-bridge), else host.
-    #[arg(long)]
-    pub network: Option<gaffer_api::Network>,
-    /// Map a port of a bridge container: HOST:CONTAINER[/tcp|/udp] answers on every address of
-    /// its node and on 127.0.0.1 there; CONTAINER alone gets a free host port (shown by
-    /// `gaffer status`). Repeatable; implies --network bridge.
-    #[arg(long = "port", short = 'p', value_parser = port_spec)]
-    pub ports: Vec<gaffer_api::ports::PortSpec>,
-    /// Wall-clock limit per attempt, e.g. 30s, 5m, 2h.
-    #[arg(long, value_parser = duration)]
-    pub timeout: Option<DurationSpec>,
-    /// Time between SIGTERM and SIGKILL (default 5s).
-    #[arg(long, value_parser = duration)]
-    pub kill_grace: Option<DurationSpec>,
-    /// Retries after a failure or timeout (default 0).
-    #[arg(long, default_value_t = 0)]
-    pub retries: u32,
-    /// Delay before the first retry, doubling after (default 1s).
-    #[arg(long, value_parser = duration)]
-    pub retry_backoff: Option<DurationSpec>,
-    /// Files to keep, as a glob relative to the working directory (repeatable).
-    #[arg(long = "output")]
-    pub outputs: Vec<String>,
-    /// Number of tasks; each gets GAFFER_TASK_INDEX.
-    #[arg(long)]
-    pub array: Option<u32>,
-    /// Run N replicas of one distributed program (2 to 1024; containers on the bridge
-    /// network): placed together or not at all (spread over nodes by default), started only
-    /// once every replica has its address, replica i named NAME-i. Each gets GAFFER_REPLICA,
-    /// GAFFER_REPLICAS, GAFFER_PEERS (the names, space-separated), GAFFER_HOSTFILE (a file of
-    /// the names, one a line) and an /etc/hosts listing every replica. Not with --array.
-    #[arg(long, value_name = "N")]
-    pub replicas: Option<u32>,
-    /// Priority: higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i32,
-    /// Run only on nodes with this label, NAME=VALUE (repeatable).
-    #[arg(long = "constraint", value_parser = env_pair)]
-    pub constraints: Vec<(String, String)>,
-    /// Placement strategy: most_free_memory (default), binpack or spread.
-    #[arg(long)]
-    pub strategy: Option<gaffer_api::Placement>,
-    /// Start only after these jobs succeeded (comma-separated ids); fail if one of them fails.
-    #[arg(long = "after", value_delimiter = ',')]
-    pub after: Vec<String>,
-    /// Print only the job id(s).
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Wait for the job(s) to finish, as `gaffer wait` does.
-    #[arg(long)]
-    pub wait: bool,
-    /// Idempotency key: resubmitting with the same key returns the first submission's ids.
-    #[arg(long)]
-    pub idempotency_key: Option<String>,
 }
 
 /// `gaffer jobs`.

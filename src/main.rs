@@ -4,6 +4,7 @@
 mod admin;
 mod cli;
 mod cli_images;
+mod cli_submit;
 mod client;
 mod commands;
 mod daemon;

@@ -116,3 +116,54 @@ fn replicas_know_each_other_by_name_and_reach_each_other() {
         );
     });
 }
+
+#[test]
+fn a_restarted_replica_gets_a_new_address_that_its_running_peers_see() {
+    if let Some(why) = util::net::unsupported("cluster job", false) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    isolated(|| {
+        let dev = Dev::start_bridged();
+        import_web(&dev);
+        // Replica 1 fails at once on its first attempt; under `--restart replica` it alone
+        // comes back, and replica 0, still running, sees its new address in /etc/hosts.
+        let script = r#"
+            addr() { grep "	ring-1$" /etc/hosts | cut -f1; }
+            if [ "$GAFFER_REPLICA" = 1 ]; then
+                [ "$GAFFER_ATTEMPT" = 1 ] && exit 1
+                sleep 1; exit 0
+            fi
+            was=$(addr); i=0
+            while [ "$(addr)" = "$was" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+            echo "ring-1 moved from $was to $(addr)"
+            [ "$(addr)" != "$was" ]
+        "#;
+        let id = dev.submit_cli(&[
+            "--name",
+            "ring",
+            "--replicas",
+            "2",
+            "--restart",
+            "replica",
+            "--retries",
+            "1",
+            "--retry-backoff",
+            "100ms",
+            "--cpus",
+            "0.1",
+            "--image",
+            "web",
+            "--shell",
+            script,
+        ]);
+        let j = dev.wait_final(&id, Duration::from_secs(90));
+        let log = dev.gaffer(&["logs", &id, "--task", "0"]).ok().stdout;
+        assert_eq!(j["state"], "succeeded", "{j}\n{log}");
+        let a = util::attempts(&j, 1);
+        assert_eq!(a.len(), 2, "{j}");
+        let (old, new) = (a[0]["ip"].as_str().unwrap(), a[1]["ip"].as_str().unwrap());
+        assert_eq!(log, format!("ring-1 moved from {old} to {new}\n"));
+        assert_eq!(util::attempts(&j, 0).len(), 1, "replica 0 kept running");
+    });
+}

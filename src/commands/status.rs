@@ -68,8 +68,8 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
     if let Some(n) = j.spec.replicas {
         println!(
             "replicas {n}, placed and started together: {} … {}",
-            gaffer_api::spec::hostname(&j.name, 0),
-            gaffer_api::spec::hostname(&j.name, n - 1)
+            gaffer_api::cluster::hostname(&j.name, 0),
+            gaffer_api::cluster::hostname(&j.name, n - 1)
         );
     }
     print!(

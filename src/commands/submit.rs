@@ -62,6 +62,7 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 ports: a.ports,
                 depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
                 replicas: a.replicas,
+                restart: a.restart,
             };
             serde_json::to_value(spec)?
         }

@@ -246,7 +246,7 @@ impl Inner {
                 Ok(hostfile) => {
                     if let Some(c) = spec.container.as_mut() {
                         c.files
-                            .push((hostfile, PathBuf::from(gaffer_api::spec::HOSTFILE)));
+                            .push((hostfile, PathBuf::from(gaffer_api::cluster::HOSTFILE)));
                     }
                 }
                 Err(e) => {

@@ -93,7 +93,7 @@ impl Inner {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             ));
         }
-        let hostname = gaffer_api::spec::hostname(&l.name, l.key.index);
+        let hostname = gaffer_api::cluster::hostname(&l.name, l.key.index);
         Ok(LaunchSpec {
             argv: img.config.argv(&l.argv),
             env,

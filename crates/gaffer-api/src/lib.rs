@@ -6,6 +6,7 @@
 //! so that the server, the CLI and tests agree on what a valid job is, and every error names the
 //! field it is about ([`FieldError`]).
 
+pub mod cluster;
 pub mod ids;
 pub mod ports;
 pub mod proto;

@@ -99,30 +99,10 @@ pub struct JobSpec {
     /// `NAME-(N-1)` (`GAFFER_REPLICA`, `GAFFER_PEERS`, `GAFFER_HOSTFILE`, `/etc/hosts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
-}
-
-/// Most replicas of a cluster job.
-pub const MAX_REPLICAS: u32 = 1024;
-
-/// Where a replica finds its peers' hostnames, one a line, inside its container.
-pub const HOSTFILE: &str = "/etc/gaffer/hostfile";
-
-/// The hostname of task `index` of job `name` in its container: `name-index`, lowercase,
-/// anything but letters, digits and `-` made `-`, at most 63 characters.
-pub fn hostname(name: &str, index: u32) -> String {
-    let suffix = format!("-{index}");
-    let stem: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63 - suffix.len())
-        .collect();
-    stem + &suffix
+    /// What a failed replica restarts: `group` (default: every replica, together), `replica`
+    /// (it alone; its peers keep running) or `never` (the job fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<crate::cluster::Restart>,
 }
 
 /// A container's network.
@@ -315,31 +295,8 @@ impl JobSpec {
                 format!("{} is too many (at most 1000)", self.retries),
             );
         }
-        if let Some(r) = self.replicas {
-            if !(2..=MAX_REPLICAS).contains(&r) {
-                err(
-                    "replicas",
-                    format!("{r} is out of range: expected 2 to {MAX_REPLICAS}"),
-                );
-            }
-            if self.array.is_some() {
-                err(
-                    "replicas",
-                    "cannot be combined with `array` (replicas are one program; an array is independent tasks)".into(),
-                );
-            }
-            if self.image.is_none() {
-                err(
-                    "replicas",
-                    "need a container image for now (host tasks cannot be replicas yet)".into(),
-                );
-            }
-            if matches!(self.network, Some(Network::Host | Network::None)) {
-                err(
-                    "replicas",
-                    "need the bridge network (replicas reach each other by name on it), not `host` or `none`".into(),
-                );
-            }
+        for e in crate::cluster::check(self) {
+            err(&e.field, e.message);
         }
         if let Some(a) = self.array {
             if a == 0 || a > MAX_ARRAY {

@@ -99,7 +99,8 @@ impl TaskState {
     pub fn can_become(self, to: TaskState) -> bool {
         use TaskState::*;
         match self {
-            Pending => matches!(to, Assigned | Killed | DependencyFailed),
+            // Failed: a replica waiting for a retry when its cluster job fails.
+            Pending => matches!(to, Assigned | Killed | DependencyFailed | Failed),
             Assigned => matches!(
                 to,
                 Running | Lost | Killed | Failed | Succeeded | TimedOut | OomKilled

@@ -113,7 +113,7 @@ function columns(net) {
   return [['Task'], ['Attempt', 'num'], ['State'], ['Node'], net ? ['Address'] : null, ['Started'], ['Ended'], ['Exit'], ['Reason'], ['Max memory', 'num'], ['CPU time', 'num'], ['Log', 'sr']].filter(Boolean);
 }
 
-// A replica's hostname, as the server makes it (gaffer_api::spec::hostname).
+// A replica's hostname, as the server makes it (gaffer_api::cluster::hostname).
 function replicaName(job, index) {
   const suffix = `-${index}`;
   const stem = [...(job.name || '')].map((c) => /[A-Za-z0-9-]/.test(c) ? c.toLowerCase() : '-').slice(0, 63 - suffix.length).join('');

@@ -1,7 +1,7 @@
 //! Rules for attempts: one starts, one ends (and is retried or not), a retry's back-off passes.
 
 use super::transition::{after_end, check, classify, move_task, AfterEnd, Ended};
-use super::{Core, CoreError, Effects};
+use super::{gang, Core, CoreError, Effects};
 use gaffer_api::proto::{AttemptResult, ServerMsg};
 use gaffer_api::views::AttemptView;
 use gaffer_api::{AttemptKey, TaskState, UnixMs};
@@ -96,13 +96,14 @@ impl<E: Effects> Core<E> {
         }
         let (mut end, mut message) = classify(&result);
         let migrated = self.migrating.contains(&key);
+        let stop = self.gang_stops.get(&key).cloned();
         if job.row.kill_requested && end != TaskState::Succeeded {
             end = TaskState::Killed;
         } else if migrated && end != TaskState::Succeeded {
             end = TaskState::Lost;
             message = format!("moved off draining node {node}");
         }
-        let next = after_end(
+        let mut next = after_end(
             &job.row.spec,
             Ended {
                 end,
@@ -113,12 +114,39 @@ impl<E: Effects> Core<E> {
             },
             self.cfg.max_lost,
         );
+        // A replica's end: one that failed (restart policy applies), or one the core stopped
+        // because another failed.
+        let outcome = gang::after_replica_end(
+            &job.row.spec,
+            end,
+            stop.as_ref(),
+            job.row.kill_requested,
+            now,
+        );
+        let replica_failed = match outcome {
+            gang::Outcome::Plain => false,
+            gang::Outcome::Failed { stay } => {
+                if stay {
+                    next = AfterEnd::Stay;
+                }
+                true
+            }
+            gang::Outcome::Stopped {
+                end: e,
+                message: m,
+                next: n,
+            } => {
+                (end, message, next) = (e, m, n);
+                false
+            }
+        };
         // Both moves are checked before anything changes.
         check(key.job, key.index, t.state, end)?;
         if let AfterEnd::Retry { .. } = next {
             check(key.job, key.index, end, TaskState::Pending)?;
         }
         self.migrating.remove(&key);
+        self.gang_stops.remove(&key);
         if let Some(n) = t.node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
             n.ledger.release(key);
         }
@@ -179,6 +207,13 @@ impl<E: Effects> Core<E> {
                 self.batch.tasks.push(row);
                 self.event(now, key.job, at, Some(from.as_str()), end.as_str(), message);
             }
+        }
+        if replica_failed {
+            let retry_at = match next {
+                AfterEnd::Retry { delay, .. } => Some(now + delay),
+                AfterEnd::Stay => None,
+            };
+            self.replica_failed(key, retry_at, now);
         }
         self.touch_job(key.job, now);
         Ok(())

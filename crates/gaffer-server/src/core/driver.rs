@@ -45,6 +45,7 @@ impl<E: Effects> Core<E> {
             dependents: HashMap::new(),
             migrating: HashSet::new(),
             gang_since: HashMap::new(),
+            gang_stops: HashMap::new(),
             catalog: Default::default(),
             subnets: Default::default(),
             reasons: Default::default(),

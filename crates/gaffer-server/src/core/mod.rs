@@ -104,6 +104,8 @@ pub struct Core<E: Effects = LiveEffects> {
     reasons: HashMap<JobId, String>,
     /// Cluster jobs that do not fit now: since when (see `placement`'s queue hold).
     gang_since: HashMap<JobId, UnixMs>,
+    /// Replica attempts being stopped because another replica failed (see `gang`).
+    gang_stops: HashMap<AttemptKey, gang::Stop>,
     stats: Stats,
 }
 

@@ -353,7 +353,7 @@ fn launch(
     ]);
     if let Some(n) = spec.replicas {
         let peers: Vec<String> = (0..n)
-            .map(|i| gaffer_api::spec::hostname(&job.row.name, i))
+            .map(|i| gaffer_api::cluster::hostname(&job.row.name, i))
             .collect();
         env.extend([
             ("GAFFER_REPLICA".to_string(), key.index.to_string()),
@@ -361,7 +361,7 @@ fn launch(
             ("GAFFER_PEERS".to_string(), peers.join(" ")),
             (
                 "GAFFER_HOSTFILE".to_string(),
-                gaffer_api::spec::HOSTFILE.to_string(),
+                gaffer_api::cluster::HOSTFILE.to_string(),
             ),
         ]);
     }

@@ -189,3 +189,154 @@ fn two_gangs_that_fit_only_apart_never_half_start_and_a_waiting_gang_holds_the_q
     assert_eq!(h.task(small, 0), TaskState::Assigned);
     assert_eq!(h.task(late, 0), TaskState::Pending);
 }
+
+/// Prepares and starts every attempt in `starts` (addresses 10.88.0.(10 + index)); returns
+/// the messages that released.
+fn run_all(h: &mut H, starts: &[(String, AttemptKey)]) -> Vec<(String, ServerMsg)> {
+    for (n, k) in starts {
+        h.agent(
+            n,
+            AgentMsg::Prepared {
+                key: *k,
+                ip: format!("10.88.0.{}", 10 + k.index),
+            },
+        );
+    }
+    let sent = h.sent();
+    for (n, k) in starts {
+        h.started(n, *k);
+    }
+    sent
+}
+
+fn kills(sent: &[(String, ServerMsg)]) -> Vec<AttemptKey> {
+    let mut k: Vec<AttemptKey> = sent
+        .iter()
+        .filter_map(|(_, m)| match m {
+            ServerMsg::Kill { key } => Some(*key),
+            _ => None,
+        })
+        .collect();
+    k.sort_by_key(|k| k.index);
+    k
+}
+
+fn with(restart: Option<gaffer_api::cluster::Restart>, retries: u32) -> JobSpec {
+    let mut spec = gang(3, 1.0);
+    spec.restart = restart;
+    spec.retries = retries;
+    spec.retry_backoff = Some(DurationSpec(1_000));
+    spec
+}
+
+#[test]
+fn by_default_a_failed_replica_restarts_its_whole_group_and_fails_it_when_out_of_retries() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.take();
+    let id = h.submit(with(None, 1));
+    let first = h.starts();
+    run_all(&mut h, &first);
+    h.ended("a", key(id, 1, 1), EndKind::Exited, Some(1));
+    let sent = h.sent();
+    assert_eq!(
+        kills(&sent),
+        [key(id, 0, 1), key(id, 2, 1)],
+        "its peers are stopped"
+    );
+    for i in [0, 2] {
+        h.ended("a", key(id, i, 1), EndKind::Killed, None);
+    }
+    let a0 = &h.attempts(id, 0)[0];
+    assert_eq!(a0.state, TaskState::Lost);
+    assert_eq!(
+        a0.message.as_deref(),
+        Some("restarted with its group: replica 1 (cluster-1) failed")
+    );
+    assert!(
+        h.starts().is_empty(),
+        "the group waits for the failed one's back-off"
+    );
+    h.advance(1_000);
+    let again = h.starts();
+    let mut got: Vec<AttemptKey> = again.iter().map(|(_, k)| *k).collect();
+    got.sort_by_key(|k| k.index);
+    assert_eq!(
+        got,
+        [key(id, 0, 2), key(id, 1, 2), key(id, 2, 2)],
+        "placed together"
+    );
+    assert_eq!(h.job(id).state, JobState::Running);
+
+    // Replica 1 fails again with no retry left: the others are stopped and the job fails.
+    run_all(&mut h, &again);
+    h.ended("a", key(id, 1, 2), EndKind::Exited, Some(1));
+    assert_eq!(kills(&h.sent()), [key(id, 0, 2), key(id, 2, 2)]);
+    for i in [0, 2] {
+        h.ended("a", key(id, i, 2), EndKind::Killed, None);
+    }
+    assert_eq!(h.job(id).state, JobState::Failed);
+    let a2 = h.attempts(id, 2).pop().unwrap();
+    assert_eq!(a2.state, TaskState::Failed);
+    assert!(a2
+        .message
+        .unwrap()
+        .starts_with("stopped: replica 1 (cluster-1) failed and is not restarted"),);
+}
+
+#[test]
+fn restart_replica_restarts_it_alone_and_tells_every_peer_its_new_address() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.take();
+    let id = h.submit(with(Some(gaffer_api::cluster::Restart::Replica), 1));
+    let first = h.starts();
+    run_all(&mut h, &first);
+    h.ended("a", key(id, 2, 1), EndKind::Exited, Some(1));
+    assert!(kills(&h.sent()).is_empty(), "its peers keep running");
+    h.advance(1_000);
+    let again = h.starts();
+    assert_eq!(again, [("a".to_string(), key(id, 2, 2))]);
+    h.agent(
+        "a",
+        AgentMsg::Prepared {
+            key: key(id, 2, 2),
+            ip: "10.88.0.99".into(),
+        },
+    );
+    let mut told: Vec<(AttemptKey, String)> = h
+        .sent()
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            ServerMsg::Peers { key, peers } => Some((key, peers[2].1.clone())),
+            _ => None,
+        })
+        .collect();
+    told.sort_by_key(|(k, _)| k.index);
+    assert_eq!(
+        told,
+        [
+            (key(id, 0, 1), "10.88.0.99".to_string()),
+            (key(id, 1, 1), "10.88.0.99".to_string()),
+            (key(id, 2, 2), "10.88.0.99".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn restart_never_fails_the_job_at_the_first_failure() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.take();
+    let id = h.submit(with(Some(gaffer_api::cluster::Restart::Never), 0));
+    let first = h.starts();
+    run_all(&mut h, &first);
+    h.ended("a", key(id, 0, 1), EndKind::TimedOut, None);
+    assert_eq!(kills(&h.sent()), [key(id, 1, 1), key(id, 2, 1)]);
+    for i in [1, 2] {
+        h.ended("a", key(id, i, 1), EndKind::Killed, None);
+    }
+    assert_eq!(h.job(id).state, JobState::Failed);
+    h.advance(10_000);
+    assert!(h.starts().is_empty());
+}

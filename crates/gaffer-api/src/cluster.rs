@@ -1,0 +1,164 @@
+//! Cluster jobs (`replicas`): their limits, names and restart policy, and the checks of a
+//! spec's cluster fields.
+
+use crate::spec::{FieldError, JobSpec, Network};
+use serde::{Deserialize, Serialize};
+
+/// Most replicas of a cluster job.
+pub const MAX_REPLICAS: u32 = 1024;
+
+/// Where a replica finds its peers' hostnames, one a line, inside its container.
+pub const HOSTFILE: &str = "/etc/gaffer/hostfile";
+
+/// The hostname of task `index` of job `name` in its container: `name-index`, lowercase,
+/// anything but letters, digits and `-` made `-`, at most 63 characters.
+pub fn hostname(name: &str, index: u32) -> String {
+    let suffix = format!("-{index}");
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63 - suffix.len())
+        .collect();
+    stem + &suffix
+}
+
+/// What a failed replica of a cluster job restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Restart {
+    /// Every replica, placed and started together again (the failed one uses a retry).
+    #[default]
+    Group,
+    /// The failed replica alone, keeping its name; its peers keep running.
+    Replica,
+    /// Nothing: the job fails, and the other replicas are stopped.
+    Never,
+}
+
+impl Restart {
+    /// Its name in specs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Group => "group",
+            Restart::Replica => "replica",
+            Restart::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for Restart {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "group" => Ok(Restart::Group),
+            "replica" => Ok(Restart::Replica),
+            "never" => Ok(Restart::Never),
+            _ => Err(format!(
+                "unknown restart policy `{s}` (expected group, replica or never)"
+            )),
+        }
+    }
+}
+
+/// What is wrong with the cluster fields of `spec` (`replicas`, `restart`).
+pub fn check(spec: &JobSpec) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    let mut err = |field: &str, message: &str| {
+        errs.push(FieldError {
+            index: None,
+            field: field.to_string(),
+            message: message.to_string(),
+        })
+    };
+    let Some(r) = spec.replicas else {
+        if spec.restart.is_some() {
+            err("restart", "only applies to cluster jobs (give replicas)");
+        }
+        return errs;
+    };
+    if !(2..=MAX_REPLICAS).contains(&r) {
+        err(
+            "replicas",
+            &format!("{r} is out of range: expected 2 to {MAX_REPLICAS}"),
+        );
+    }
+    if spec.array.is_some() {
+        err(
+            "replicas",
+            "cannot be combined with `array` (replicas are one program; an array is independent tasks)",
+        );
+    }
+    if spec.image.is_none() {
+        err(
+            "replicas",
+            "need a container image for now (host tasks cannot be replicas yet)",
+        );
+    }
+    if matches!(spec.network, Some(Network::Host | Network::None)) {
+        err(
+            "replicas",
+            "need the bridge network (replicas reach each other by name on it), not `host` or `none`",
+        );
+    }
+    if spec.restart == Some(Restart::Never) && spec.retries > 0 {
+        err(
+            "restart",
+            "`never` restarts nothing, so `retries` cannot be used with it",
+        );
+    }
+    errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_dns_labels() {
+        assert_eq!(hostname("ring", 2), "ring-2");
+        assert_eq!(hostname("My Job_1", 0), "my-job-1-0");
+        let long = hostname(&"x".repeat(100), 1023);
+        assert_eq!(long.len(), 63);
+        assert!(long.ends_with("x-1023"));
+    }
+
+    #[test]
+    fn cluster_fields_are_checked() {
+        let fields = |s: &JobSpec| -> Vec<String> {
+            check(s)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect()
+        };
+        let ok = JobSpec {
+            image: Some("busybox".into()),
+            replicas: Some(3),
+            ..JobSpec::default()
+        };
+        assert!(fields(&ok).is_empty());
+        let never = JobSpec {
+            restart: Some(Restart::Never),
+            retries: 2,
+            ..ok.clone()
+        };
+        assert_eq!(fields(&never).len(), 1);
+        assert!(fields(&never)[0].starts_with("restart: `never`"));
+        let lonely = JobSpec {
+            restart: Some(Restart::Replica),
+            ..JobSpec::default()
+        };
+        assert_eq!(
+            fields(&lonely),
+            ["restart: only applies to cluster jobs (give replicas)"]
+        );
+        assert_eq!("replica".parse(), Ok(Restart::Replica));
+        assert!("sometimes".parse::<Restart>().is_err());
+    }
+}
