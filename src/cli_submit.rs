@@ -88,6 +88,15 @@ pub struct SubmitArgs {
     /// keep running and learn its new address) or never (the job fails).
     #[arg(long, value_name = "POLICY", requires = "replicas")]
     pub restart: Option<gaffer_api::cluster::Restart>,
+    /// One front door to the replicas, HOSTPORT:PORT: every node listens on HOSTPORT (its
+    /// addresses and 127.0.0.1) and forwards each TCP connection to PORT of a ready replica;
+    /// when readiness moves (a new leader), new connections follow within about 2 s.
+    #[arg(long, value_name = "HOSTPORT:PORT", requires = "replicas")]
+    pub service: Option<gaffer_api::cluster::Service>,
+    /// Readiness check run by /bin/sh -c inside each replica every second: ready while it
+    /// exits 0 (e.g. only the leader). Without it, every running replica is ready.
+    #[arg(long, value_name = "CMD", requires = "replicas")]
+    pub ready_cmd: Option<String>,
     /// Priority: higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,

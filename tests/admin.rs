@@ -674,6 +674,7 @@ fn fill(dir: &Path, jobs: u64) {
                         outputs: vec!["out/a.csv".into()],
                         ip: None,
                         ports: Vec::new(),
+                        ready: None,
                     },
                 ));
             }

@@ -11,22 +11,10 @@
 mod util;
 
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
-use util::net::{import_web, isolated, sh};
+use util::net::{http_get, import_web, isolated, sh};
 use util::{wait_until, Dev};
-
-/// A plain HTTP GET over TCP (from this thread's namespace); `None` if nothing answers.
-fn http_get(addr: &str) -> Option<String> {
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    Some(body)
-}
 
 /// The running attempt of task 0, once it has an address.
 fn running_attempt(dev: &Dev, id: &str) -> Value {

@@ -78,7 +78,9 @@ fn replicas_know_each_other_by_name_and_reach_each_other() {
         }
         let status = dev.gaffer(&["status", &id]).ok().stdout;
         assert!(
-            status.contains("replicas 3, placed and started together: ring-0 … ring-2"),
+            status.contains(
+                "replicas 3, placed and started together: ring-0 … ring-2 (restart group)"
+            ),
             "{status}"
         );
         ips.sort();
@@ -165,5 +167,80 @@ fn a_restarted_replica_gets_a_new_address_that_its_running_peers_see() {
         let (old, new) = (a[0]["ip"].as_str().unwrap(), a[1]["ip"].as_str().unwrap());
         assert_eq!(log, format!("ring-1 moved from {old} to {new}\n"));
         assert_eq!(util::attempts(&j, 0).len(), 1, "replica 0 kept running");
+    });
+}
+
+#[test]
+fn the_service_port_follows_the_ready_replica() {
+    if let Some(why) = util::net::unsupported("cluster job", false) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    isolated(|| {
+        let dev = Dev::start_bridged();
+        import_web(&dev);
+        // Each replica serves its name; it is ready while /work/leader exists, which the test
+        // creates and removes from the host (the attempt's work directory).
+        let id = dev.submit_cli(&[
+            "--name",
+            "ring",
+            "--replicas",
+            "2",
+            "--cpus",
+            "0.1",
+            "--image",
+            "web",
+            "--service",
+            "18090:80",
+            "--ready-cmd",
+            "test -f /work/leader",
+            "--shell",
+            "mkdir -p www && hostname > www/index.html && httpd -f -p 80 -h \"$PWD/www\"",
+        ]);
+        let work = |i: u32| dev.attempt_dir(&id, i, 1).join("work");
+        util::wait_until("both replicas to run", Duration::from_secs(60), || {
+            let j = dev.job(&id);
+            (0..2)
+                .all(|i| {
+                    util::attempts(&j, i)
+                        .first()
+                        .is_some_and(|a| a["state"] == "running")
+                })
+                .then_some(())
+        });
+        let get = || util::net::http_get("127.0.0.1:18090");
+        assert_eq!(
+            get(),
+            None,
+            "no replica is ready: the door closes connections"
+        );
+        for (leader, follower) in [(0, 1), (1, 0)] {
+            let _ = std::fs::remove_file(work(follower).join("leader"));
+            std::fs::write(work(leader).join("leader"), "").unwrap();
+            let t0 = std::time::Instant::now();
+            let want = format!("ring-{leader}");
+            util::wait_until(
+                &format!("the port to reach {want}"),
+                Duration::from_secs(10),
+                || {
+                    get()
+                        .filter(|b| b.ends_with(&format!("{want}\n")))
+                        .map(|_| ())
+                },
+            );
+            eprintln!("the service port followed {want} in {:?}", t0.elapsed());
+            let status = dev.gaffer(&["status", &id]).ok().stdout;
+            assert!(
+                status.contains(&format!("-> port 80 of a ready replica (now: {want})")),
+                "{status}"
+            );
+        }
+        dev.gaffer(&["kill", &id]).ok();
+        dev.wait_final(&id, Duration::from_secs(30));
+        util::wait_until("the front door to close", Duration::from_secs(10), || {
+            std::net::TcpStream::connect("127.0.0.1:18090")
+                .is_err()
+                .then_some(())
+        });
     });
 }

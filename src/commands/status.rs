@@ -67,9 +67,28 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
     }
     if let Some(n) = j.spec.replicas {
         println!(
-            "replicas {n}, placed and started together: {} … {}",
+            "replicas {n}, placed and started together: {} … {} (restart {})",
             gaffer_api::cluster::hostname(&j.name, 0),
-            gaffer_api::cluster::hostname(&j.name, n - 1)
+            gaffer_api::cluster::hostname(&j.name, n - 1),
+            j.spec.restart.unwrap_or_default().as_str()
+        );
+    }
+    if let Some(svc) = j.spec.service {
+        let ready: Vec<String> = d
+            .task_list
+            .iter()
+            .filter(|t| t.attempts.last().is_some_and(|a| a.ready == Some(true)))
+            .map(|t| gaffer_api::cluster::hostname(&j.name, t.index))
+            .collect();
+        println!(
+            "service  every node's port {} -> port {} of a ready replica (now: {})",
+            svc.host,
+            svc.port,
+            if ready.is_empty() {
+                "none".to_string()
+            } else {
+                ready.join(", ")
+            }
         );
     }
     print!(
@@ -125,10 +144,11 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
                 .map(|b| ByteSize(b).to_string())
                 .unwrap_or_default();
             let is_last = at.attempt == task.attempts.len() as u32;
-            let state = if is_last && task.state == TaskState::Pending {
-                format!("{} (retry pending)", at.state)
-            } else {
-                at.state.to_string()
+            let state = match (is_last && task.state == TaskState::Pending, at.ready) {
+                (true, _) => format!("{} (retry pending)", at.state),
+                (false, Some(true)) => format!("{} (ready)", at.state),
+                (false, Some(false)) => format!("{} (not ready)", at.state),
+                (false, None) => at.state.to_string(),
             };
             rows.push(vec![
                 task.index.to_string(),

@@ -63,6 +63,8 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 depends_on: a.after.iter().map(|j| job_id(j)).collect::<Result<_>>()?,
                 replicas: a.replicas,
                 restart: a.restart,
+                service: a.service,
+                ready_cmd: a.ready_cmd,
             };
             serde_json::to_value(spec)?
         }

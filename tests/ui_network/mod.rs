@@ -151,13 +151,21 @@ async fn bridge_in_the_ui() {
     // A cluster job's page names its replicas, with an address each.
     let ring = dev.submit(
         json!({"name": "Ring", "image": "web", "replicas": 2, "command": ["sleep", "300"],
-        "resources": {"cpus": 0.1}}),
+        "resources": {"cpus": 0.1}, "service": {"host": 18099, "port": 80}}),
     );
     b.goto(&format!("{}/#/jobs/{ring}", dev.addr)).await;
     b.wait_js(
-        "the replicas with their names and addresses",
+        "the replicas with their names, addresses and readiness, and the service",
         UI_TIMEOUT,
-        "const r = document.querySelector('#job-replicas');          const names = [...document.querySelectorAll('#tasks-body .replica-name')].map((e) => e.textContent);          const addrs = [...document.querySelectorAll('#tasks-body td.addr')].map((e) => e.textContent);          return r && r.textContent.includes('ring-0 … ring-1') && names.join() === 'ring-0,ring-1'            && addrs.length === 2 && addrs.every((a) => a.startsWith('10.88.0.'))",
+        "const r = document.querySelector('#job-replicas'); \
+         const names = [...document.querySelectorAll('#tasks-body .replica-name')].map((e) => e.textContent); \
+         const addrs = [...document.querySelectorAll('#tasks-body td.addr')].map((e) => e.textContent); \
+         const ready = document.querySelectorAll('#tasks-body .chip.ready').length; \
+         const svc = document.querySelector('#job-service'); \
+         return r && r.textContent.includes('restart group: ring-0 … ring-1') \
+           && names.join() === 'ring-0,ring-1' \
+           && addrs.length === 2 && addrs.every((a) => a.startsWith('10.88.0.')) && ready === 2 \
+           && svc && svc.textContent.includes('port 18099 → port 80')",
     )
     .await;
     dev.gaffer(&["kill", &ring]).ok();

@@ -1,8 +1,10 @@
 //! For the tests of the bridge network: what this machine lacks to run them, a thread in a
 //! network namespace of its own, and shell commands.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// Why the bridge network cannot be tested here (`tests` names them in messages), or `None`.
 /// Under `CI=true` a missing piece fails the test instead of skipping it.
@@ -68,4 +70,15 @@ pub fn import_web(dev: &super::Dev) {
     super::tar_dir(&root, &tarball);
     dev.gaffer(&["image", "import", "web", tarball.to_str().unwrap()])
         .ok();
+}
+
+/// A plain HTTP GET over TCP (from this thread's namespace); `None` if nothing answers.
+pub fn http_get(addr: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
 }

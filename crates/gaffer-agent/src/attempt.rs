@@ -107,7 +107,14 @@ impl Inner {
         if let (Some(_), Some(addr)) = (l.replicas, &ip) {
             journaled = self.barrier(key, &dir, &mut spec, addr, journaled).await;
         }
+        let checker = l.ready_cmd.clone().map(|line| {
+            let (a, d) = (self.clone(), dir.clone());
+            tokio::spawn(a.check_ready(key, d, line))
+        });
         let result = self.clone().supervise(key, &dir, spec, journaled, ip).await;
+        if let Some(c) = checker {
+            c.abort();
+        }
         // Its ports go before the end is reported (the server may give them to the next task
         // at once); its veth and namespace after, and its address once they are gone.
         let net = if bridged { self.net.unmap(&dir) } else { None };

@@ -20,6 +20,7 @@ mod launch;
 pub mod net;
 pub mod remote;
 mod report;
+mod service;
 
 use report::lost;
 pub use report::result_from_status;
@@ -164,6 +165,8 @@ struct Inner {
     images: images::Images,
     /// The bridge container network.
     net: net::BridgeNet,
+    /// Front doors of cluster jobs' services.
+    doors: service::FrontDoors,
 }
 
 /// A node agent. Open it once; run one [`Agent::session`] per connection to the server.
@@ -211,6 +214,7 @@ impl Agent {
                 journal,
                 images: images::Images::new(cfg.data_dir.clone()),
                 net,
+                doors: service::FrontDoors::default(),
                 cfg,
             }),
         })
@@ -269,6 +273,12 @@ impl Agent {
                 }
                 ServerMsg::Kill { key } => agent.kill(key),
                 ServerMsg::Peers { key, peers } => agent.peers(key, peers),
+                ServerMsg::Service {
+                    job,
+                    host,
+                    backends,
+                    open,
+                } => agent.doors.update(job, host, backends, open),
                 ServerMsg::PullImage {
                     reference,
                     name,

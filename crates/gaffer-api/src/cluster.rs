@@ -67,7 +67,38 @@ impl std::str::FromStr for Restart {
     }
 }
 
-/// What is wrong with the cluster fields of `spec` (`replicas`, `restart`).
+/// A cluster job's front door: every node listens on `host` and forwards each TCP connection
+/// to `port` of a ready replica (see [`JobSpec::ready_cmd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The port every node listens on (its addresses and 127.0.0.1).
+    pub host: u16,
+    /// The replicas' port connections go to.
+    pub port: u16,
+}
+
+impl std::str::FromStr for Service {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not HOSTPORT:PORT (e.g. 2379:2379)");
+        let (h, p) = s.split_once(':').ok_or_else(bad)?;
+        Ok(Service {
+            host: h.parse().map_err(|_| bad())?,
+            port: p.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// What is wrong with the cluster fields of `spec` (`replicas`, `restart`, `service`,
+/// `ready_cmd`).
 pub fn check(spec: &JobSpec) -> Vec<FieldError> {
     let mut errs = Vec::new();
     let mut err = |field: &str, message: &str| {
@@ -78,11 +109,35 @@ pub fn check(spec: &JobSpec) -> Vec<FieldError> {
         })
     };
     let Some(r) = spec.replicas else {
-        if spec.restart.is_some() {
-            err("restart", "only applies to cluster jobs (give replicas)");
+        for (field, set) in [
+            ("restart", spec.restart.is_some()),
+            ("service", spec.service.is_some()),
+            ("ready_cmd", spec.ready_cmd.is_some()),
+        ] {
+            if set {
+                err(field, "only applies to cluster jobs (give replicas)");
+            }
         }
         return errs;
     };
+    if let Some(svc) = spec.service {
+        if svc.host == 0 || svc.port == 0 {
+            err("service", "ports are 1 to 65535");
+        }
+        if spec.ports.iter().any(|p| p.host == Some(svc.host)) {
+            err(
+                "service",
+                &format!("host port {} is also in `ports`", svc.host),
+            );
+        }
+    }
+    if spec
+        .ready_cmd
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty() || c.contains('\0'))
+    {
+        err("ready_cmd", "must be a non-empty command line");
+    }
     if !(2..=MAX_REPLICAS).contains(&r) {
         err(
             "replicas",

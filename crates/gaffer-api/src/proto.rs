@@ -46,6 +46,13 @@ pub enum AgentMsg {
         /// Its address on the bridge network.
         ip: String,
     },
+    /// A running replica's readiness changed (its `ready_cmd` began or stopped exiting 0).
+    Ready {
+        /// Which attempt.
+        key: AttemptKey,
+        /// Ready now.
+        ready: bool,
+    },
     /// The attempt ended.
     Ended {
         /// Which attempt.
@@ -250,6 +257,18 @@ pub enum ServerMsg {
         /// (hostname, address) of every replica.
         peers: Vec<(String, String)>,
     },
+    /// A cluster job's front door: listen on `host` and forward TCP connections to one of
+    /// `backends` (`ip:port` of its ready replicas). With `open` false, stop listening.
+    Service {
+        /// The job.
+        job: crate::JobId,
+        /// The port to listen on.
+        host: u16,
+        /// Where connections go, in order of preference.
+        backends: Vec<String>,
+        /// Whether the front door stays open (false once the job ended).
+        open: bool,
+    },
     /// The image was removed from the catalog: remove the node's copy if it is that one.
     RemoveImage {
         /// Image name.
@@ -303,4 +322,7 @@ pub struct TaskLaunch {
     /// [`ServerMsg::Peers`] before its command starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// A replica's readiness check, run by `/bin/sh -c` inside it every second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
 }

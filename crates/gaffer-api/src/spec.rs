@@ -103,6 +103,14 @@ pub struct JobSpec {
     /// (it alone; its peers keep running) or `never` (the job fails).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<crate::cluster::Restart>,
+    /// A front door to the replicas: every node forwards TCP connections on `host` to `port`
+    /// of a ready replica, e.g. `{"host": 2379, "port": 2379}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::cluster::Service>,
+    /// A command line run by `/bin/sh -c` inside each running replica every second: the
+    /// replica is ready while it exits 0 (default: every running replica is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
 }
 
 /// A container's network.

@@ -112,6 +112,9 @@ pub struct AttemptView {
     /// Its mapped ports (host port on its node → container port).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<crate::ports::PortMapping>,
+    /// A replica's readiness (`ready_cmd`): set while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 /// A state transition, as stored and streamed by `GET /v1/events`.

@@ -35,6 +35,7 @@ mod config;
 pub mod container;
 mod driver;
 mod error;
+pub mod exec;
 mod fsutil;
 pub mod image;
 mod init;

@@ -138,7 +138,8 @@ function attemptRows(t, viewer, onLogs, net, name) {
     return h('tr', { 'data-task': t.index, 'data-attempt': a.attempt, class: i ? 'more-attempt' : '' },
       i === 0 ? taskCell() : h('td', { class: 'mono' }, ''),
       h('td', { class: 'num' }, String(a.attempt)),
-      h('td', {}, badge(a.state)),
+      h('td', {}, badge(a.state), a.ready === true ? h('span', { class: 'chip ready', title: 'its readiness check passes: the service port sends connections here' }, 'ready')
+        : a.ready === false ? h('span', { class: 'chip muted not-ready' }, 'not ready') : null),
       h('td', { class: 'mono small' }, a.node || '—'),
       net ? h('td', { class: 'mono small addr' }, address(a) || '—') : null,
       h('td', { class: 'nowrap small' }, fmtTime(a.started_at)),
@@ -253,8 +254,10 @@ export async function render(main, ctx) {
       h('dt', {}, 'Resources'), h('dd', {}, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${s.resources.memory} memory` : '', s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
       s.network || s.ports?.length ? [h('dt', {}, 'Network'), h('dd', { id: 'job-network' }, s.network || 'bridge',
         s.ports?.length ? [' · ports ', h('span', { class: 'mono' }, s.ports.map((p) => `${p.host ? p.host + ':' : ''}${p.container}/${p.protocol || 'tcp'}`).join(', '))] : null)] : null,
-      s.replicas ? [h('dt', {}, 'Replicas'), h('dd', { id: 'job-replicas' }, `${s.replicas}, placed and started together: `,
+      s.replicas ? [h('dt', {}, 'Replicas'), h('dd', { id: 'job-replicas' }, `${s.replicas}, placed and started together, restart ${s.restart || 'group'}: `,
         h('span', { class: 'mono' }, `${replicaName(job, 0)} … ${replicaName(job, s.replicas - 1)}`))] : null,
+      s.service ? [h('dt', {}, 'Service'), h('dd', { id: 'job-service' }, `every node's port ${s.service.host} → port ${s.service.port} of a ready replica`,
+        s.ready_cmd ? [' (ready: ', h('code', {}, s.ready_cmd), ')'] : null)] : null,
       s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);
   }
 

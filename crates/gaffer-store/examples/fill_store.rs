@@ -77,6 +77,7 @@ fn main() {
                         outputs: Vec::new(),
                         ip: None,
                         ports: Vec::new(),
+                        ready: None,
                     },
                 ));
                 for (from, to) in [

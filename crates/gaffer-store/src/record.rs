@@ -307,6 +307,9 @@ pub struct AttemptRecord {
     /// Its mapped ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<gaffer_api::ports::PortMapping>,
+    /// A replica's readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
 }
 
 fn exact_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
@@ -337,6 +340,7 @@ impl From<(JobId, u32, AttemptView)> for AttemptRecord {
             outputs: a.outputs,
             ip: a.ip,
             ports: a.ports,
+            ready: a.ready,
         }
     }
 }
@@ -360,6 +364,7 @@ impl From<AttemptRecord> for (JobId, u32, AttemptView) {
                 outputs: a.outputs,
                 ip: a.ip,
                 ports: a.ports,
+                ready: a.ready,
             },
         )
     }
@@ -423,6 +428,7 @@ mod tests {
             outputs: if full { vec!["a".into()] } else { vec![] },
             ip: None,
             ports: Vec::new(),
+            ready: None,
         }
     }
 
@@ -544,7 +550,7 @@ mod tests {
             err::<AttemptRecord>(r#"{"x":1}"#),
             "unknown field `x`, expected one of `job`, `index`, `attempt`, `node`, `state`, \
              `started_at`, `ended_at`, `exit_code`, `signal`, `message`, `max_rss_bytes`, \
-             `cpu_secs`, `outputs`, `ip`, `ports` at line 1 column 4"
+             `cpu_secs`, `outputs`, `ip`, `ports`, `ready` at line 1 column 4"
         );
         assert_eq!(
             err::<JobRecord>("1"),

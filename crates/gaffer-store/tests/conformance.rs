@@ -276,8 +276,10 @@ fn attempt(n: u32, state: TaskState) -> AttemptView {
         max_rss_bytes: None,
         cpu_secs: Some(1.25),
         outputs: vec![],
-        ip: None,
+        ip: Some("10.88.0.2".into()),
         ports: Vec::new(),
+        // A replica's readiness goes through both backends too.
+        ready: (state == TaskState::Running).then_some(true),
     }
 }
 

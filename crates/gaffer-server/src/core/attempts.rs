@@ -37,6 +37,12 @@ impl<E: Effects> Core<E> {
         if ip.is_some() {
             t.ip = ip;
         }
+        // A replica without a readiness check is ready while it runs.
+        t.ready = match (&job.row.spec.replicas, &job.row.spec.ready_cmd) {
+            (None, _) => None,
+            (Some(_), Some(_)) => Some(false),
+            (Some(_), None) => Some(true),
+        };
         let node = t.node.clone().unwrap_or_default();
         self.batch.tasks.push(t.row(key.job, key.index));
         self.batch.attempts.push((
@@ -56,9 +62,13 @@ impl<E: Effects> Core<E> {
                 outputs: Vec::new(),
                 ip: t.ip.clone(),
                 ports: t.ports.clone(),
+                ready: t.ready,
             },
         ));
         self.stats.tasks_started += 1;
+        if t.ready == Some(true) {
+            self.send_service(key.job);
+        }
         self.event(
             now,
             key.job,
@@ -165,7 +175,9 @@ impl<E: Effects> Core<E> {
             outputs: result.outputs.clone(),
             ip: t.ip.take(),
             ports: std::mem::take(&mut t.ports),
+            ready: None,
         };
+        let was_ready = t.ready.take() == Some(true);
         self.batch.attempts.push((key.job, key.index, attempt));
         if !result.outputs.is_empty() {
             self.fx
@@ -207,6 +219,9 @@ impl<E: Effects> Core<E> {
                 self.batch.tasks.push(row);
                 self.event(now, key.job, at, Some(from.as_str()), end.as_str(), message);
             }
+        }
+        if was_ready {
+            self.send_service(key.job);
         }
         if replica_failed {
             let retry_at = match next {

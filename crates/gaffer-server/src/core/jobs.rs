@@ -115,6 +115,40 @@ impl<E: Effects> Core<E> {
                 }
             }
         }
+        // A service port: not below 1024 unless allowed, and one front door per port.
+        for (i, spec) in specs.iter().enumerate() {
+            let Some(svc) = spec.service else { continue };
+            let mut problem = None;
+            if svc.host < FIRST_UNPRIVILEGED_PORT && !self.cfg.allow_privileged_ports {
+                problem = Some(format!("host port {} is below {FIRST_UNPRIVILEGED_PORT}: the server allows that only with --allow-privileged-ports", svc.host));
+            }
+            let taken = self
+                .jobs
+                .iter()
+                .find(|(_, j)| j.row.spec.service.is_some_and(|s| s.host == svc.host));
+            if let Some((other, _)) = taken {
+                problem = Some(format!(
+                    "host port {} is the front door of job {other}",
+                    svc.host
+                ));
+            }
+            let twice = specs[..i]
+                .iter()
+                .any(|s| s.service.is_some_and(|s| s.host == svc.host));
+            if twice {
+                problem = Some(format!(
+                    "host port {} is the front door of another job in this submission",
+                    svc.host
+                ));
+            }
+            if let Some(message) = problem {
+                errors.push(FieldError {
+                    index: index(i),
+                    field: "service".into(),
+                    message,
+                });
+            }
+        }
         // Every dependency must exist.
         for (i, spec) in specs.iter().enumerate() {
             for (k, d) in spec.depends_on.iter().enumerate() {
@@ -370,6 +404,9 @@ impl<E: Effects> Core<E> {
             return;
         }
         let job = self.jobs.remove(&id).expect("job present");
+        if let Some(svc) = job.row.spec.service {
+            self.close_service(id, svc.host);
+        }
         self.queue.remove(&job.queue_key());
         self.batch.update_jobs.push(job.row);
         self.dirty_jobs.remove(&id);

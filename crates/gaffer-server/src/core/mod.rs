@@ -16,6 +16,7 @@
 //! - `attempts`: an attempt starts, ends, or its retry timer fires;
 //! - `nodes`: agents connect, speak, go silent, drain; the image catalog;
 //! - `gang`: cluster jobs' start barrier and peers;
+//! - `service`: cluster jobs' front doors and replica readiness;
 //! - `network`: node subnets of the cluster CIDR and the routes between nodes;
 //! - `placement`: the scheduling round and the launch message it sends;
 //! - [`effects`]: the seam through which the rules act on the world;
@@ -38,6 +39,7 @@ mod model;
 mod network;
 mod nodes;
 mod placement;
+mod service;
 mod transition;
 
 #[cfg(test)]

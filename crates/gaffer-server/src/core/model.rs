@@ -26,6 +26,8 @@ pub(super) struct TaskRt {
     /// The current attempt's address and mapped ports (bridge network).
     pub(super) ip: Option<String>,
     pub(super) ports: Vec<PortMapping>,
+    /// A running replica's readiness (`None`: not a replica, or not running).
+    pub(super) ready: Option<bool>,
 }
 
 impl TaskRt {
@@ -40,6 +42,7 @@ impl TaskRt {
             started_at: None,
             ip: None,
             ports: Vec::new(),
+            ready: None,
         }
     }
 
@@ -54,6 +57,7 @@ impl TaskRt {
             started_at: None,
             ip: None,
             ports: Vec::new(),
+            ready: None,
         }
     }
 

@@ -37,6 +37,7 @@ impl<E: Effects> Core<E> {
         node.ledger.clear();
         self.give_subnet(&name);
         self.send_networks();
+        self.send_services_to(&name);
 
         let mut reported: HashMap<AttemptKey, AttemptReport> = reports
             .into_iter()
@@ -147,6 +148,7 @@ impl<E: Effects> Core<E> {
             }
             AgentMsg::Started { key, at, ip } => self.mark_running(key, at, ip, now),
             AgentMsg::Prepared { key, ip } => self.prepared(key, ip),
+            AgentMsg::Ready { key, ready } => self.set_ready(key, ready, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now, true),
             // File and archive reads are answered by the gateway, never by the core.
             AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => Ok(()),

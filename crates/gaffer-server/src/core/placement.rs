@@ -308,6 +308,7 @@ impl<E: Effects> Core<E> {
                 outputs: Vec::new(),
                 ip: None,
                 ports,
+                ready: None,
             },
         ));
         self.nodes
@@ -386,6 +387,7 @@ fn launch(
         network: spec.net(),
         ports: Vec::new(),
         replicas: spec.replicas,
+        ready_cmd: spec.ready_cmd.clone(),
     }
 }
 

@@ -102,12 +102,13 @@ pub(super) fn migrate(w: &Connection) -> rusqlite::Result<()> {
 
 /// The `net` column of an attempt: `NULL` off the bridge network.
 pub(super) fn net_col(a: &AttemptView) -> std::result::Result<Option<String>, String> {
-    if a.ip.is_none() && a.ports.is_empty() {
+    if a.ip.is_none() && a.ports.is_empty() && a.ready.is_none() {
         return Ok(None);
     }
     let net = NetCol {
         ip: a.ip.clone(),
         ports: a.ports.clone(),
+        ready: a.ready,
     };
     serde_json::to_string(&net)
         .map(Some)
@@ -127,6 +128,7 @@ pub(super) fn attempt_at(r: &Row, base: usize) -> rusqlite::Result<AttemptView> 
         None => NetCol {
             ip: None,
             ports: Vec::new(),
+            ready: None,
         },
     };
     Ok(AttemptView {
@@ -146,6 +148,7 @@ pub(super) fn attempt_at(r: &Row, base: usize) -> rusqlite::Result<AttemptView> 
         },
         ip: net.ip,
         ports: net.ports,
+        ready: net.ready,
     })
 }
 
@@ -179,13 +182,16 @@ pub(super) const TASK_COLS: &str = "job_id, idx, state, attempts, lost, node, no
 pub(super) const ATTEMPT_COLS: &str =
     "attempt, node, state, started_at, ended_at, exit_code, signal, message, max_rss, cpu_secs, outputs, net";
 
-/// An attempt's bridge network in the `net` column: its address and mapped ports.
+/// An attempt's bridge network in the `net` column: its address and mapped ports, and a
+/// replica's readiness.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct NetCol {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<gaffer_api::ports::PortMapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ready: Option<bool>,
 }
 
 /// The job ids of an idempotency key, stored comma-separated.

@@ -340,3 +340,86 @@ fn restart_never_fails_the_job_at_the_first_failure() {
     h.advance(10_000);
     assert!(h.starts().is_empty());
 }
+
+/// The last Service message released for `node`: (backends, open).
+fn service_of(sent: &[(String, ServerMsg)], node: &str) -> Option<(Vec<String>, bool)> {
+    sent.iter()
+        .filter_map(|(to, m)| match m {
+            ServerMsg::Service {
+                backends,
+                open,
+                host,
+                ..
+            } if to == node => {
+                assert_eq!(*host, 12379);
+                Some((backends.clone(), *open))
+            }
+            _ => None,
+        })
+        .next_back()
+}
+
+#[test]
+fn every_node_forwards_the_service_to_the_ready_replicas() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.connect(bridge_node("b", 4.0));
+    h.take();
+    let mut spec = gang(2, 1.0);
+    spec.service = Some("12379:2379".parse().unwrap());
+    spec.ready_cmd = Some("test -f /work/leader".into());
+    let id = h.submit(spec.clone());
+    let first = h.starts();
+    run_all(&mut h, &first);
+    let node_of = |i: u32| first.iter().find(|(_, k)| k.index == i).unwrap().0.clone();
+    let ready = |h: &mut H, i: u32, r: bool| {
+        h.agent(
+            &node_of(i),
+            AgentMsg::Ready {
+                key: key(id, i, 1),
+                ready: r,
+            },
+        );
+        h.sent()
+    };
+    let sent = ready(&mut h, 0, true);
+    for n in ["a", "b"] {
+        assert_eq!(
+            service_of(&sent, n),
+            Some((vec!["10.88.0.10:2379".to_string()], true)),
+            "{n}"
+        );
+    }
+    assert_eq!(
+        h.attempts(id, 0)[0].ready,
+        Some(true),
+        "recorded for the API"
+    );
+    // The leader moves.
+    ready(&mut h, 1, true);
+    let sent = ready(&mut h, 0, false);
+    assert_eq!(
+        service_of(&sent, "a"),
+        Some((vec!["10.88.0.11:2379".to_string()], true))
+    );
+    // A node that joins now learns it too.
+    h.connect(bridge_node("c", 1.0));
+    assert_eq!(
+        service_of(&h.sent(), "c"),
+        Some((vec!["10.88.0.11:2379".to_string()], true))
+    );
+    // A second job cannot take the same front door.
+    let err = h.ask(|reply| Command::Submit {
+        specs: vec![spec.clone()],
+        idempotency_key: None,
+        reply,
+    });
+    assert!(format!("{err:?}").contains("front door of job"), "{err:?}");
+    // The job ends: every node closes the door.
+    h.kill(id);
+    for i in 0..2 {
+        h.ended(&node_of(i), key(id, i, 1), EndKind::Killed, None);
+    }
+    let sent = h.sent();
+    assert_eq!(service_of(&sent, "b"), Some((vec![], false)));
+}
