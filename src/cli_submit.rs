@@ -97,6 +97,11 @@ pub struct SubmitArgs {
     /// exits 0 (e.g. only the leader). Without it, every running replica is ready.
     #[arg(long, value_name = "CMD", requires = "replicas")]
     pub ready_cmd: Option<String>,
+    /// Mount one directory of the job's own, read-write, at PATH in every replica. It
+    /// outlives replica restarts and is removed with the job (`gaffer rm`). It lives under the
+    /// agents' --storage-dir when they share one; otherwise all replicas run on one node.
+    #[arg(long, value_name = "PATH", requires = "replicas")]
+    pub shared_dir: Option<String>,
     /// Priority: higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,

@@ -130,6 +130,10 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         None => data_dir.clone(),
     };
     let mut cfg = AgentConfig::for_this_host(name.clone(), attempts_root, exe);
+    if let Some(s) = &args.storage_dir {
+        cfg.shared_root = s.join("shared");
+        cfg.shared_storage = true;
+    }
     cfg.allow_host_tasks = args.allow_host_tasks;
     if args.cleanup_network {
         return cleanup_network(&cfg, &args.bridge.bridge);

@@ -73,6 +73,9 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
             j.spec.restart.unwrap_or_default().as_str()
         );
     }
+    if let Some(d) = &j.spec.shared_dir {
+        println!("shared   {d}: one directory for every replica (on one node unless the agents share --storage-dir)");
+    }
     if let Some(svc) = j.spec.service {
         let ready: Vec<String> = d
             .task_list

@@ -65,6 +65,7 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 restart: a.restart,
                 service: a.service,
                 ready_cmd: a.ready_cmd,
+                shared_dir: a.shared_dir,
             };
             serde_json::to_value(spec)?
         }

@@ -49,9 +49,36 @@ pub(crate) enum LaunchError {
         /// What is wrong with it (names the value).
         detail: String,
     },
+    /// The job's shared directory could not be made.
+    #[error("cannot make the job's shared directory {path}: {source}")]
+    SharedDir {
+        /// The directory on this node.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 impl Inner {
+    /// The job's shared directory on this node, made (owned by the task's user) if new.
+    fn shared_dir(&self, l: &TaskLaunch, uid: u32, gid: u32) -> Result<PathBuf, LaunchError> {
+        let path = self.cfg.shared_root.join(l.key.job.to_string());
+        let err = |source| LaunchError::SharedDir {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::create_dir(&path) {
+            Ok(()) => std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.cfg.shared_root).map_err(err)?;
+                return self.shared_dir(l, uid, gid);
+            }
+            Err(e) => return Err(err(e)),
+        }
+        Ok(path)
+    }
+
     /// Builds the launch spec of a container task from its image.
     pub(crate) fn container_spec(
         &self,
@@ -85,6 +112,14 @@ impl Inner {
                 .resolve_user(&img.rootfs)
                 .map_err(image_err)?
                 .unwrap_or((65534, 65534)),
+        };
+        let mounts = match &l.shared_dir {
+            Some(target) => vec![gaffer_runtime::BindMount {
+                source: self.shared_dir(l, uid, gid)?,
+                target: PathBuf::from(target),
+                read_only: false,
+            }],
+            None => Vec::new(),
         };
         let mut env = img.config.merged_env(&l.env);
         if !env.iter().any(|(k, _)| k == "PATH") {
@@ -120,6 +155,7 @@ impl Inner {
                 },
                 netns: None,
                 files: Vec::new(),
+                mounts,
                 cpus: Some(l.cpus),
                 memory: l.memory,
                 pids: l.pids,

@@ -75,6 +75,11 @@ pub struct AgentConfig {
     /// The bridge of the `bridge` container network (`None`: this node offers no bridge
     /// network).
     pub bridge: Option<String>,
+    /// Where cluster jobs' shared directories live (`<root>/<job>`); on storage the nodes
+    /// share with `--storage-dir`.
+    pub shared_root: PathBuf,
+    /// Whether `shared_root` is on storage the nodes share.
+    pub shared_storage: bool,
 }
 
 impl AgentConfig {
@@ -82,6 +87,8 @@ impl AgentConfig {
     pub fn for_this_host(name: String, data_dir: PathBuf, shim_exe: PathBuf) -> Self {
         AgentConfig {
             name,
+            shared_root: data_dir.join("shared"),
+            shared_storage: false,
             data_dir,
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
@@ -328,12 +335,19 @@ impl Agent {
                     });
                 }
                 ServerMsg::Purge { job } => {
-                    let dir = agent.cfg.data_dir.join("attempts").join(job.to_string());
-                    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted job's files")
+                    let dirs = [
+                        agent.cfg.data_dir.join("attempts").join(job.to_string()),
+                        agent.cfg.shared_root.join(job.to_string()),
+                    ];
+                    tokio::task::spawn_blocking(move || {
+                        for dir in dirs {
+                            match std::fs::remove_dir_all(&dir) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => {
+                                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a deleted job's files")
+                                }
+                            }
                         }
                     });
                 }
@@ -379,6 +393,7 @@ impl Inner {
             image_digests,
             containers: self.containers(),
             bridge: self.containers() && self.cfg.bridge.is_some(),
+            shared_storage: self.cfg.shared_storage,
         }
     }
 

@@ -28,6 +28,25 @@ pub fn hostname(name: &str, index: u32) -> String {
     stem + &suffix
 }
 
+/// Checks a directory path inside a container that something is mounted at: absolute, plain
+/// components only, and not `/`, `/work` or under `/proc`, `/sys` or `/dev`.
+pub fn container_dir(d: &str) -> Result<(), String> {
+    let p = std::path::Path::new(d);
+    if !p.is_absolute() || d.contains('\0') {
+        return Err(format!("`{d}` must be an absolute path"));
+    }
+    if d.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!("`{d}` must not contain `.` or `..`"));
+    }
+    let mut parts = d.split('/').filter(|c| !c.is_empty());
+    match (parts.next(), parts.next()) {
+        (None, _) => Err("`/` cannot be a mount point".into()),
+        (Some("proc" | "sys" | "dev"), _) => Err(format!("`{d}` is under /proc, /sys or /dev")),
+        (Some("work"), None) => Err("`/work` is the attempt's own workspace".into()),
+        _ => Ok(()),
+    }
+}
+
 /// What a failed replica of a cluster job restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -113,6 +132,7 @@ pub fn check(spec: &JobSpec) -> Vec<FieldError> {
             ("restart", spec.restart.is_some()),
             ("service", spec.service.is_some()),
             ("ready_cmd", spec.ready_cmd.is_some()),
+            ("shared_dir", spec.shared_dir.is_some()),
         ] {
             if set {
                 err(field, "only applies to cluster jobs (give replicas)");
@@ -129,6 +149,11 @@ pub fn check(spec: &JobSpec) -> Vec<FieldError> {
                 "service",
                 &format!("host port {} is also in `ports`", svc.host),
             );
+        }
+    }
+    if let Some(d) = &spec.shared_dir {
+        if let Err(why) = container_dir(d) {
+            err("shared_dir", &why);
         }
     }
     if spec

@@ -111,6 +111,10 @@ pub struct NodeInfo {
     /// Whether the node runs the `bridge` container network (and so wants a subnet).
     #[serde(default)]
     pub bridge: bool,
+    /// Whether its attempts live on storage the nodes share (`gaffer agent --storage-dir`),
+    /// so a cluster job's shared directory is the same on every such node.
+    #[serde(default)]
+    pub shared_storage: bool,
 }
 
 /// An attempt the agent found, e.g. after a restart.
@@ -325,4 +329,7 @@ pub struct TaskLaunch {
     /// A replica's readiness check, run by `/bin/sh -c` inside it every second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_cmd: Option<String>,
+    /// Where the job's shared directory is mounted inside (a cluster job's `shared_dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<String>,
 }

@@ -111,6 +111,10 @@ pub struct JobSpec {
     /// replica is ready while it exits 0 (default: every running replica is ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_cmd: Option<String>,
+    /// A directory of the job's own, mounted read-write at this path in every replica; it
+    /// outlives replica restarts (on one node, unless the nodes share `--storage-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_dir: Option<String>,
 }
 
 /// A container's network.

@@ -500,6 +500,7 @@ fn child_main(
         ovl_work: &p.ovl_work,
         workspace: &p.workspace,
         files: &c.files,
+        mounts: &c.mounts,
     })?;
     if c.network == Network::None {
         loopback_up()?;

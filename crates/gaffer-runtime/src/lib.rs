@@ -61,7 +61,7 @@ pub use error::{DriverError, Error, LayerError, Result};
 pub use image::{Image, ImageConfig, ImageStore};
 pub use pull::{default_image_name, PullProgress};
 pub use shim::shim_main;
-pub use spec::{AttemptStatus, ContainerSpec, EndReason, LaunchSpec, Network, Probe};
+pub use spec::{AttemptStatus, BindMount, ContainerSpec, EndReason, LaunchSpec, Network, Probe};
 
 use fsutil::{PID_FILE, SPEC_FILE, STATUS_FILE};
 

@@ -27,6 +27,8 @@ pub(crate) struct RootfsPlan<'a> {
     pub workspace: &'a Path,
     /// Host files bound read-only over paths inside (`/etc/hosts`, ...).
     pub files: &'a [(PathBuf, PathBuf)],
+    /// Host directories bound inside.
+    pub mounts: &'a [crate::spec::BindMount],
 }
 
 /// Device nodes bind-mounted from the host into the container's `/dev`.
@@ -62,6 +64,28 @@ pub(crate) fn do_mount(
 /// `mkdir -p`.
 pub(crate) fn mkdirs(p: &Path) -> Result<(), DriverError> {
     fs::create_dir_all(p).map_err(|e| DriverError::io("create", p, e))
+}
+
+/// `target` (absolute, inside the container) under `root`, refusing `..` and any symlink on
+/// the way (it would resolve against the host's root here, before the pivot).
+fn inside(root: &Path, target: &Path) -> Result<PathBuf, DriverError> {
+    let refuse = |why: &str| DriverError::InContainer {
+        message: format!("cannot mount at {}: {why}", target.display()),
+    };
+    let mut at = root.to_path_buf();
+    for c in target.components() {
+        match c {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(n) => {
+                at.push(n);
+                if fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(refuse("the image has a symlink on the way"));
+                }
+            }
+            _ => return Err(refuse("the path must be absolute, without `.` or `..`")),
+        }
+    }
+    Ok(at)
 }
 
 /// Mount the overlay and the pseudo filesystems, then pivot into it.
@@ -125,6 +149,30 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
+
+    // Host directories (a shared directory, --mount): the target is made in the overlay's
+    // upper layer; one reached through a symlink of the image is refused, as the link would
+    // be followed on the host.
+    for m in p.mounts {
+        let dst = inside(root, &m.target)?;
+        mkdirs(&dst)?;
+        do_mount(
+            Some(&m.source),
+            &dst,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        if m.read_only {
+            do_mount(
+                None,
+                &dst,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+    }
 
     // Files of the attempt over the image's (/etc/hosts, /etc/resolv.conf): the target is made
     // in the overlay's upper layer when the image lacks it.

@@ -67,6 +67,10 @@ pub struct ContainerSpec {
     /// `/etc/hosts` and `/etc/resolv.conf`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<(PathBuf, PathBuf)>,
+    /// Host directories bound into the container (a cluster job's shared directory,
+    /// `--mount`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<BindMount>,
     /// CPU limit in cores (quota = cpus x period); `None` = unlimited.
     #[serde(default)]
     pub cpus: Option<f64>,
@@ -146,4 +150,16 @@ pub enum Probe {
     Ended(AttemptStatus),
     /// Neither a status nor a live shim: the attempt was lost (e.g. host reboot).
     Gone,
+}
+
+/// A host directory bound at a path inside a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// The host directory.
+    pub source: PathBuf,
+    /// Where it appears inside (absolute).
+    pub target: PathBuf,
+    /// Mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }

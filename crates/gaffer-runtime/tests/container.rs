@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use gaffer_runtime::image::ImageStore;
 use gaffer_runtime::{
     cleanup_attempt, container_id, kill_shim, prepare, read_status, shim_command, stderr_path,
-    stdout_path, AttemptStatus, ContainerSpec, EndReason, LaunchSpec, Network,
+    stdout_path, AttemptStatus, BindMount, ContainerSpec, EndReason, LaunchSpec, Network,
 };
 
 const SHIM: &str = env!("CARGO_BIN_EXE_gaffer-test-shim");
@@ -192,6 +192,7 @@ impl Ctr {
                 network: Network::None,
                 netns: None,
                 files: Vec::new(),
+                mounts: Vec::new(),
                 cpus: None,
                 memory: None,
                 pids: None,
@@ -566,6 +567,38 @@ fn orphans_are_reaped_by_the_init() {
     assert!(out.starts_with("self=2\n"), "{out}");
     assert!(out.contains("PPid:\t1\n"), "{out}");
     assert!(out.ends_with("reaped\n"), "{out}");
+}
+
+#[test]
+fn host_directories_are_bound_read_write_or_read_only_and_never_through_a_symlink() {
+    require_containers!();
+    let host = tempfile::tempdir().unwrap();
+    fs::write(host.path().join("in.txt"), "from the host\n").unwrap();
+    let mut t = Ctr::sh(
+        "cat /shared/in.txt; echo back > /shared/out.txt; cat /deep/ro/in.txt; \
+         echo x > /deep/ro/y 2>/dev/null || echo read-only",
+    );
+    let bind = |target: &str, read_only| BindMount {
+        source: host.path().to_path_buf(),
+        target: target.into(),
+        read_only,
+    };
+    t.c().mounts = vec![bind("/shared", false), bind("/deep/ro", true)];
+    let st = t.run();
+    assert_eq!(st.exit_code, Some(0), "{}", t.stderr());
+    assert_eq!(t.stdout(), "from the host\nfrom the host\nread-only\n");
+    assert_eq!(
+        fs::read_to_string(host.path().join("out.txt")).unwrap(),
+        "back\n"
+    );
+    assert!(!host.path().join("y").exists());
+
+    // /bin/sh is a symlink in the image: a mount through it would land on the host.
+    let mut t = Ctr::sh("true");
+    t.c().mounts = vec![bind("/bin/sh/x", false)];
+    let st = t.run();
+    assert_eq!(st.reason, EndReason::SpawnFailed, "{st:?}");
+    assert!(st.message.as_deref().unwrap().contains("symlink"), "{st:?}");
 }
 
 #[test]

@@ -101,6 +101,7 @@ fn tasks(n: usize, rng: &mut Rng) -> Vec<Demand> {
                 image: None,
                 bridge: false,
                 ports: Vec::new(),
+                node: None,
             }
         })
         .collect()

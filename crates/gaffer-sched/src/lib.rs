@@ -66,6 +66,8 @@ pub struct Demand {
     pub bridge: bool,
     /// Host ports it needs free on the node: (port, protocol number: 0 TCP, 1 UDP).
     pub ports: Vec<(u16, u8)>,
+    /// The one node it may run on (a replica whose peers' shared directory is there).
+    pub node: Option<String>,
 }
 
 /// Why a task fits nowhere right now.
@@ -92,6 +94,13 @@ pub enum Unfit {
         /// The constraints, as `k=v,k=v`.
         constraints: String,
     },
+    /// It must run on one node (`Demand::node`), which is not ready.
+    NodeGone {
+        /// The node.
+        node: String,
+    },
+    /// No single node holds every replica, and they must share one.
+    NoSingleNode,
     /// Not all replicas of a cluster job fit at once (and none is placed).
     Gang {
         /// Replicas to place.
@@ -122,6 +131,14 @@ impl fmt::Display for Unfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Unfit::NoReadyNode => write!(f, "no node is ready"),
+            Unfit::NodeGone { node } => write!(
+                f,
+                "it must run on node {node}, where its peers' shared directory is, and that node is not ready"
+            ),
+            Unfit::NoSingleNode => write!(
+                f,
+                "no single node has room for all of them, and they share a directory the nodes do not share (agents without --storage-dir)"
+            ),
             Unfit::NoHostNode => write!(
                 f,
                 "no ready node allows host tasks (start an agent with --allow-host-tasks, or give an image)"
@@ -267,6 +284,7 @@ impl Scheduler {
                 && (!d.host || n.allow_host_tasks)
                 && (!d.bridge || n.bridge)
                 && d.ports.iter().all(|p| !n.ports.contains(p))
+                && d.node.as_ref().is_none_or(|w| *w == n.name)
                 && self.has_labels(i, &want, d)
                 && d.image.as_ref().is_none_or(|im| n.images.contains(im)))
             {
@@ -297,35 +315,80 @@ impl Scheduler {
     /// Places `n` tasks of demand `d` (the replicas of a cluster job) in one decision: all of
     /// them, reserving what they take, or none, reserving nothing. A miss does not count
     /// against single tasks of the same demand later in the round.
+    ///
+    /// With `together`, all of them go on one node (they share a directory the nodes do not
+    /// share): the first node in the strategy's order that holds them all.
     pub fn place_gang(
         &mut self,
         d: &Demand,
         n: u32,
         strategy: Strategy,
+        together: bool,
     ) -> Result<Vec<usize>, Unfit> {
-        let mut trial = self.clone();
-        let mut got = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            match trial.place(d, strategy) {
-                Ok(i) => got.push(i),
-                Err(next) => {
-                    return Err(Unfit::Gang {
-                        replicas: n,
-                        fit: got.len() as u32,
-                        cpus: d.cpus,
-                        memory: d.memory,
-                        ever: self.gang_fits_empty(d, n, strategy),
-                        next: Box::new(next),
-                    })
+        match self.try_gang(d, n, strategy, together) {
+            Ok((trial, got)) => {
+                *self = trial;
+                Ok(got)
+            }
+            Err((fit, next)) => Err(Unfit::Gang {
+                replicas: n,
+                fit,
+                cpus: d.cpus,
+                memory: d.memory,
+                ever: self.gang_fits_empty(d, n, strategy, together),
+                next: Box::new(next),
+            }),
+        }
+    }
+
+    /// Places the gang on a copy: the copy and the nodes, or how many fit and why not more.
+    fn try_gang(
+        &self,
+        d: &Demand,
+        n: u32,
+        strategy: Strategy,
+        together: bool,
+    ) -> Result<(Scheduler, Vec<usize>), (u32, Unfit)> {
+        let all = |d: &Demand| -> Result<(Scheduler, Vec<usize>), (u32, Unfit)> {
+            let mut trial = self.clone();
+            let mut got = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                match trial.place(d, strategy) {
+                    Ok(i) => got.push(i),
+                    Err(next) => return Err((got.len() as u32, next)),
                 }
             }
+            Ok((trial, got))
+        };
+        if !together || d.node.is_some() {
+            if let Some(w) = &d.node {
+                if !self.nodes.iter().any(|x| x.ready && x.name == *w) {
+                    return Err((0, Unfit::NodeGone { node: w.clone() }));
+                }
+            }
+            return all(d);
         }
-        *self = trial;
-        Ok(got)
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.sort_by(|a, b| {
+            let (a, b) = (&self.nodes[*a], &self.nodes[*b]);
+            better(strategy, b, a).cmp(&better(strategy, a, b))
+        });
+        let mut most = 0;
+        for i in order {
+            let one = Demand {
+                node: Some(self.nodes[i].name.clone()),
+                ..d.clone()
+            };
+            match all(&one) {
+                Ok(done) => return Ok(done),
+                Err((fit, _)) => most = most.max(fit),
+            }
+        }
+        Err((most, Unfit::NoSingleNode))
     }
 
     /// Whether `n` tasks of `d` would fit on the ready nodes were nothing running there.
-    fn gang_fits_empty(&self, d: &Demand, n: u32, strategy: Strategy) -> bool {
+    fn gang_fits_empty(&self, d: &Demand, n: u32, strategy: Strategy, together: bool) -> bool {
         let mut empty = self.clone();
         empty.failed.clear();
         for (node, (cpus, memory)) in empty.nodes.iter_mut().zip(&self.totals) {
@@ -334,7 +397,7 @@ impl Scheduler {
             node.tasks = 0;
             node.ports.clear();
         }
-        (0..n).all(|_| empty.place(d, strategy).is_ok())
+        empty.try_gang(d, n, strategy, together).is_ok()
     }
 
     /// The demand's constraints as a label mask: `Some(None)` when some constraint names a
@@ -448,6 +511,7 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
 /// `a` needs at least what `b` needed (and `b` did not fit).
 fn dominates(a: &Demand, b: &Demand) -> bool {
     a.image == b.image
+        && a.node == b.node
         && (a.bridge || !b.bridge)
         && b.ports.iter().all(|p| a.ports.contains(p))
         && a.cpus + EPS >= b.cpus
@@ -504,6 +568,7 @@ mod tests {
             image: None,
             bridge: false,
             ports: Vec::new(),
+            node: None,
         }
     }
 
@@ -511,7 +576,9 @@ mod tests {
     fn a_gang_is_placed_whole_or_not_at_all() {
         let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
         // 3 x 1 CPU fit only across both nodes: spread puts them on both.
-        let mut got = s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread).unwrap();
+        let mut got =
+            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, false)
+                .unwrap();
         got.sort();
         assert_eq!(got, vec![0, 0, 1]);
         assert!(s.exhausted());
@@ -520,7 +587,9 @@ mod tests {
         // still fits after it.
         let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
         let before = s.0.nodes().to_vec();
-        let miss = s.0.place_gang(&d(1.0, 1), 4, Strategy::Spread).unwrap_err();
+        let miss =
+            s.0.place_gang(&d(1.0, 1), 4, Strategy::Spread, false)
+                .unwrap_err();
         assert_eq!(s.0.nodes(), &before[..], "nothing reserved");
         match &miss {
             Unfit::Gang { fit, ever, .. } => assert_eq!((*fit, *ever), (3, false)),
@@ -537,14 +606,57 @@ mod tests {
         // Two gangs that each fit alone but not together: the second waits whole, and it
         // could fit once the first is gone.
         let mut s = sched(vec![node("a", 2.0, 4), node("b", 2.0, 4)], Strategy::Spread);
-        assert!(s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread).is_ok());
-        match s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread) {
+        assert!(s
+            .0
+            .place_gang(&d(1.0, 1), 3, Strategy::Spread, false)
+            .is_ok());
+        match s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, false) {
             Err(Unfit::Gang {
                 fit: 1, ever: true, ..
             }) => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(s.0.nodes().iter().map(|n| n.tasks).sum::<u32>(), 3);
+    }
+
+    #[test]
+    fn a_gang_that_shares_a_directory_goes_on_one_node() {
+        let mut s = sched(vec![node("a", 2.0, 4), node("b", 3.0, 4)], Strategy::Spread);
+        let got =
+            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, true)
+                .unwrap();
+        assert_eq!(got, vec![1, 1, 1], "only b holds all three");
+        let mut s = sched(vec![node("a", 2.0, 4), node("b", 2.0, 4)], Strategy::Spread);
+        let miss =
+            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, true)
+                .unwrap_err();
+        assert!(
+            matches!(
+                miss,
+                Unfit::Gang {
+                    fit: 2,
+                    ever: false,
+                    ..
+                }
+            ),
+            "{miss:?}"
+        );
+        assert!(
+            miss.to_string().contains("no single node has room"),
+            "{miss}"
+        );
+        // Pinned to a node (where the shared directory is).
+        let mut pinned = d(1.0, 1);
+        pinned.node = Some("b".into());
+        assert_eq!(
+            s.0.place_gang(&pinned, 2, Strategy::Spread, true),
+            Ok(vec![1, 1])
+        );
+        pinned.node = Some("gone".into());
+        let miss =
+            s.0.place_gang(&pinned, 1, Strategy::Spread, true)
+                .unwrap_err();
+        assert!(miss.to_string().contains("must run on node gone"), "{miss}");
     }
 
     #[test]

@@ -256,6 +256,7 @@ export async function render(main, ctx) {
         s.ports?.length ? [' · ports ', h('span', { class: 'mono' }, s.ports.map((p) => `${p.host ? p.host + ':' : ''}${p.container}/${p.protocol || 'tcp'}`).join(', '))] : null)] : null,
       s.replicas ? [h('dt', {}, 'Replicas'), h('dd', { id: 'job-replicas' }, `${s.replicas}, placed and started together, restart ${s.restart || 'group'}: `,
         h('span', { class: 'mono' }, `${replicaName(job, 0)} … ${replicaName(job, s.replicas - 1)}`))] : null,
+      s.shared_dir ? [h('dt', {}, 'Shared'), h('dd', { id: 'job-shared' }, h('code', {}, s.shared_dir), ': one directory for every replica (on one node unless the agents share --storage-dir)')] : null,
       s.service ? [h('dt', {}, 'Service'), h('dd', { id: 'job-service' }, `every node's port ${s.service.host} → port ${s.service.port} of a ready replica`,
         s.ready_cmd ? [' (ready: ', h('code', {}, s.ready_cmd), ')'] : null)] : null,
       s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);

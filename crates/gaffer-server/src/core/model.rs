@@ -159,6 +159,7 @@ impl ActiveJob {
             constraints: self.row.spec.constraints.clone(),
             image: self.row.spec.image.clone(),
             bridge: self.row.spec.net() == Some(gaffer_api::Network::Bridge),
+            node: None,
         }
     }
 
@@ -284,6 +285,7 @@ impl Node {
                 image_digests: Default::default(),
                 containers: false,
                 bridge: false,
+                shared_storage: false,
             },
             0,
             last_seen,

@@ -132,7 +132,19 @@ impl<E: Effects> Core<E> {
             return Gang::Waits;
         }
         let n = job.ready.len() as u32 + (job.row.counts.total - job.row.next_fresh);
-        match sched.place_gang(demand, n, strategy) {
+        // A shared directory the nodes do not share keeps the replicas on one node: the one
+        // it is on, once any replica ran.
+        let together = job.row.spec.shared_dir.is_some()
+            && !self
+                .nodes
+                .values()
+                .filter(|n| n.ready())
+                .all(|n| n.info.shared_storage);
+        let mut demand = demand.clone();
+        if together {
+            demand.node = job.tasks.values().find_map(|t| t.node.clone());
+        }
+        match sched.place_gang(&demand, n, strategy, together) {
             Ok(nodes) => {
                 self.gang_since.remove(&jid);
                 for i in nodes {
@@ -388,6 +400,7 @@ fn launch(
         ports: Vec::new(),
         replicas: spec.replicas,
         ready_cmd: spec.ready_cmd.clone(),
+        shared_dir: spec.shared_dir.clone(),
     }
 }
 

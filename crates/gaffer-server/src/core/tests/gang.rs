@@ -423,3 +423,45 @@ fn every_node_forwards_the_service_to_the_ready_replicas() {
     let sent = h.sent();
     assert_eq!(service_of(&sent, "b"), Some((vec![], false)));
 }
+
+#[test]
+fn replicas_sharing_a_directory_stay_on_its_node_unless_the_nodes_share_storage() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 2.0));
+    h.connect(bridge_node("b", 3.0));
+    h.take();
+    let mut spec = with(None, 1);
+    spec.shared_dir = Some("/data".into());
+    let id = h.submit(spec.clone());
+    let first = h.starts();
+    assert!(
+        first.iter().all(|(n, _)| n == "b"),
+        "only b holds all three: {first:?}"
+    );
+    // A group restart comes back to b, where the directory is, even with a free elsewhere.
+    run_all(&mut h, &first);
+    h.ended("b", key(id, 0, 1), EndKind::Exited, Some(1));
+    h.take();
+    for i in [1, 2] {
+        h.ended("b", key(id, i, 1), EndKind::Killed, None);
+    }
+    h.advance(1_000);
+    let again = h.starts();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|(n, _)| n == "b"), "{again:?}");
+
+    // Nodes that share their storage spread the replicas.
+    let mut h = H::new();
+    for (n, c) in [("a", 2.0), ("b", 3.0)] {
+        h.connect(NodeInfo {
+            shared_storage: true,
+            ..bridge_node(n, c)
+        });
+    }
+    h.take();
+    h.submit(spec);
+    let got = launches(&mut h);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().any(|(n, _)| n == "a") && got.iter().any(|(n, _)| n == "b"));
+    assert_eq!(got[0].1.shared_dir.as_deref(), Some("/data"));
+}

@@ -160,6 +160,7 @@ pub(super) fn node(name: &str, cpus: f64, memory_gib: u64) -> NodeInfo {
         image_digests: Default::default(),
         containers: false,
         bridge: false,
+        shared_storage: false,
     }
 }
 
