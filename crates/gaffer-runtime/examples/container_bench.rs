@@ -99,6 +99,7 @@ fn main() {
                 network: Network::None,
                 netns: None,
                 files: Vec::new(),
+                mounts: Vec::new(),
                 cpus: a.cpus,
                 memory: a.memory,
                 pids: None,
