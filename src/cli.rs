@@ -118,6 +118,9 @@ pub struct DevArgs {
     pub cluster_cidr: gaffer_net::ipam::Cidr,
     #[command(flatten)]
     pub bridge: BridgeArgs,
+    /// Let tasks mount this host directory and what is under it (--mount; repeatable).
+    #[arg(long = "allow-mount", value_name = "DIR")]
+    pub allow_mounts: Vec<PathBuf>,
 }
 
 /// The bridge network flags of `gaffer agent` and `gaffer dev`.
@@ -301,6 +304,10 @@ pub struct AgentArgs {
     pub ca: Option<PathBuf>,
     #[command(flatten)]
     pub bridge: BridgeArgs,
+    /// Let tasks mount this host directory and what is under it (`gaffer submit --mount`;
+    /// repeatable). Nothing is mountable without it.
+    #[arg(long = "allow-mount", value_name = "DIR")]
+    pub allow_mounts: Vec<PathBuf>,
     /// Remove everything of the bridge network on this machine (attempt namespaces and veths
     /// of this --data-dir, the bridge, routes to other nodes, the `inet gaffer` nftables table)
     /// and exit. Run it with the agent stopped.

@@ -102,6 +102,11 @@ pub struct SubmitArgs {
     /// agents' --storage-dir when they share one; otherwise all replicas run on one node.
     #[arg(long, value_name = "PATH", requires = "replicas")]
     pub shared_dir: Option<String>,
+    /// Bind a host directory into the container, HOST:CONTAINER[:ro] (repeatable). Only on
+    /// nodes whose agent allows HOST (gaffer agent --allow-mount DIR); a HOST that resolves
+    /// outside those directories (a symlink) fails the attempt.
+    #[arg(long = "mount", value_name = "HOST:CONTAINER[:ro]")]
+    pub mounts: Vec<gaffer_api::mounts::MountSpec>,
     /// Priority: higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,

@@ -45,6 +45,7 @@ pub fn dev(args: DevArgs) -> Result<()> {
             .context("cannot find this executable for the task supervisor")?;
         let mut cfg = AgentConfig::for_this_host(node.clone(), agent_dir, exe);
         cfg.allow_host_tasks = true;
+        cfg.allow_mounts = absolute(&args.allow_mounts)?;
         cfg.bridge = bridge_of(&args.bridge, cfg.containers);
         if let Some(c) = args.cpus {
             cfg.cpus = c;
@@ -135,6 +136,7 @@ pub fn agent(args: AgentArgs) -> Result<()> {
         cfg.shared_storage = true;
     }
     cfg.allow_host_tasks = args.allow_host_tasks;
+    cfg.allow_mounts = absolute(&args.allow_mounts)?;
     if args.cleanup_network {
         return cleanup_network(&cfg, &args.bridge.bridge);
     }
@@ -194,6 +196,16 @@ fn bridge_of(args: &crate::cli::BridgeArgs, containers: bool) -> Option<String> 
         return None;
     }
     Some(args.bridge.clone())
+}
+
+/// The `--allow-mount` directories, made absolute; each must exist.
+fn absolute(dirs: &[std::path::PathBuf]) -> Result<Vec<std::path::PathBuf>> {
+    dirs.iter()
+        .map(|d| {
+            std::fs::canonicalize(d)
+                .with_context(|| format!("--allow-mount {}: no such directory", d.display()))
+        })
+        .collect()
 }
 
 /// `gaffer agent --cleanup-network`: removes every trace of the bridge network on this machine.

@@ -66,6 +66,7 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
                 service: a.service,
                 ready_cmd: a.ready_cmd,
                 shared_dir: a.shared_dir,
+                mounts: a.mounts,
             };
             serde_json::to_value(spec)?
         }

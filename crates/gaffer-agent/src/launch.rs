@@ -49,6 +49,16 @@ pub(crate) enum LaunchError {
         /// What is wrong with it (names the value).
         detail: String,
     },
+    /// A mount's host directory is not one this agent allows (or does not exist).
+    #[error("cannot mount {host} on node {node}: {why}")]
+    Mount {
+        /// The directory asked for.
+        host: String,
+        /// This node.
+        node: String,
+        /// Why not.
+        why: String,
+    },
     /// The job's shared directory could not be made.
     #[error("cannot make the job's shared directory {path}: {source}")]
     SharedDir {
@@ -60,6 +70,49 @@ pub(crate) enum LaunchError {
 }
 
 impl Inner {
+    /// A mount of the task, once its host directory resolves (symlinks followed) to one under
+    /// a prefix this agent allows.
+    fn allowed_mount(
+        &self,
+        m: &gaffer_api::mounts::MountSpec,
+    ) -> Result<gaffer_runtime::BindMount, LaunchError> {
+        let refuse = |why: String| LaunchError::Mount {
+            host: m.host.clone(),
+            node: self.cfg.name.clone(),
+            why,
+        };
+        let real = std::fs::canonicalize(&m.host).map_err(|e| refuse(e.to_string()))?;
+        let allowed =
+            self.cfg.allow_mounts.iter().any(|a| {
+                std::fs::canonicalize(a).is_ok_and(|a| gaffer_api::mounts::under(&real, &a))
+            });
+        if !allowed {
+            let list: Vec<String> = self
+                .cfg
+                .allow_mounts
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(refuse(format!(
+                "it is {}, which is not under a directory the agent allows (--allow-mount: {})",
+                real.display(),
+                if list.is_empty() {
+                    "none".into()
+                } else {
+                    list.join(", ")
+                }
+            )));
+        }
+        if !real.is_dir() {
+            return Err(refuse(format!("{} is not a directory", real.display())));
+        }
+        Ok(gaffer_runtime::BindMount {
+            source: real,
+            target: PathBuf::from(&m.container),
+            read_only: m.read_only,
+        })
+    }
+
     /// The job's shared directory on this node, made (owned by the task's user) if new.
     fn shared_dir(&self, l: &TaskLaunch, uid: u32, gid: u32) -> Result<PathBuf, LaunchError> {
         let path = self.cfg.shared_root.join(l.key.job.to_string());
@@ -113,7 +166,7 @@ impl Inner {
                 .map_err(image_err)?
                 .unwrap_or((65534, 65534)),
         };
-        let mounts = match &l.shared_dir {
+        let mut mounts = match &l.shared_dir {
             Some(target) => vec![gaffer_runtime::BindMount {
                 source: self.shared_dir(l, uid, gid)?,
                 target: PathBuf::from(target),
@@ -121,6 +174,9 @@ impl Inner {
             }],
             None => Vec::new(),
         };
+        for m in &l.mounts {
+            mounts.push(self.allowed_mount(m)?);
+        }
         let mut env = img.config.merged_env(&l.env);
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push((

@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub shared_root: PathBuf,
     /// Whether `shared_root` is on storage the nodes share.
     pub shared_storage: bool,
+    /// Host directories tasks may mount (`--allow-mount`), and what is under them.
+    pub allow_mounts: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -89,6 +91,7 @@ impl AgentConfig {
             name,
             shared_root: data_dir.join("shared"),
             shared_storage: false,
+            allow_mounts: Vec::new(),
             data_dir,
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
@@ -394,6 +397,12 @@ impl Inner {
             containers: self.containers(),
             bridge: self.containers() && self.cfg.bridge.is_some(),
             shared_storage: self.cfg.shared_storage,
+            allow_mounts: self
+                .cfg
+                .allow_mounts
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod ids;
+pub mod mounts;
 pub mod ports;
 pub mod proto;
 pub mod spec;

@@ -115,6 +115,9 @@ pub struct NodeInfo {
     /// so a cluster job's shared directory is the same on every such node.
     #[serde(default)]
     pub shared_storage: bool,
+    /// Host directories (and what is under them) its agent lets tasks mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_mounts: Vec<String>,
 }
 
 /// An attempt the agent found, e.g. after a restart.
@@ -332,4 +335,7 @@ pub struct TaskLaunch {
     /// Where the job's shared directory is mounted inside (a cluster job's `shared_dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_dir: Option<String>,
+    /// Host directories to bind into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mounts::MountSpec>,
 }

@@ -72,6 +72,7 @@ fn nodes(n: usize, rng: &mut Rng) -> (Vec<NodeCapacity>, Vec<(f64, u64)>) {
             images: Default::default(),
             bridge: false,
             ports: Default::default(),
+            allow_mounts: Vec::new(),
         });
     }
     let totals = caps.iter().map(|c| (c.cpus_free, c.memory_free)).collect();
@@ -102,6 +103,7 @@ fn tasks(n: usize, rng: &mut Rng) -> Vec<Demand> {
                 bridge: false,
                 ports: Vec::new(),
                 node: None,
+                mounts: Vec::new(),
             }
         })
         .collect()

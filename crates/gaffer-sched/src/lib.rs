@@ -47,6 +47,8 @@ pub struct NodeCapacity {
     pub bridge: bool,
     /// Host ports taken there: (port, protocol number: 0 TCP, 1 UDP).
     pub ports: HashSet<(u16, u8)>,
+    /// Host directories its tasks may mount (and what is under them).
+    pub allow_mounts: Vec<std::path::PathBuf>,
 }
 
 /// What a task needs.
@@ -68,6 +70,8 @@ pub struct Demand {
     pub ports: Vec<(u16, u8)>,
     /// The one node it may run on (a replica whose peers' shared directory is there).
     pub node: Option<String>,
+    /// Host directories it mounts: the node must allow each.
+    pub mounts: Vec<std::path::PathBuf>,
 }
 
 /// Why a task fits nowhere right now.
@@ -93,6 +97,11 @@ pub enum Unfit {
     NoMatchingNode {
         /// The constraints, as `k=v,k=v`.
         constraints: String,
+    },
+    /// No ready node lets tasks mount this host directory.
+    NoMount {
+        /// The directory.
+        path: String,
     },
     /// It must run on one node (`Demand::node`), which is not ready.
     NodeGone {
@@ -131,6 +140,10 @@ impl fmt::Display for Unfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Unfit::NoReadyNode => write!(f, "no node is ready"),
+            Unfit::NoMount { path } => write!(
+                f,
+                "no ready node lets tasks mount {path} (start its agent with --allow-mount DIR)"
+            ),
             Unfit::NodeGone { node } => write!(
                 f,
                 "it must run on node {node}, where its peers' shared directory is, and that node is not ready"
@@ -285,6 +298,7 @@ impl Scheduler {
                 && (!d.bridge || n.bridge)
                 && d.ports.iter().all(|p| !n.ports.contains(p))
                 && d.node.as_ref().is_none_or(|w| *w == n.name)
+                && mounts_allowed(d, n)
                 && self.has_labels(i, &want, d)
                 && d.image.as_ref().is_none_or(|im| n.images.contains(im)))
             {
@@ -434,6 +448,7 @@ impl Scheduler {
         let (mut ready, mut kind, mut bridged, mut labelled, mut imaged, mut ever) =
             (false, false, false, false, false, false);
         let mut taken: Option<(u16, u8)> = None;
+        let (mut mounted, mut refused_mount) = (false, None::<std::path::PathBuf>);
         for (i, n) in self.nodes.iter().enumerate() {
             if !n.ready {
                 continue;
@@ -455,6 +470,16 @@ impl Scheduler {
                 continue;
             }
             imaged = true;
+            if !mounts_allowed(d, n) {
+                refused_mount = refused_mount.or_else(|| {
+                    d.mounts
+                        .iter()
+                        .find(|m| !n.allow_mounts.iter().any(|a| m.starts_with(a)))
+                        .cloned()
+                });
+                continue;
+            }
+            mounted = true;
             if n.cpus_free + EPS >= d.cpus && n.memory_free >= d.memory {
                 // It has room now, so a port is what stops it.
                 taken = taken.or_else(|| d.ports.iter().find(|p| n.ports.contains(p)).copied());
@@ -483,6 +508,12 @@ impl Scheduler {
             Unfit::NoImage {
                 image: d.image.clone().unwrap_or_default(),
             }
+        } else if !mounted {
+            Unfit::NoMount {
+                path: refused_mount
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            }
         } else if let Some((port, proto)) = taken {
             Unfit::PortTaken {
                 port: format!("{port}/{}", if proto == 1 { "udp" } else { "tcp" }),
@@ -495,6 +526,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Whether node `n` lets tasks mount every host directory `d` mounts.
+fn mounts_allowed(d: &Demand, n: &NodeCapacity) -> bool {
+    d.mounts
+        .iter()
+        .all(|m| n.allow_mounts.iter().any(|a| m.starts_with(a)))
 }
 
 fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
@@ -512,6 +550,7 @@ fn better(strategy: Strategy, a: &NodeCapacity, b: &NodeCapacity) -> bool {
 fn dominates(a: &Demand, b: &Demand) -> bool {
     a.image == b.image
         && a.node == b.node
+        && b.mounts.iter().all(|m| a.mounts.contains(m))
         && (a.bridge || !b.bridge)
         && b.ports.iter().all(|p| a.ports.contains(p))
         && a.cpus + EPS >= b.cpus
@@ -523,299 +562,4 @@ fn dominates(a: &Demand, b: &Demand) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const G: u64 = 1 << 30;
-
-    fn node(name: &str, cpus: f64, mem_gib: u64) -> NodeCapacity {
-        NodeCapacity {
-            name: name.into(),
-            ready: true,
-            allow_host_tasks: true,
-            cpus_free: cpus,
-            memory_free: mem_gib * G,
-            tasks: 0,
-            labels: BTreeMap::new(),
-            images: HashSet::new(),
-            bridge: false,
-            ports: HashSet::new(),
-        }
-    }
-
-    /// A scheduler with a fixed strategy, for short tests.
-    struct S(Scheduler, Strategy);
-    impl S {
-        fn place(&mut self, d: Demand) -> Result<usize, Unfit> {
-            self.0.place(&d, self.1)
-        }
-        fn exhausted(&self) -> bool {
-            self.0.exhausted()
-        }
-    }
-
-    fn sched(nodes: Vec<NodeCapacity>, s: Strategy) -> S {
-        let totals = nodes.iter().map(|n| (n.cpus_free, n.memory_free)).collect();
-        S(Scheduler::new(nodes, totals), s)
-    }
-
-    fn d(cpus: f64, mem_gib: u64) -> Demand {
-        Demand {
-            cpus,
-            memory: mem_gib * G,
-            host: true,
-            constraints: BTreeMap::new(),
-            image: None,
-            bridge: false,
-            ports: Vec::new(),
-            node: None,
-        }
-    }
-
-    #[test]
-    fn a_gang_is_placed_whole_or_not_at_all() {
-        let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
-        // 3 x 1 CPU fit only across both nodes: spread puts them on both.
-        let mut got =
-            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, false)
-                .unwrap();
-        got.sort();
-        assert_eq!(got, vec![0, 0, 1]);
-        assert!(s.exhausted());
-
-        // A gang that does not fit reserves nothing, and a single task of the same demand
-        // still fits after it.
-        let mut s = sched(vec![node("a", 2.0, 4), node("b", 1.0, 4)], Strategy::Spread);
-        let before = s.0.nodes().to_vec();
-        let miss =
-            s.0.place_gang(&d(1.0, 1), 4, Strategy::Spread, false)
-                .unwrap_err();
-        assert_eq!(s.0.nodes(), &before[..], "nothing reserved");
-        match &miss {
-            Unfit::Gang { fit, ever, .. } => assert_eq!((*fit, *ever), (3, false)),
-            other => panic!("{other:?}"),
-        }
-        let text = miss.to_string();
-        assert!(
-            text.starts_with("needs 4 × (1 CPU, 1GiB) at once; 3 fit now (no node has 1 free cpus"),
-            "{text}"
-        );
-        assert!(text.ends_with("could never hold them all"), "{text}");
-        assert!(s.place(d(1.0, 1)).is_ok());
-
-        // Two gangs that each fit alone but not together: the second waits whole, and it
-        // could fit once the first is gone.
-        let mut s = sched(vec![node("a", 2.0, 4), node("b", 2.0, 4)], Strategy::Spread);
-        assert!(s
-            .0
-            .place_gang(&d(1.0, 1), 3, Strategy::Spread, false)
-            .is_ok());
-        match s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, false) {
-            Err(Unfit::Gang {
-                fit: 1, ever: true, ..
-            }) => {}
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(s.0.nodes().iter().map(|n| n.tasks).sum::<u32>(), 3);
-    }
-
-    #[test]
-    fn a_gang_that_shares_a_directory_goes_on_one_node() {
-        let mut s = sched(vec![node("a", 2.0, 4), node("b", 3.0, 4)], Strategy::Spread);
-        let got =
-            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, true)
-                .unwrap();
-        assert_eq!(got, vec![1, 1, 1], "only b holds all three");
-        let mut s = sched(vec![node("a", 2.0, 4), node("b", 2.0, 4)], Strategy::Spread);
-        let miss =
-            s.0.place_gang(&d(1.0, 1), 3, Strategy::Spread, true)
-                .unwrap_err();
-        assert!(
-            matches!(
-                miss,
-                Unfit::Gang {
-                    fit: 2,
-                    ever: false,
-                    ..
-                }
-            ),
-            "{miss:?}"
-        );
-        assert!(
-            miss.to_string().contains("no single node has room"),
-            "{miss}"
-        );
-        // Pinned to a node (where the shared directory is).
-        let mut pinned = d(1.0, 1);
-        pinned.node = Some("b".into());
-        assert_eq!(
-            s.0.place_gang(&pinned, 2, Strategy::Spread, true),
-            Ok(vec![1, 1])
-        );
-        pinned.node = Some("gone".into());
-        let miss =
-            s.0.place_gang(&pinned, 1, Strategy::Spread, true)
-                .unwrap_err();
-        assert!(miss.to_string().contains("must run on node gone"), "{miss}");
-    }
-
-    #[test]
-    fn a_taken_host_port_sends_the_task_elsewhere_or_names_the_port() {
-        let mut s = sched(vec![node("a", 4.0, 4), node("b", 4.0, 4)], Strategy::Spread);
-        let mut want = d(1.0, 0);
-        want.ports = vec![(18080, 0)];
-        let first = s.place(want.clone()).unwrap();
-        let second = s.place(want.clone()).unwrap();
-        assert_ne!(first, second, "never the same host port twice on a node");
-        assert_eq!(
-            s.place(want.clone()),
-            Err(Unfit::PortTaken {
-                port: "18080/tcp".into()
-            })
-        );
-        // UDP 18080 is another port.
-        want.ports = vec![(18080, 1)];
-        assert!(s.place(want).is_ok());
-        let mut s = sched(vec![node("a", 4.0, 4)], Strategy::Spread);
-        s.0.take_ports(0, &[(30000, 0)]);
-        let mut want = d(1.0, 0);
-        want.ports = vec![(30000, 0)];
-        assert!(s.place(want).is_err());
-    }
-
-    #[test]
-    fn a_bridge_task_goes_only_to_a_bridge_node() {
-        let mut b = node("b", 1.0, 1);
-        b.bridge = true;
-        let mut s = sched(vec![node("a", 8.0, 64), b], Strategy::MostFreeMemory);
-        let mut want = d(1.0, 0);
-        want.bridge = true;
-        assert_eq!(s.place(want.clone()), Ok(1));
-        // b is full now; a has room but no bridge network.
-        assert_eq!(
-            s.place(want.clone()),
-            Err(Unfit::NoCapacity {
-                cpus: 1.0,
-                memory: 0,
-                ever: true
-            })
-        );
-        let mut s = sched(vec![node("a", 8.0, 64)], Strategy::MostFreeMemory);
-        assert_eq!(s.place(want), Err(Unfit::NoBridge));
-        assert!(Unfit::NoBridge.to_string().contains("bridge network"));
-    }
-
-    #[test]
-    fn container_tasks_go_only_to_nodes_with_their_image() {
-        let mut a = node("a", 8.0, 16);
-        a.allow_host_tasks = false;
-        let mut b = node("b", 8.0, 4);
-        b.images.insert("busybox".into());
-        let mut s = sched(vec![a, b], Strategy::MostFreeMemory);
-        let mut want = d(1.0, 1);
-        want.host = false;
-        want.image = Some("busybox".into());
-        assert_eq!(s.place(want.clone()), Ok(1));
-        want.image = Some("alpine".into());
-        assert_eq!(
-            s.place(want).unwrap_err(),
-            Unfit::NoImage {
-                image: "alpine".into()
-            }
-        );
-    }
-
-    #[test]
-    fn constraints_work_beyond_64_distinct_labels() {
-        // 100 nodes with a unique label each: too many pairs for one mask word.
-        let nodes: Vec<NodeCapacity> = (0..100)
-            .map(|i| {
-                let mut n = node(&format!("n{i}"), 4.0, 4);
-                n.labels.insert("host".into(), format!("h{i}"));
-                n
-            })
-            .collect();
-        let mut s = sched(nodes, Strategy::MostFreeMemory);
-        let mut want = d(1.0, 1);
-        want.constraints.insert("host".into(), "h77".into());
-        assert_eq!(s.place(want.clone()), Ok(77));
-        want.constraints.insert("host".into(), "nope".into());
-        assert!(matches!(s.place(want), Err(Unfit::NoMatchingNode { .. })));
-    }
-
-    #[test]
-    fn constraints_select_labelled_nodes_and_explain_misses() {
-        let mut a = node("a", 8.0, 16);
-        a.labels.insert("zone".into(), "a".into());
-        let mut b = node("b", 8.0, 4);
-        b.labels.insert("zone".into(), "b".into());
-        let mut s = sched(vec![a, b], Strategy::MostFreeMemory);
-        let mut want = d(1.0, 1);
-        want.constraints.insert("zone".into(), "b".into());
-        assert_eq!(s.place(want.clone()), Ok(1));
-        want.constraints.insert("zone".into(), "c".into());
-        assert_eq!(
-            s.place(want.clone()).unwrap_err().to_string(),
-            "no ready node has the labels zone=c"
-        );
-        // A failed constrained demand does not block an unconstrained one.
-        assert_eq!(s.place(d(1.0, 1)), Ok(0));
-    }
-
-    #[test]
-    fn default_picks_most_free_memory_and_reserves() {
-        let mut s = sched(
-            vec![node("a", 8.0, 4), node("b", 8.0, 16), node("c", 8.0, 8)],
-            Strategy::MostFreeMemory,
-        );
-        assert_eq!(s.place(d(1.0, 6)), Ok(1)); // b: 16 -> 10
-        assert_eq!(s.place(d(1.0, 6)), Ok(1)); // b: 10 -> 4
-        assert_eq!(s.place(d(1.0, 6)), Ok(2)); // c: 8 -> 2
-        assert!(matches!(
-            s.place(d(1.0, 6)),
-            Err(Unfit::NoCapacity { ever: true, .. })
-        ));
-    }
-
-    #[test]
-    fn binpack_fills_the_fullest_node_that_fits() {
-        let mut s = sched(
-            vec![node("a", 8.0, 4), node("b", 8.0, 16)],
-            Strategy::Binpack,
-        );
-        assert_eq!(s.place(d(1.0, 2)), Ok(0));
-        assert_eq!(s.place(d(1.0, 2)), Ok(0));
-        assert_eq!(s.place(d(1.0, 2)), Ok(1));
-    }
-
-    #[test]
-    fn spread_balances_task_counts() {
-        let mut s = sched(
-            vec![node("a", 8.0, 4), node("b", 8.0, 16)],
-            Strategy::Spread,
-        );
-        let picks: Vec<_> = (0..4).map(|_| s.place(d(1.0, 1)).unwrap()).collect();
-        assert_eq!(picks, [1, 0, 1, 0]);
-    }
-
-    #[test]
-    fn cpus_limit_concurrency_and_reasons_are_specific() {
-        let mut s = sched(vec![node("a", 2.0, 4)], Strategy::MostFreeMemory);
-        assert!(s.place(d(1.0, 0)).is_ok());
-        assert!(s.place(d(1.0, 0)).is_ok());
-        assert!(s.exhausted());
-        let e = s.place(d(1.0, 0)).unwrap_err();
-        assert_eq!(e.to_string(), "no node has 1 free cpus and 0B free memory");
-        let e = s.place(d(1.0, 64)).unwrap_err();
-        assert!(
-            e.to_string().contains("64GiB") && e.to_string().contains("no node is that large"),
-            "{e}"
-        );
-        let mut s = sched(vec![], Strategy::MostFreeMemory);
-        assert_eq!(s.place(d(1.0, 0)), Err(Unfit::NoReadyNode));
-        let mut n = node("a", 2.0, 4);
-        n.allow_host_tasks = false;
-        let mut s = sched(vec![n], Strategy::MostFreeMemory);
-        assert_eq!(s.place(d(1.0, 0)), Err(Unfit::NoHostNode));
-    }
-}
+mod tests;

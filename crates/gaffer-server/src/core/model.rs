@@ -160,6 +160,13 @@ impl ActiveJob {
             image: self.row.spec.image.clone(),
             bridge: self.row.spec.net() == Some(gaffer_api::Network::Bridge),
             node: None,
+            mounts: self
+                .row
+                .spec
+                .mounts
+                .iter()
+                .map(|m| (&m.host).into())
+                .collect(),
         }
     }
 
@@ -286,6 +293,7 @@ impl Node {
                 containers: false,
                 bridge: false,
                 shared_storage: false,
+                allow_mounts: Vec::new(),
             },
             0,
             last_seen,

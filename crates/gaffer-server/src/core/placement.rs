@@ -210,6 +210,7 @@ impl<E: Effects> Core<E> {
             labels: node.info.labels.clone(),
             bridge: self.bridged(name),
             ports: node.ledger.ports().clone(),
+            allow_mounts: node.info.allow_mounts.iter().map(Into::into).collect(),
             // The catalog's images count as present: the node fetches what it lacks.
             images: if node.info.containers {
                 node.info
@@ -401,6 +402,7 @@ fn launch(
         replicas: spec.replicas,
         ready_cmd: spec.ready_cmd.clone(),
         shared_dir: spec.shared_dir.clone(),
+        mounts: spec.mounts.clone(),
     }
 }
 

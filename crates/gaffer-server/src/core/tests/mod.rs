@@ -161,6 +161,7 @@ pub(super) fn node(name: &str, cpus: f64, memory_gib: u64) -> NodeInfo {
         containers: false,
         bridge: false,
         shared_storage: false,
+        allow_mounts: Vec::new(),
     }
 }
 
