@@ -1,62 +1,120 @@
 #!/usr/bin/env bash
-# Cluster throughput: a release `gaffer server` and 3 `gaffer agent` processes on 127.0.0.1
-# (separate data dirs, --allow-host-tasks, --cpus 2 each), then one array job of N `/bin/true`
-# tasks (--cpus 0.1) per size, submit -> all succeeded (`gaffer wait`). Prints tasks/s.
-# Usage: bench/cluster.sh [N...]   (default: 1000 10000)
-source "$(dirname "$0")/lib.sh"
-SIZES=("$@")
-[ "${#SIZES[@]}" -gt 0 ] || SIZES=(1000 10000)
-AGENTS=3
-AGENT_CPUS=2
-
-WORK="$(mktemp -d /tmp/gaffer-bench.XXXXXX)"
-PIDS=()
-stop_cluster() {
-    local rc=$?
-    # Agents first (they stop their tasks), then the server; only the processes started here.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill "${PIDS[$i]}" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "$rc" -ne 0 ]; then
-        for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f (last lines)" >&2; tail -n 20 "$f" >&2; }; done
+# Cluster jobs (needs root, overlayfs, busybox-static, nft and unshare; installs busybox-static
+# and nftables with apt-get if missing). Usage: bench/cluster.sh [N]
+#  (a) N times: submit a 5-replica job (`--replicas 5 --image busybox`, 0.1 CPU each) -> all 5
+#      replicas running (every one placed, prepared, past the start barrier); median and
+#      spread, and the server's view (submit -> first and last replica started).
+#  (b) N times: 2 replicas behind `--service 18090:80 --ready-cmd 'test -f /work/leader'`; the
+#      leader file moves from one replica's workspace to the other's, and the time until a
+#      request through the service port reaches the new one is measured (the check runs
+#      every second, so expect up to ~1 s plus the round trip).
+# Everything runs in a private network namespace (`unshare -n`), as bench/bridge.sh does.
+set -euo pipefail
+if [ -z "${GAFFER_BENCH_IN_NETNS:-}" ]; then
+    if [ "$(id -u)" != 0 ]; then echo "bench/cluster.sh needs root (namespaces, cgroups, overlayfs, nftables)" >&2; exit 1; fi
+    missing=()
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
     fi
-    rm -rf "$WORK"
-}
-trap stop_cluster EXIT
+    (cd "$(dirname "$0")/.." && cargo build --release --quiet --bin gaffer)
+    exec env GAFFER_BENCH_IN_NETNS=1 unshare --net -- bash "$0" "$@"
+fi
+ip link set lo up
+source "$(dirname "$0")/lib.sh"
+N="${1:-5}"
 
-PORT="$(free_port)"
-export GAFFER_ADDR="http://127.0.0.1:$PORT"
-"$GAFFER" server --data-dir "$WORK/server" --listen "127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 200); do
-    curl -sf "$GAFFER_ADDR/healthz" >/dev/null 2>&1 && break
-    sleep 0.05
-done
-curl -sf "$GAFFER_ADDR/healthz" >/dev/null || { echo "gaffer server did not start" >&2; exit 1; }
+start_dev
+trap stop_dev EXIT
+echo "gaffer $("$GAFFER" --version 2>/dev/null | head -1), $(nproc) CPUs, network namespace $(readlink /proc/self/ns/net)"
 
-for i in $(seq 1 "$AGENTS"); do
-    "$GAFFER" agent --server "$GAFFER_ADDR" --name "bench-$i" --data-dir "$WORK/agent$i" \
-        --cpus "$AGENT_CPUS" --allow-host-tasks >"$WORK/agent$i.log" 2>&1 &
-    PIDS+=($!)
-done
-ready_nodes() {
-    "$GAFFER" nodes -o json | python3 -c 'import json,sys; print(sum(n["state"] == "ready" for n in json.load(sys.stdin)))'
-}
-for _ in $(seq 1 200); do
-    [ "$(ready_nodes)" -ge "$AGENTS" ] && break
-    sleep 0.05
-done
-[ "$(ready_nodes)" -ge "$AGENTS" ] || { echo "only $(ready_nodes) of $AGENTS agents joined" >&2; exit 1; }
+ROOTFS="$WORK/rootfs"
+mkdir -p "$ROOTFS"/{bin,etc,tmp}
+chmod 1777 "$ROOTFS/tmp"
+cp /bin/busybox "$ROOTFS/bin/busybox"
+for a in sh sleep httpd hostname mkdir test; do ln -s busybox "$ROOTFS/bin/$a"; done
+tar -C "$ROOTFS" -czf "$WORK/busybox.tar.gz" .
+"$GAFFER" image import busybox "$WORK/busybox.tar.gz" >/dev/null
 
-echo "cluster: 1 gaffer server + $AGENTS gaffer agents (--cpus $AGENT_CPUS each, $((AGENTS * AGENT_CPUS)) cpus offered)" \
-    "on 127.0.0.1; all processes, tasks included, share this machine's $(nproc) cores"
-# Warm-up: one task end to end.
-"$GAFFER" submit -q --cpus 0.1 --wait -- /bin/true >/dev/null
+python3 - "$GAFFER_ADDR" "$N" "$WORK/data" <<'PY'
+import json, os, socket, sys, time, urllib.request
+addr, n, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 
-for n in "${SIZES[@]}"; do
-    t0=$(now)
-    id=$("$GAFFER" submit -q --array "$n" --cpus 0.1 -- /bin/true)
-    "$GAFFER" wait --timeout 10m "$id" >/dev/null
-    t1=$(now)
-    python3 -c "import sys; n=int(sys.argv[1]); d=float(sys.argv[3])-float(sys.argv[2]); print(f'array job: {n} x /bin/true, cpus=0.1, {sys.argv[4]} agents: {d:.2f} s, {n/d:.0f} tasks/s')" \
-        "$n" "$t0" "$t1" "$AGENTS"
-done
+def req(path, body=None, method=None):
+    r = urllib.request.Request(addr + path, data=None if body is None else json.dumps(body).encode(),
+                               headers={"content-type": "application/json"}, method=method)
+    with urllib.request.urlopen(r, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+def submit(spec):
+    return req("/v1/jobs", spec)["ids"][0]
+
+def med(xs):
+    xs = sorted(xs)
+    return xs[(len(xs) - 1) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+def wait(jid, pred, limit=60):
+    t0 = time.perf_counter()
+    while True:
+        j = req(f"/v1/jobs/{jid}?tasks_limit=10")
+        if pred(j):
+            return j
+        assert time.perf_counter() - t0 < limit, j["tasks"]
+        time.sleep(0.002)
+
+def running(j, k):
+    return sum(1 for t in j["task_list"] if t["attempts"] and t["attempts"][-1]["state"] == "running") == k
+
+print(f"== (a) {n} x submit a 5-replica job -> all 5 running")
+rows = []
+for i in range(n):
+    t0 = time.perf_counter()
+    jid = submit({"name": f"ring{i}", "image": "busybox", "replicas": 5, "command": ["sleep", "60"],
+                  "resources": {"cpus": 0.1}})
+    j = wait(jid, lambda j: running(j, 5))
+    total = (time.perf_counter() - t0) * 1e3
+    starts = sorted(t["attempts"][-1]["started_at"] for t in j["task_list"])
+    rows.append((total, starts[0] - j["created_at"], starts[-1] - j["created_at"]))
+    req(f"/v1/jobs/{jid}/kill", {}, "POST")
+    wait(jid, lambda j: j["state"] in ("killed", "failed", "succeeded"))
+t = [r[0] for r in rows]
+print(f"all 5 running: median={med(t):.1f}ms min={min(t):.1f}ms max={max(t):.1f}ms"
+      f"  | server: submit->first started {med([r[1] for r in rows]):.0f}ms, ->last started {med([r[2] for r in rows]):.0f}ms")
+
+print(f"== (b) {n} x the leader moves between 2 replicas -> the service port follows")
+jid = submit({"name": "pair", "image": "busybox", "replicas": 2, "resources": {"cpus": 0.1},
+              "service": {"host": 18090, "port": 80}, "ready_cmd": "test -f /work/leader",
+              "shell": 'mkdir -p www && hostname > www/index.html && httpd -f -p 80 -h "$PWD/www"'})
+j = wait(jid, lambda j: running(j, 2))
+work = lambda i: os.path.join(data, "agent/attempts", jid, str(i), "1", "work")
+
+def through_port():
+    try:
+        s = socket.create_connection(("127.0.0.1", 18090), timeout=1)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        body = b""
+        while chunk := s.recv(4096):
+            body += chunk
+        return body.decode(errors="replace").strip().splitlines()[-1] if body else None
+    except OSError:
+        return None
+
+moves = []
+for k in range(n + 1):
+    leader, follower = k % 2, (k + 1) % 2
+    try:
+        os.remove(os.path.join(work(follower), "leader"))
+    except FileNotFoundError:
+        pass
+    t0 = time.perf_counter()
+    open(os.path.join(work(leader), "leader"), "w").close()
+    want = f"pair-{leader}"
+    while through_port() != want:
+        assert time.perf_counter() - t0 < 10, f"the port never reached {want}"
+        time.sleep(0.005)
+    if k:  # the first is the initial election, not a move
+        moves.append((time.perf_counter() - t0) * 1e3)
+print(f"readiness moved -> port follows: median={med(moves):.0f}ms min={min(moves):.0f}ms max={max(moves):.0f}ms (target: within 2000ms)")
+req(f"/v1/jobs/{jid}/kill", {}, "POST")
+PY
