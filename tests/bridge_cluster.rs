@@ -3,7 +3,8 @@
 //! fourth "lan" namespace), as host-gw routing needs. A bridge container on node a and one on
 //! node b reach each other by their addresses through the routes the agents install
 //! (`SUBNET via NODE_IP proto 171`); when b dies (kill -9 of its agent and of its supervisors
-//! and tasks) and the server declares it down, a's route to b's subnet goes.
+//! and tasks) and the server declares it down, a's route to b's subnet goes. Before that,
+//! cluster jobs (`--replicas`) on the two nodes are placed whole or not at all (see [`gangs`]).
 //!
 //! Everything lives in namespaces this test creates (on a private 10.233.X.0/24 that exists
 //! only inside them) and in its temporary directory; the processes, mounts and namespaces are
@@ -440,6 +441,7 @@ fn body(lan: &mut Lan) {
     lan.wait_node("a", "ready", Duration::from_secs(30));
     lan.wait_node("b", "ready", Duration::from_secs(30));
     import_web(lan);
+    gangs(lan);
     let (ip_a, ip_b) = (lan.ip(2), lan.ip(3));
 
     // A web server on each node, on the bridge.
@@ -555,6 +557,115 @@ fn body(lan: &mut Lan) {
             (!links.contains(": gv")).then_some(())
         },
     );
+}
+
+/// Cluster jobs on the two nodes (2 CPUs each): a gang that fits only across both is placed
+/// on both; one that cannot fit reserves nothing while a small task runs; of two gangs that
+/// each fit alone but not together, the second waits whole.
+fn gangs(lan: &Lan) {
+    let gang = |name: &str, n: &str| {
+        lan.submit(&[
+            "--name",
+            name,
+            "--replicas",
+            n,
+            "--cpus",
+            "1",
+            "--image",
+            "web",
+            "--",
+            "sleep",
+            "300",
+        ])
+    };
+    let nodes_of = |id: &str| -> Vec<String> {
+        let j = lan.job(id);
+        let mut n: Vec<String> = j["task_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| {
+                t["attempts"].as_array()?.last()?["node"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    let allocated = || -> f64 {
+        let out = lan.gaffer(&["nodes", "-o", "json"]).ok().stdout;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["cpus_allocated"].as_f64().unwrap())
+            .sum()
+    };
+    let running = |id: &str, k: usize| {
+        wait_until(
+            &format!("{k} replicas of {id} running"),
+            Duration::from_secs(60),
+            || {
+                let j = lan.job(id);
+                let up = (0..k)
+                    .filter(|i| {
+                        util::attempts(&j, *i)
+                            .last()
+                            .is_some_and(|a| a["state"] == "running")
+                    })
+                    .count();
+                (up == k).then_some(())
+            },
+        )
+    };
+    let end = |id: &str| {
+        lan.gaffer(&["kill", id]).ok();
+        lan.wait_final(id);
+    };
+
+    // 3 x 1 CPU fit only across both nodes.
+    let across = gang("across", "3");
+    running(&across, 3);
+    let mut on: Vec<String> = nodes_of(&across);
+    on.dedup();
+    assert_eq!(on, ["a", "b"], "placed on both nodes");
+    end(&across);
+
+    // 5 x 1 CPU never fit: nothing reserved, and a small task still runs.
+    let big = gang("big", "5");
+    let j = lan.job(&big);
+    let why = wait_until("the big gang's reason", Duration::from_secs(10), || {
+        lan.job(&big)["pending_reason"].as_str().map(String::from)
+    });
+    assert!(
+        why.starts_with("needs 5 × (1 CPU, 0B) at once; 4 fit now")
+            && why.contains("could never hold them all"),
+        "{why}\n{j}"
+    );
+    assert_eq!(allocated(), 0.0, "a waiting gang reserves nothing");
+    let small = lan.submit(&["--image", "web", "--", "sleep", "0"]);
+    assert_eq!(lan.wait_final(&small)["state"], "succeeded");
+    end(&big);
+
+    // Two gangs of 3: the first runs, the second waits whole (no half start), then runs.
+    let first = gang("first", "3");
+    running(&first, 3);
+    let second = gang("second", "3");
+    let why = wait_until("the second gang's reason", Duration::from_secs(10), || {
+        lan.job(&second)["pending_reason"]
+            .as_str()
+            .map(String::from)
+    });
+    assert!(why.contains("at once; 1 fit now"), "{why}");
+    assert_eq!(allocated(), 3.0, "only the first gang holds CPUs");
+    assert!(
+        nodes_of(&second).is_empty(),
+        "no replica of the second started"
+    );
+    end(&first);
+    running(&second, 3);
+    end(&second);
 }
 
 fn no_containers() -> Option<String> {
