@@ -76,11 +76,12 @@ pub struct SubmitArgs {
     /// Number of tasks; each gets GAFFER_TASK_INDEX.
     #[arg(long)]
     pub array: Option<u32>,
-    /// Run N replicas of one distributed program (2 to 1024; containers on the bridge
+    /// Run N replicas of one distributed program (2 to 1024; containers go on the bridge
     /// network): placed together or not at all (spread over nodes by default), started only
     /// once every replica has its address, replica i named NAME-i. Each gets GAFFER_REPLICA,
-    /// GAFFER_REPLICAS, GAFFER_PEERS (the names, space-separated), GAFFER_HOSTFILE (a file of
-    /// the names, one a line) and an /etc/hosts listing every replica. Not with --array.
+    /// GAFFER_REPLICAS, GAFFER_PEERS (the names, space-separated), GAFFER_PEER_ADDRS,
+    /// GAFFER_HOSTFILE (a file of the names, one a line; addresses for host processes) and,
+    /// in a container, an /etc/hosts listing every replica. Not with --array.
     #[arg(long, value_name = "N")]
     pub replicas: Option<u32>,
     /// What a failed replica restarts: group (default: all replicas, together again; the

@@ -9,7 +9,7 @@ mod util;
 
 use std::time::Duration;
 use util::net::{import_web, isolated};
-use util::Dev;
+use util::{wait_until, Dev};
 
 #[test]
 fn replicas_know_each_other_by_name_and_reach_each_other() {
@@ -110,12 +110,6 @@ fn replicas_know_each_other_by_name_and_reach_each_other() {
                 out.stderr
             );
         }
-        let out = dev.gaffer(&["submit", "--replicas", "2", "--", "true"]);
-        assert!(
-            out.stderr.contains("need a container image"),
-            "{}",
-            out.stderr
-        );
     });
 }
 
@@ -243,4 +237,56 @@ fn the_service_port_follows_the_ready_replica() {
                 .then_some(())
         });
     });
+}
+
+#[test]
+fn host_task_replicas_get_peers_addresses_and_a_shared_directory() {
+    // Host processes: no container, no network namespace; the in-process agent of
+    // `gaffer dev` is on loopback, so every peer's address is 127.0.0.1.
+    let dev = Dev::start();
+    let script = r#"
+        echo "replica $GAFFER_REPLICA: $GAFFER_PEERS"
+        echo "addrs: $GAFFER_PEER_ADDRS"
+        echo "hostfile: $(cat "$GAFFER_HOSTFILE" | tr '\n' ' ')"
+        touch "$GAFFER_SHARED_DIR/r$GAFFER_REPLICA"
+        i=0
+        while [ "$(ls "$GAFFER_SHARED_DIR" | wc -l)" -lt 3 ] && [ $i -lt 300 ]; do sleep 0.05; i=$((i + 1)); done
+        echo "shared: $(ls "$GAFFER_SHARED_DIR" | tr '\n' ' ')"
+    "#;
+    let id = dev.submit_cli(&[
+        "--name",
+        "hosts",
+        "--replicas",
+        "3",
+        "--cpus",
+        "0.1",
+        "--shared-dir",
+        "/shared",
+        "--shell",
+        script,
+    ]);
+    let j = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    for i in 0..3 {
+        let log = dev
+            .gaffer(&["logs", &id, "--task", &i.to_string()])
+            .ok()
+            .stdout;
+        assert_eq!(
+            log,
+            format!(
+                "replica {i}: hosts-0 hosts-1 hosts-2\naddrs: 127.0.0.1 127.0.0.1 127.0.0.1\n\
+                 hostfile: 127.0.0.1 127.0.0.1 127.0.0.1 \nshared: r0 r1 r2 \n"
+            )
+        );
+    }
+    // The shared directory goes with the job.
+    let shared = dev.data.join("agent/shared").join(&id);
+    assert!(shared.join("r2").exists());
+    dev.gaffer(&["rm", &id]).ok();
+    wait_until(
+        "the shared directory to go",
+        Duration::from_secs(10),
+        || (!shared.exists()).then_some(()),
+    );
 }

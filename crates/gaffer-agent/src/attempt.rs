@@ -9,6 +9,28 @@ use gaffer_runtime::LaunchSpec;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A host replica's hostfile, in its attempt directory.
+const HOST_HOSTFILE: &str = "hostfile";
+
+/// Writes a host replica's hostfile: its peers' addresses, one a line, in replica order.
+fn write_host_hostfile(dir: &Path, peers: &[(String, String)]) -> Result<PathBuf, net::NetError> {
+    let path = dir.join(HOST_HOSTFILE);
+    let text: String = peers.iter().map(|(_, ip)| format!("{ip}\n")).collect();
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|source| net::NetError::File {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(path)
+}
+
+/// Sets `name` in the task's environment, replacing what the server set.
+fn set_env(spec: &mut LaunchSpec, name: &str, value: String) {
+    spec.env.retain(|(k, _)| k != name);
+    spec.env.push((name.to_string(), value));
+}
+
 impl Inner {
     pub(crate) async fn start(self: Arc<Self>, l: TaskLaunch) {
         let key = l.key;
@@ -63,9 +85,24 @@ impl Inner {
             }),
             None => {
                 let mut env = self.base_env.clone();
-                for (k, v) in l.env {
+                for (k, v) in l.env.clone() {
                     env.retain(|(ek, _)| *ek != k);
                     env.push((k, v));
+                }
+                // A host replica's shared directory is where it is on the node.
+                if l.shared_dir.is_some() {
+                    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+                    match self.shared_dir(&l, uid.as_raw(), gid.as_raw()) {
+                        Ok(d) => env.push(("GAFFER_SHARED_DIR".into(), d.display().to_string())),
+                        Err(e) => {
+                            let result = AttemptResult {
+                                kind: EndKind::SpawnFailed,
+                                ..lost(e.to_string())
+                            };
+                            self.send(AgentMsg::Ended { key, result });
+                            return;
+                        }
+                    }
                 }
                 Ok(LaunchSpec {
                     argv: l.argv,
@@ -104,8 +141,10 @@ impl Inner {
                 }
             }
         }
-        if let (Some(_), Some(addr)) = (l.replicas, &ip) {
-            journaled = self.barrier(key, &dir, &mut spec, addr, journaled).await;
+        if l.replicas.is_some() {
+            // A host replica reports no address: the server knows its node's.
+            let addr = ip.clone().unwrap_or_default();
+            journaled = self.barrier(key, &dir, &mut spec, &addr, journaled).await;
         }
         let checker = l.ready_cmd.clone().map(|line| {
             let (a, d) = (self.clone(), dir.clone());
@@ -249,16 +288,20 @@ impl Inner {
         let peers = rx.await;
         lock(&self.watched).remove(&key);
         if let Ok(peers) = peers {
-            match net::write_peers(dir, &peers) {
-                Ok(hostfile) => {
-                    if let Some(c) = spec.container.as_mut() {
-                        c.files
-                            .push((hostfile, PathBuf::from(gaffer_api::cluster::HOSTFILE)));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(attempt = %key, error = %e, "cannot write the peers' names")
-                }
+            let addrs: Vec<&str> = peers.iter().map(|(_, ip)| ip.as_str()).collect();
+            set_env(spec, "GAFFER_PEER_ADDRS", addrs.join(" "));
+            let written = match spec.container.as_mut() {
+                Some(c) => net::write_peers(dir, &peers).map(|hostfile| {
+                    c.files
+                        .push((hostfile, PathBuf::from(gaffer_api::cluster::HOSTFILE)));
+                }),
+                // On the host the names resolve to nothing: its hostfile lists addresses.
+                None => write_host_hostfile(dir, &peers).map(|path| {
+                    set_env(spec, "GAFFER_HOSTFILE", path.display().to_string());
+                }),
+            };
+            if let Err(e) = written {
+                tracing::warn!(attempt = %key, error = %e, "cannot write the peers' names");
             }
         }
         journaled
@@ -274,10 +317,15 @@ impl Inner {
             }
             None => {
                 let dir = self.cfg.attempt_dir(&key);
-                if dir.join("etc/hosts").exists() {
-                    if let Err(e) = net::write_peers(&dir, &peers) {
-                        tracing::warn!(attempt = %key, error = %e, "cannot rewrite the peers' names");
-                    }
+                let written = if dir.join("etc/hosts").exists() {
+                    net::write_peers(&dir, &peers).map(drop)
+                } else if dir.join(HOST_HOSTFILE).exists() {
+                    write_host_hostfile(&dir, &peers).map(drop)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = written {
+                    tracing::warn!(attempt = %key, error = %e, "cannot rewrite the peers' names");
                 }
             }
         }

@@ -114,7 +114,12 @@ impl Inner {
     }
 
     /// The job's shared directory on this node, made (owned by the task's user) if new.
-    fn shared_dir(&self, l: &TaskLaunch, uid: u32, gid: u32) -> Result<PathBuf, LaunchError> {
+    pub(crate) fn shared_dir(
+        &self,
+        l: &TaskLaunch,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PathBuf, LaunchError> {
         let path = self.cfg.shared_root.join(l.key.job.to_string());
         let err = |source| LaunchError::SharedDir {
             path: path.clone(),
@@ -178,6 +183,9 @@ impl Inner {
             mounts.push(self.allowed_mount(m)?);
         }
         let mut env = img.config.merged_env(&l.env);
+        if let Some(d) = &l.shared_dir {
+            env.push(("GAFFER_SHARED_DIR".into(), d.clone()));
+        }
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push((
                 "PATH".into(),

@@ -175,12 +175,6 @@ pub fn check(spec: &JobSpec) -> Vec<FieldError> {
             "cannot be combined with `array` (replicas are one program; an array is independent tasks)",
         );
     }
-    if spec.image.is_none() {
-        err(
-            "replicas",
-            "need a container image for now (host tasks cannot be replicas yet)",
-        );
-    }
     if matches!(spec.network, Some(Network::Host | Network::None)) {
         err(
             "replicas",

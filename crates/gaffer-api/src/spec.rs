@@ -384,7 +384,9 @@ impl JobSpec {
     /// has `ports` or `replicas`.
     pub fn net(&self) -> Option<Network> {
         match self.network {
-            None if !self.ports.is_empty() || self.replicas.is_some() => Some(Network::Bridge),
+            None if self.image.is_some() && (!self.ports.is_empty() || self.replicas.is_some()) => {
+                Some(Network::Bridge)
+            }
             n => n,
         }
     }

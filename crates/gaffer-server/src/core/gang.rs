@@ -26,6 +26,19 @@ impl<E: Effects> Core<E> {
         if t.attempt != key.attempt || t.state != TaskState::Assigned {
             return Ok(());
         }
+        // A host replica has no address of its own: its node's.
+        let ip = match ip.is_empty() {
+            false => ip,
+            true => {
+                let address = t
+                    .node
+                    .as_ref()
+                    .and_then(|n| self.nodes.get(n))
+                    .map(|n| n.address.as_str())
+                    .unwrap_or_default();
+                node_ip(address)
+            }
+        };
         t.ip = Some(ip);
         self.release_peers(key.job);
         Ok(())
@@ -72,6 +85,18 @@ impl<E: Effects> Core<E> {
                 },
             );
         }
+    }
+}
+
+/// The IP address of a node connected from `address` (`IP:PORT`; an in-process agent is
+/// `local`, on loopback).
+fn node_ip(address: &str) -> String {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => address
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|_| "127.0.0.1".into()),
     }
 }
 
