@@ -168,7 +168,36 @@ async fn bridge_in_the_ui() {
            && svc && svc.textContent.includes('port 18099 → port 80')",
     )
     .await;
+    // Resubmitting it from the form keeps what the form does not show (the service).
+    b.goto(&format!("{}/#/submit?from={ring}", dev.addr)).await;
+    b.wait_js(
+        "the form loaded with the replicas and a note of the fields it keeps",
+        UI_TIMEOUT,
+        "const r = document.querySelector('#f-replicas'); \
+         const n = document.querySelector('#carried-fields'); \
+         return r && r.value === '2' && n && n.textContent.includes('service')",
+    )
+    .await;
     dev.gaffer(&["kill", &ring]).ok();
+    dev.wait_final(&ring, Duration::from_secs(30));
+    b.click("#submit-btn").await;
+    let again = wait_until("the resubmitted job", Duration::from_secs(10), || {
+        let jobs: serde_json::Value =
+            serde_json::from_str(&dev.gaffer(&["jobs", "-o", "json"]).ok().stdout).ok()?;
+        jobs["jobs"]
+            .as_array()?
+            .iter()
+            .find(|j| j["name"] == "Ring" && j["id"] != ring.as_str())
+            .map(|j| j["id"].as_str().unwrap().to_string())
+    });
+    let spec = &dev.job(&again)["spec"];
+    assert_eq!(spec["replicas"], 2, "{spec}");
+    assert_eq!(
+        spec["service"],
+        json!({"host": 18099, "port": 80}),
+        "{spec}"
+    );
+    dev.gaffer(&["kill", &again]).ok();
 
     // The form: a client-side mistake, then the server's 400s, each next to the Ports field.
     b.goto(&format!("{}/#/submit", dev.addr)).await;
@@ -220,7 +249,7 @@ async fn bridge_in_the_ui() {
     .await;
     assert_eq!(
         dev.job_count(),
-        3,
+        4,
         "nothing stored by the refused submissions"
     );
     b.screenshot("submit-ports-error").await;

@@ -18,10 +18,15 @@ const FIELDS = [
   ['timeout', 'Timeout', 'Per attempt, e.g. 30s, 5m, 2h.', 'text'],
   ['kill_grace', 'Kill grace', 'SIGTERM → SIGKILL delay (default 5s).', 'text'],
   ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX).', 'text'],
+  ['replicas', 'Replicas', 'A cluster job: N replicas placed and started together, named NAME-0 …; not with Array size.', 'text'],
   ['retries', 'Retries', 'Extra attempts after a failure.', 'text'],
   ['retry_backoff', 'Retry back-off', 'First delay, doubling (default 1s).', 'text'],
   ['priority', 'Priority', 'Higher runs first (default 0).', 'text'],
 ];
+
+// Spec fields the form shows; any other field of a loaded spec is kept as it was (and listed).
+const FORM_KEYS = new Set(['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'retries', 'array', 'replicas',
+  'priority', 'resources', 'strategy', 'depends_on', 'network', 'ports', 'env', 'constraints', 'outputs', 'shell', 'command']);
 
 const AREAS = [
   ['env', 'Environment', 'NAME=VALUE, one per line.', 'LANG=C.UTF-8'],
@@ -155,6 +160,9 @@ export async function render(main, ctx) {
 
   const banner = h('div', { id: 'submit-error', role: 'alert' });
   const submitBtn = h('button', { class: 'btn primary', type: 'submit', id: 'submit-btn' }, 'Submit job');
+  // Fields of a loaded spec the form does not show (see FORM_KEYS).
+  let carried = {};
+  const carriedNote = h('div', { class: 'hint', id: 'carried-fields' });
   const form = h('form', { id: 'submit-form', class: 'panel', novalidate: true },
     h('fieldset', {}, h('legend', {}, 'What to run'),
       mode,
@@ -170,9 +178,10 @@ export async function render(main, ctx) {
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
       h('div', { class: 'form-grid' },
         AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))))),
+    carriedNote,
     h('div', { class: 'form-actions' }, submitBtn,
       h('button', { class: 'btn', type: 'button', id: 'to-json', onclick: () => { paste.value = JSON.stringify(build([]), null, 2); show('paste'); } }, 'Edit as JSON'),
-      h('button', { class: 'btn ghost', type: 'reset', id: 'reset-btn' }, 'Clear')));
+      h('button', { class: 'btn ghost', type: 'reset', id: 'reset-btn', onclick: () => { carried = {}; fill(carriedNote); } }, 'Clear')));
 
   const paste = h('textarea', { id: 'f-paste', name: 'paste', rows: 18, spellcheck: 'false', 'aria-describedby': 'paste-hint',
     placeholder: '{"name": "hello", "shell": "echo hello"}\n\nor a list: [{...}, {...}]\n\nor TOML:\nname = "hello"\nshell = "echo hello"\n\n[[jobs]] for a list' });
@@ -226,7 +235,7 @@ export async function render(main, ctx) {
       if (run.trim()) spec.shell = run.trim();
     } else if (run.trim()) spec.command = splitWords(run.trim());
     for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff']) if (v(k)) spec[k] = v(k);
-    for (const k of ['retries', 'array', 'priority']) if (v(k)) spec[k] = num(v(k));
+    for (const k of ['retries', 'array', 'replicas', 'priority']) if (v(k)) spec[k] = num(v(k));
     const res = {};
     if (v('cpus')) res.cpus = num(v('cpus'));
     if (v('memory')) res.memory = num(v('memory'));
@@ -244,12 +253,15 @@ export async function render(main, ctx) {
     if (Object.keys(cons).length) spec.constraints = cons;
     const outs = inputs.outputs.value.split('\n').map((s) => s.trim()).filter(Boolean);
     if (outs.length) spec.outputs = outs;
-    return spec;
+    return { ...carried, ...spec };
   }
 
   /** Puts a spec into the form. */
   function load(spec) {
     form.reset();
+    carried = Object.fromEntries(Object.entries(spec).filter(([k]) => !FORM_KEYS.has(k)));
+    const keys = Object.keys(carried);
+    fill(carriedNote, keys.length ? ['Also submitted as loaded (change them with Edit as JSON): ', h('code', {}, keys.join(', '))] : null);
     if (spec.shell !== undefined) {
       setMode('shell');
       inputs.run.value = spec.shell;
@@ -257,7 +269,7 @@ export async function render(main, ctx) {
       setMode('command');
       inputs.run.value = (spec.command || []).map(quoteWord).join(' ');
     }
-    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'array']) inputs[k].value = spec[k] ?? '';
+    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'array', 'replicas']) inputs[k].value = spec[k] ?? '';
     inputs.retries.value = spec.retries ? String(spec.retries) : '';
     inputs.priority.value = spec.priority ? String(spec.priority) : '';
     inputs.cpus.value = spec.resources?.cpus ?? '';
