@@ -144,7 +144,19 @@ impl Inner {
         if l.replicas.is_some() {
             // A host replica reports no address: the server knows its node's.
             let addr = ip.clone().unwrap_or_default();
-            journaled = self.barrier(key, &dir, &mut spec, &addr, journaled).await;
+            let (j, ready) = self.barrier(key, &dir, &mut spec, &addr, journaled).await;
+            journaled = j;
+            if let Err(message) = ready {
+                let result = AttemptResult {
+                    kind: EndKind::SpawnFailed,
+                    ..lost(message)
+                };
+                if let Some(net) = bridged.then(|| self.net.unmap(&dir)).flatten() {
+                    self.net.remove(&dir, &net);
+                }
+                self.send(AgentMsg::Ended { key, result });
+                return;
+            }
         }
         let checker = l.ready_cmd.clone().map(|line| {
             let (a, d) = (self.clone(), dir.clone());
@@ -262,7 +274,8 @@ impl Inner {
 
     /// The start barrier of a replica: reports it prepared at `ip`, and waits for its peers
     /// (or a kill, which [`Inner::supervise`] then reports). Meanwhile it is journaled and
-    /// watched like a running attempt. Returns whether it is journaled.
+    /// watched like a running attempt. Returns whether it is journaled, and whether its peers'
+    /// names could be written.
     async fn barrier(
         &self,
         key: AttemptKey,
@@ -270,15 +283,21 @@ impl Inner {
         spec: &mut LaunchSpec,
         ip: &str,
         journaled: bool,
-    ) -> bool {
+    ) -> (bool, Result<(), String>) {
         let journaled = journaled || self.journal.add(key).is_ok();
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut p = lock(&self.procs);
             if p.kills.contains(&key) {
-                return journaled;
+                return (journaled, Ok(()));
             }
-            p.barriers.insert(key, tx);
+            p.barriers.insert(
+                key,
+                crate::Barrier {
+                    ip: ip.to_string(),
+                    tx,
+                },
+            );
         }
         lock(&self.watched).insert(key);
         self.send(AgentMsg::Prepared {
@@ -301,10 +320,13 @@ impl Inner {
                 }),
             };
             if let Err(e) = written {
-                tracing::warn!(attempt = %key, error = %e, "cannot write the peers' names");
+                return (
+                    journaled,
+                    Err(format!("cannot write its peers' names: {e}")),
+                );
             }
         }
-        journaled
+        (journaled, Ok(()))
     }
 
     /// [`ServerMsg::Peers`](gaffer_api::proto::ServerMsg) for replica `key`: starts it if it
@@ -312,8 +334,8 @@ impl Inner {
     pub(crate) fn peers(&self, key: AttemptKey, peers: Vec<(String, String)>) {
         let waiting = lock(&self.procs).barriers.remove(&key);
         match waiting {
-            Some(tx) => {
-                let _ = tx.send(peers);
+            Some(b) => {
+                let _ = b.tx.send(peers);
             }
             None => {
                 let dir = self.cfg.attempt_dir(&key);

@@ -150,13 +150,19 @@ fn base_env() -> Vec<(String, String)> {
     env
 }
 
+/// A replica waiting at the start barrier: its address, and where its peers go.
+struct Barrier {
+    ip: String,
+    tx: tokio::sync::oneshot::Sender<Vec<(String, String)>>,
+}
+
 /// Supervisors this process started, and kills waiting for theirs.
 #[derive(Default)]
 struct Procs {
     pids: HashMap<AttemptKey, u32>,
     kills: HashSet<AttemptKey>,
     /// Replicas waiting at the start barrier for their peers ([`ServerMsg::Peers`]).
-    barriers: HashMap<AttemptKey, tokio::sync::oneshot::Sender<Vec<(String, String)>>>,
+    barriers: HashMap<AttemptKey, Barrier>,
 }
 
 struct Inner {
@@ -376,6 +382,7 @@ impl Agent {
             }
         }
         heartbeat.abort();
+        agent.doors.close_all();
         let mut slot = lock(&agent.up);
         if slot.as_ref().is_some_and(|s| s.same_channel(&up)) {
             *slot = None;
@@ -427,6 +434,14 @@ impl Inner {
     fn reports(self: &Arc<Self>) -> Vec<AttemptReport> {
         let mut reports = Vec::new();
         for key in self.journal.keys() {
+            if let Some(b) = lock(&self.procs).barriers.get(&key) {
+                // Not running yet: the server sends its peers again when all are prepared.
+                reports.push(AttemptReport::Prepared {
+                    key,
+                    ip: b.ip.clone(),
+                });
+                continue;
+            }
             if lock(&self.watched).contains(&key) {
                 reports.push(AttemptReport::Running { key });
                 continue;

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// How often a replica's readiness is checked.
 const READY_EVERY: Duration = Duration::from_secs(1);
+/// Checks between two reports of an unchanged readiness.
+const RESEND_EVERY: u32 = 10;
 /// Longest a readiness check may run; one that takes longer counts as not ready.
 const READY_LIMIT: Duration = Duration::from_secs(5);
 /// Longest a front door waits to reach one replica before it tries the next.
@@ -70,6 +72,17 @@ impl FrontDoors {
     }
 }
 
+impl FrontDoors {
+    /// Closes every door (the connection to the server is gone; it sends the open ones
+    /// again when the agent registers).
+    pub(crate) fn close_all(&self) {
+        for (job, d) in lock(&self.doors).drain() {
+            d.task.abort();
+            tracing::info!(%job, port = d.host, "front door closed until the server is back");
+        }
+    }
+}
+
 /// A listener on every address of this node, port `host`.
 fn bind(host: u16) -> std::io::Result<tokio::net::TcpListener> {
     let s = tokio::net::TcpSocket::new_v4()?;
@@ -82,6 +95,8 @@ fn bind(host: u16) -> std::io::Result<tokio::net::TcpListener> {
 async fn serve(listener: tokio::net::TcpListener, backends: Arc<RwLock<Vec<SocketAddr>>>) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
+            // Out of descriptors, say: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let order = backends.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -105,11 +120,16 @@ impl Inner {
     /// reports each change, until the task is aborted when the attempt ends.
     pub(crate) async fn check_ready(self: Arc<Self>, key: AttemptKey, dir: PathBuf, line: String) {
         let mut last = None;
+        let mut since = 0u32;
         loop {
             tokio::time::sleep(READY_EVERY).await;
             let ready = run_check(&dir, &line).await;
-            if last != Some(ready) {
+            since += 1;
+            // Changes at once; the same now and then too, in case a report was lost to a
+            // reconnect or a new server (the server ignores repeats).
+            if last != Some(ready) || since >= RESEND_EVERY {
                 last = Some(ready);
+                since = 0;
                 self.send(AgentMsg::Ready { key, ready });
             }
         }

@@ -140,9 +140,21 @@ pub fn check(spec: &JobSpec) -> Vec<FieldError> {
         }
         return errs;
     };
+    if spec.ready_cmd.is_some() && spec.image.is_none() {
+        err(
+            "ready_cmd",
+            "runs inside a replica's container: host replicas cannot have one",
+        );
+    }
     if let Some(svc) = spec.service {
         if svc.host == 0 || svc.port == 0 {
             err("service", "ports are 1 to 65535");
+        }
+        if spec.image.is_none() && svc.host == svc.port {
+            err(
+                "service",
+                &format!("host replicas listen on their node's port {}, which the front door there takes too: use another HOSTPORT", svc.port),
+            );
         }
         if spec.ports.iter().any(|p| p.host == Some(svc.host)) {
             err(

@@ -129,6 +129,13 @@ pub enum AttemptReport {
         /// Which attempt.
         key: AttemptKey,
     },
+    /// A replica waiting at the start barrier, prepared at `ip` (empty: a host replica).
+    Prepared {
+        /// Which attempt.
+        key: AttemptKey,
+        /// Its address.
+        ip: String,
+    },
     /// It ended (or vanished) while the server was not told.
     Ended {
         /// Which attempt.

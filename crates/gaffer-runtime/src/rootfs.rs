@@ -156,19 +156,20 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
     for m in p.mounts {
         let dst = inside(root, &m.target)?;
         mkdirs(&dst)?;
-        do_mount(
-            Some(&m.source),
-            &dst,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?;
+        // A read-only bind takes no submounts along: a remount makes only its top mount
+        // read-only, and a submount would stay writable.
+        let rec = if m.read_only {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_REC
+        };
+        do_mount(Some(&m.source), &dst, None, MsFlags::MS_BIND | rec, None)?;
         if m.read_only {
             do_mount(
                 None,
                 &dst,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None,
             )?;
         }
@@ -177,8 +178,11 @@ pub(crate) fn setup_rootfs(p: &RootfsPlan<'_>) -> Result<(), DriverError> {
     // Files of the attempt over the image's (/etc/hosts, /etc/resolv.conf): the target is made
     // in the overlay's upper layer when the image lacks it.
     for (src, target) in p.files {
-        let rel = target.strip_prefix("/").unwrap_or(target);
-        let dst = root.join(rel);
+        // Its directory must not be reached through a symlink of the image (the file itself
+        // may be one: it is replaced below).
+        let parent = target.parent().unwrap_or(Path::new("/"));
+        let name = target.file_name().unwrap_or_default();
+        let dst = inside(root, parent)?.join(name);
         // A symlink in the image (`/etc/resolv.conf -> /run/...`) would be followed by the
         // mount, outside the container's root: replace it with a file.
         if fs::symlink_metadata(&dst).is_ok_and(|m| m.file_type().is_symlink()) {

@@ -131,6 +131,7 @@ impl<E: Effects> Core<E> {
             end,
             stop.as_ref(),
             job.row.kill_requested,
+            job.row.counts.failed > 0,
             now,
         );
         let replica_failed = match outcome {

@@ -84,6 +84,7 @@ impl<E: Effects> Core<E> {
                     if let Some(a) = held.into_iter().find(|a| a.attempt == t.attempts) {
                         rt.ports = a.ports;
                         rt.ip = a.ip;
+                        rt.ready = a.ready;
                     }
                 }
                 let key = AttemptKey {

@@ -139,12 +139,14 @@ pub(super) enum Outcome {
     },
 }
 
-/// Classifies the end `end` of a replica of `spec` (`stop`: why the core stopped it, if it did).
+/// Classifies the end `end` of a replica of `spec` (`stop`: why the core stopped it, if it did;
+/// `failed_for_good`: another replica of the job has failed for good).
 pub(super) fn after_replica_end(
     spec: &JobSpec,
     end: TaskState,
     stop: Option<&Stop>,
     kill_requested: bool,
+    failed_for_good: bool,
     now: UnixMs,
 ) -> Outcome {
     if spec.replicas.is_none() || kill_requested || end == TaskState::Succeeded {
@@ -164,7 +166,27 @@ pub(super) fn after_replica_end(
             message: format!("stopped: {why}"),
             next: AfterEnd::Stay,
         },
-        None if end == TaskState::Killed => Outcome::Plain,
+        // Killed, not on request and with no stop on record: the core stopped it before a
+        // restart lost why (stops are kept in memory). A replica failed for good: the job
+        // fails; else, under `group`, it goes back with its group.
+        None if end == TaskState::Killed => {
+            if !failed_for_good && spec.restart.unwrap_or_default() == Restart::Group {
+                Outcome::Stopped {
+                    end: TaskState::Lost,
+                    message: "restarted with its group".into(),
+                    next: AfterEnd::Retry {
+                        delay: 0,
+                        free: true,
+                    },
+                }
+            } else {
+                Outcome::Stopped {
+                    end: TaskState::Failed,
+                    message: "stopped: another replica failed".into(),
+                    next: AfterEnd::Stay,
+                }
+            }
+        }
         None => Outcome::Failed {
             stay: spec.restart == Some(Restart::Never),
         },

@@ -256,6 +256,11 @@ impl<E: Effects> Core<E> {
             }
             self.kill(id, now)?;
             if let Some(job) = self.jobs.remove(&id) {
+                if let Some(svc) = job.row.spec.service {
+                    self.close_service(id, svc.host);
+                }
+                self.gang_since.remove(&id);
+                self.gang_stops.retain(|k, _| k.job != id);
                 // Jobs waiting on it will never see it succeed.
                 for dependent in self.dependents.remove(&id).unwrap_or_default() {
                     self.fail_dependency(dependent, id, JobState::Killed, now);
@@ -407,6 +412,7 @@ impl<E: Effects> Core<E> {
         if let Some(svc) = job.row.spec.service {
             self.close_service(id, svc.host);
         }
+        self.gang_since.remove(&id);
         self.queue.remove(&job.queue_key());
         self.batch.update_jobs.push(job.row);
         self.dirty_jobs.remove(&id);

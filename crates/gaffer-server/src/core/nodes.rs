@@ -42,7 +42,9 @@ impl<E: Effects> Core<E> {
         let mut reported: HashMap<AttemptKey, AttemptReport> = reports
             .into_iter()
             .map(|r| match &r {
-                AttemptReport::Running { key } | AttemptReport::Ended { key, .. } => (*key, r),
+                AttemptReport::Running { key }
+                | AttemptReport::Prepared { key, .. }
+                | AttemptReport::Ended { key, .. } => (*key, r),
             })
             .collect();
         // Every attempt we believe runs on this node, checked against what the agent knows.
@@ -69,15 +71,16 @@ impl<E: Effects> Core<E> {
                             refused(&e);
                         }
                     }
-                    // A kill may have been lost while the agent was away: send it again.
-                    let killing = self.migrating.contains(&key)
-                        || self
-                            .jobs
-                            .get(&key.job)
-                            .is_some_and(|j| j.row.kill_requested);
-                    if killing {
-                        self.fx.send(&name, ServerMsg::Kill { key });
+                    self.resend_kill(&name, key);
+                }
+                Some(AttemptReport::Prepared { ip, .. }) => {
+                    // A replica at the start barrier: its peers are sent (again) once all are.
+                    if state == TaskState::Assigned {
+                        if let Err(e) = self.prepared(key, ip) {
+                            refused(&e);
+                        }
                     }
+                    self.resend_kill(&name, key);
                 }
                 Some(AttemptReport::Ended { result, .. }) => {
                     if let Err(e) = self.attempt_ended(&name, key, result, now, true) {
@@ -96,7 +99,9 @@ impl<E: Effects> Core<E> {
         // Attempts the agent has that the core does not: stop them, or let them go.
         for (key, r) in reported {
             match r {
-                AttemptReport::Running { .. } => self.fx.send(&name, ServerMsg::Kill { key }),
+                AttemptReport::Running { .. } | AttemptReport::Prepared { .. } => {
+                    self.fx.send(&name, ServerMsg::Kill { key })
+                }
                 AttemptReport::Ended { .. } => self.fx.send(&name, ServerMsg::Forget { key }),
             }
         }
@@ -152,6 +157,20 @@ impl<E: Effects> Core<E> {
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now, true),
             // File and archive reads are answered by the gateway, never by the core.
             AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => Ok(()),
+        }
+    }
+
+    /// A kill of attempt `key` on `name` may have been lost while its agent was away: sends
+    /// it again if one is due.
+    fn resend_kill(&mut self, name: &str, key: AttemptKey) {
+        let killing = self.migrating.contains(&key)
+            || self.gang_stops.contains_key(&key)
+            || self
+                .jobs
+                .get(&key.job)
+                .is_some_and(|j| j.row.kill_requested);
+        if killing {
+            self.fx.send(name, ServerMsg::Kill { key });
         }
     }
 

@@ -131,6 +131,15 @@ impl<E: Effects> Core<E> {
         if !job.has_work() {
             return Gang::Waits;
         }
+        // A group restart waits until every stopped replica has ended.
+        if self.gang_stops.keys().any(|k| k.job == jid) {
+            self.set_reason(
+                jid,
+                Some("restarting its group: waiting for the other replicas to stop".into()),
+            );
+            return Gang::Waits;
+        }
+        let job = &self.jobs[&jid];
         let n = job.ready.len() as u32 + (job.row.counts.total - job.row.next_fresh);
         // A shared directory the nodes do not share keeps the replicas on one node: the one
         // it is on, once any replica ran.

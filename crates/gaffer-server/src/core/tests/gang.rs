@@ -465,3 +465,96 @@ fn replicas_sharing_a_directory_stay_on_its_node_unless_the_nodes_share_storage(
     assert!(got.iter().any(|(n, _)| n == "a") && got.iter().any(|(n, _)| n == "b"));
     assert_eq!(got[0].1.shared_dir.as_deref(), Some("/data"));
 }
+
+#[test]
+fn a_reconnecting_agent_reports_replicas_at_the_barrier_and_they_get_their_peers_again() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.take();
+    let id = h.submit(gang(2, 1.0));
+    let first = h.starts();
+    for (n, k) in &first {
+        h.agent(
+            n,
+            AgentMsg::Prepared {
+                key: *k,
+                ip: format!("10.88.0.{}", 10 + k.index),
+            },
+        );
+    }
+    h.take(); // the Peers messages are lost with the connection
+    let reports = first
+        .iter()
+        .map(|(_, k)| AttemptReport::Prepared {
+            key: *k,
+            ip: format!("10.88.0.{}", 10 + k.index),
+        })
+        .collect();
+    h.connect_with(bridge_node("a", 4.0), reports);
+    let mut told: Vec<AttemptKey> = h
+        .sent()
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            ServerMsg::Peers { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    told.sort_by_key(|k| k.index);
+    told.dedup();
+    assert_eq!(
+        told,
+        [key(id, 0, 1), key(id, 1, 1)],
+        "both are told their peers again"
+    );
+    assert_eq!(
+        h.task(id, 0),
+        TaskState::Assigned,
+        "not running before it starts"
+    );
+}
+
+#[test]
+fn a_group_restart_waits_for_every_stopped_replica_and_survives_a_server_restart() {
+    let mut h = H::new();
+    h.connect(bridge_node("a", 4.0));
+    h.take();
+    let id = h.submit(with(None, 1));
+    let first = h.starts();
+    run_all(&mut h, &first);
+    h.ended("a", key(id, 1, 1), EndKind::Exited, Some(1));
+    h.take();
+    // The failed one's back-off passes while its peers are still stopping: nothing starts.
+    h.advance(2_000);
+    assert!(h.starts().is_empty());
+    assert!(h
+        .reason(id)
+        .unwrap()
+        .contains("waiting for the other replicas to stop"));
+
+    // The server restarts before the peers' ends arrive: their stops are forgotten, and the
+    // ends the agent reports put them back with the group all the same.
+    h.restart(CoreConfig::default());
+    let killed = |k| AttemptReport::Ended {
+        key: k,
+        result: AttemptResult {
+            kind: EndKind::Killed,
+            exit_code: None,
+            signal: Some(15),
+            started_at: None,
+            ended_at: 0,
+            max_rss_bytes: None,
+            cpu_secs: None,
+            outputs: Vec::new(),
+            message: None,
+        },
+    };
+    h.connect_with(
+        bridge_node("a", 4.0),
+        vec![killed(key(id, 0, 1)), killed(key(id, 2, 1))],
+    );
+    h.advance(1_000);
+    let again = h.starts();
+    assert_eq!(again.len(), 3, "{again:?}");
+    assert_eq!(h.attempts(id, 0)[0].state, TaskState::Lost);
+    assert_eq!(h.job(id).state, JobState::Running);
+}
