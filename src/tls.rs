@@ -79,6 +79,8 @@ pub async fn serve(
                 }
             },
         };
+        // No Nagle (see `toolbox::http`).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {

@@ -81,8 +81,12 @@ pub async fn http(
 ) -> Result<()> {
     match tls {
         Some(cfg) => crate::tls::serve(listener, app, cfg, stop).await,
+        // No Nagle: an event stream writes small frames, and Nagle's wait for the client's
+        // delayed ACK held them back by about 40 ms.
         None => axum::serve(
-            listener,
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(stop)

@@ -5,10 +5,42 @@ use crate::cli::WaitArgs;
 use crate::client::Client;
 use crate::output::Output;
 use anyhow::Result;
+use gaffer_api::views::EventView;
 use gaffer_api::views::JobDetail;
 use gaffer_api::JobId;
-use std::io::IsTerminal;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, IsTerminal};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+/// Longest wait between two looks at a job: the fallback when no event arrives (a server
+/// without the event stream, or a stream that broke), and the progress bar's refresh.
+const POLL_CAP: Duration = Duration::from_millis(500);
+
+/// Wake-ups for the jobs `ids`: a message on every job-level event of one of them, from the
+/// server's event stream (`GET /v1/events`, live), read on a thread of its own. Opened before
+/// the first look at the jobs, so no end is missed. `None` when the stream cannot be opened:
+/// waiting then polls.
+fn wake_ups(c: &Client, ids: &[JobId]) -> Option<Receiver<()>> {
+    let reader = c.get_reader("/v1/events").ok()?;
+    let want: HashSet<JobId> = ids.iter().copied().collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(e) = serde_json::from_str::<EventView>(data.trim()) else {
+                continue;
+            };
+            if e.task.is_none() && want.contains(&e.job) && tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    Some(rx)
+}
 
 /// `gaffer wait`.
 pub fn wait(c: &Client, out: Output, a: WaitArgs) -> Result<i32> {
@@ -37,6 +69,7 @@ pub(super) fn wait_ids(
 ) -> Result<i32> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal() && human;
+    let wake = wake_ups(c, ids);
     let mut all_ok = true;
     for id in ids {
         let mut bar: Option<indicatif::ProgressBar> = None;
@@ -74,8 +107,17 @@ pub(super) fn wait_ids(
                 eprintln!("gaffer wait: timed out; {id} is still {}", j.state);
                 return Ok(124);
             }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(500));
+            // A job-level event (it started, it ended) wakes us at once; else look again
+            // after `delay`.
+            match &wake {
+                Some(rx) => match rx.recv_timeout(delay) {
+                    Ok(()) => while rx.try_recv().is_ok() {},
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => std::thread::sleep(delay),
+                },
+                None => std::thread::sleep(delay),
+            }
+            delay = (delay * 2).min(POLL_CAP);
         };
         let ok = job.state == gaffer_api::JobState::Succeeded;
         all_ok &= ok;

@@ -103,9 +103,11 @@ async fn connect(
         req.headers_mut().insert("Authorization", v);
     }
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    // Nagle off (`true`): reports are small messages, and Nagle held one back until the
+    // server's delayed ACK of the one before.
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector),
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector),
     )
     .await
     .map_err(|_| "timed out".to_string())?
