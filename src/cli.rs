@@ -90,6 +90,13 @@ pub enum Command {
     /// Offline maintenance of a store: snapshot the whole state to a file, restore it.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print a shell completion script: `gaffer completions bash > /etc/bash_completion.d/gaffer`,
+    /// `gaffer completions zsh > ~/.zfunc/_gaffer`, `gaffer completions fish >
+    /// ~/.config/fish/completions/gaffer.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Internal: supervise one task attempt (started by the agent).
     #[command(hide = true)]
     Shim {

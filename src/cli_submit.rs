@@ -12,11 +12,7 @@ use std::path::PathBuf;
 )]
 pub struct SubmitArgs {
     /// The program and its arguments (after `--`).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
     /// A command line for /bin/sh -c instead of COMMAND.
     #[arg(long, conflicts_with = "command")]

@@ -91,5 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Events(a) => commands::events(&c, out, a),
         Command::Admin(a) => admin::run(out, a),
         Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "gaffer", &mut std::io::stdout());
+            Ok(0)
+        }
     }
 }

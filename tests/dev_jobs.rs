@@ -757,3 +757,29 @@ fn image_rm_removes_an_imported_image_and_says_so_for_a_missing_one() {
     assert_ne!(again.code, 0);
     assert!(again.stderr.contains("no image `tiny`"), "{again:?}");
 }
+
+#[test]
+fn a_misspelled_flag_is_an_error_not_the_command() {
+    let dev = Dev::start();
+    let out = dev.gaffer(&["submit", "--retires", "3", "--", "echo", "hi"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("unexpected argument '--retires'")
+            && out
+                .stderr
+                .contains("a similar argument exists: '--retries'"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(dev.job_count(), 0, "nothing was submitted");
+    // A command's own flags still need no `--` once the command has begun; one that starts
+    // with `-` needs it.
+    let id = dev.submit_cli(&["echo", "-n", "hi"]);
+    assert_eq!(
+        dev.wait_final(&id, Duration::from_secs(30))["state"],
+        "succeeded"
+    );
+    assert_eq!(dev.gaffer(&["logs", &id]).ok().stdout, "hi");
+    let out = dev.gaffer(&["submit", "-q", "--", "--version"]);
+    assert_eq!(out.code, 0, "{out:?}");
+}
