@@ -90,28 +90,25 @@ impl Inner {
                     env.push((k, v));
                 }
                 // A host replica's shared directory is where it is on the node.
-                if l.shared_dir.is_some() {
-                    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
-                    match self.shared_dir(&l, uid.as_raw(), gid.as_raw()) {
-                        Ok(d) => env.push(("GAFFER_SHARED_DIR".into(), d.display().to_string())),
-                        Err(e) => {
-                            let result = AttemptResult {
-                                kind: EndKind::SpawnFailed,
-                                ..lost(e.to_string())
-                            };
-                            self.send(AgentMsg::Ended { key, result });
-                            return;
-                        }
+                let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+                let shared = l
+                    .shared_dir
+                    .as_ref()
+                    .map(|_| self.shared_dir(&l, uid.as_raw(), gid.as_raw()))
+                    .transpose();
+                shared.map(|shared| {
+                    if let Some(d) = shared {
+                        env.push(("GAFFER_SHARED_DIR".into(), d.display().to_string()));
                     }
-                }
-                Ok(LaunchSpec {
-                    argv: l.argv,
-                    env,
-                    cwd: l.workdir.map(PathBuf::from),
-                    timeout_ms: l.timeout_ms,
-                    kill_grace_ms: l.kill_grace_ms,
-                    outputs: l.outputs,
-                    container: None,
+                    LaunchSpec {
+                        argv: l.argv,
+                        env,
+                        cwd: l.workdir.map(PathBuf::from),
+                        timeout_ms: l.timeout_ms,
+                        kill_grace_ms: l.kill_grace_ms,
+                        outputs: l.outputs,
+                        container: None,
+                    }
                 })
             }
         };

@@ -43,28 +43,10 @@ impl<E: Effects> Core<E> {
             (Some(_), Some(_)) => Some(false),
             (Some(_), None) => Some(true),
         };
-        let node = t.node.clone().unwrap_or_default();
         self.batch.tasks.push(t.row(key.job, key.index));
-        self.batch.attempts.push((
-            key.job,
-            key.index,
-            AttemptView {
-                attempt: key.attempt,
-                node,
-                state: TaskState::Running,
-                started_at: Some(at),
-                ended_at: None,
-                exit_code: None,
-                signal: None,
-                message: None,
-                max_rss_bytes: None,
-                cpu_secs: None,
-                outputs: Vec::new(),
-                ip: t.ip.clone(),
-                ports: t.ports.clone(),
-                ready: t.ready,
-            },
-        ));
+        self.batch
+            .attempts
+            .push((key.job, key.index, t.running_view()));
         self.stats.tasks_started += 1;
         if t.ready == Some(true) {
             self.send_service(key.job);

@@ -46,6 +46,26 @@ impl TaskRt {
         }
     }
 
+    /// The view of its current attempt while it runs, as the store keeps it.
+    pub(super) fn running_view(&self) -> gaffer_api::views::AttemptView {
+        gaffer_api::views::AttemptView {
+            attempt: self.attempt,
+            node: self.node.clone().unwrap_or_default(),
+            state: TaskState::Running,
+            started_at: self.started_at,
+            ended_at: None,
+            exit_code: None,
+            signal: None,
+            message: None,
+            max_rss_bytes: None,
+            cpu_secs: None,
+            outputs: Vec::new(),
+            ip: self.ip.clone(),
+            ports: self.ports.clone(),
+            ready: self.ready,
+        }
+    }
+
     /// A task as the store has it.
     pub(super) fn from_row(t: &TaskRow) -> Self {
         TaskRt {

@@ -3,7 +3,6 @@
 
 use super::{Core, CoreError, Effects};
 use gaffer_api::proto::ServerMsg;
-use gaffer_api::views::AttemptView;
 use gaffer_api::{AttemptKey, JobId, TaskState, UnixMs};
 
 impl<E: Effects> Core<E> {
@@ -24,23 +23,9 @@ impl<E: Effects> Core<E> {
             return Ok(());
         }
         t.ready = Some(ready);
-        let view = AttemptView {
-            attempt: key.attempt,
-            node: t.node.clone().unwrap_or_default(),
-            state: TaskState::Running,
-            started_at: t.started_at,
-            ended_at: None,
-            exit_code: None,
-            signal: None,
-            message: None,
-            max_rss_bytes: None,
-            cpu_secs: None,
-            outputs: Vec::new(),
-            ip: t.ip.clone(),
-            ports: t.ports.clone(),
-            ready: t.ready,
-        };
-        self.batch.attempts.push((key.job, key.index, view));
+        self.batch
+            .attempts
+            .push((key.job, key.index, t.running_view()));
         let what = if ready { "ready" } else { "not ready" };
         self.event(
             now,
