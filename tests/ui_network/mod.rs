@@ -139,6 +139,29 @@ async fn bridge_in_the_ui() {
     )
     .await;
 
+    // The overview's y-axis, with a single finished task in the last hour: whole numbers,
+    // none repeated.
+    b.goto(&format!("{}/#/", dev.addr)).await;
+    let labels = b
+        .wait_js(
+            "the overview chart's y-axis",
+            UI_TIMEOUT,
+            "const c = document.querySelector('#timeline-chart'); \
+             if (!c || Number(c.dataset.succeeded) < 1) return null; \
+             return [...c.querySelectorAll('text')].map((t) => t.textContent).filter((t) => /^[0-9]+$/.test(t))",
+        )
+        .await;
+    let labels: Vec<&str> = labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut distinct = labels.clone();
+    distinct.dedup();
+    assert_eq!(labels.len(), 3, "{labels:?}");
+    assert_eq!(distinct, labels, "no tick label twice: {labels:?}");
+
     // The nodes page shows the node's subnet.
     b.goto(&format!("{}/#/nodes", dev.addr)).await;
     b.wait_js(

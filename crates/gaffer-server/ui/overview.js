@@ -38,7 +38,8 @@ function chart(tl) {
   const R = 8;
   const mins = tl.minutes;
   const max = Math.max(1, ...mins.map((m) => m.succeeded + m.failed));
-  const nice = max <= 5 ? max : Math.ceil(max / 5) * 5;
+  // An even top, so that the middle tick is a whole number too (no "0, 1, 1" at a top of 1).
+  const nice = max <= 4 ? 2 * Math.ceil(max / 2) : Math.ceil(max / 10) * 10;
   const bw = (W - L - R) / mins.length;
   const y = (v) => T + (H - T - B) * (1 - v / nice);
   const total = mins.reduce((a, m) => [a[0] + m.succeeded, a[1] + m.failed], [0, 0]);
