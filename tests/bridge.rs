@@ -13,7 +13,7 @@ mod util;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
-use util::net::{http_get, import_web, isolated, sh};
+use util::net::{dnat_rules, http_get, import_web, isolated, sh};
 use util::{wait_until, Dev};
 
 /// The running attempt of task 0, once it has an address.
@@ -36,15 +36,7 @@ fn leftovers(dev: &Dev) -> (Vec<String>, usize, Vec<String>) {
         .filter(|l| l.contains(": gv"))
         .map(str::to_string)
         .collect();
-    let rules = Command::new("nft")
-        .args(["list", "table", "inet", "gaffer"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .matches("dnat ip to")
-                .count()
-        })
-        .unwrap_or(0);
+    let rules = dnat_rules();
     let netns: Vec<String> = std::fs::read_dir(dev.data.join("agent/netns"))
         .map(|d| {
             d.flatten()

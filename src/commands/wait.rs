@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 const POLL_CAP: Duration = Duration::from_millis(500);
 
 /// Wake-ups for the jobs `ids`: a message on every job-level event of one of them, from the
-/// server's event stream (`GET /v1/events`, live), read on a thread of its own. Opened before
-/// the first look at the jobs, so no end is missed. `None` when the stream cannot be opened:
-/// waiting then polls.
+/// server's event stream (`GET /v1/events`, live), read on a thread of its own. The caller
+/// looks at the jobs once more after opening it, so no end falls between. `None` when the
+/// stream cannot be opened: waiting then polls.
 fn wake_ups(c: &Client, ids: &[JobId]) -> Option<Receiver<()>> {
     let reader = c.get_reader("/v1/events").ok()?;
     let want: HashSet<JobId> = ids.iter().copied().collect();
@@ -69,7 +69,8 @@ pub(super) fn wait_ids(
 ) -> Result<i32> {
     let start = Instant::now();
     let tty = std::io::stderr().is_terminal() && human;
-    let wake = wake_ups(c, ids);
+    // Opened at the first job that is not over: waiting on finished jobs costs no stream.
+    let mut wake: Option<Option<Receiver<()>>> = None;
     let mut all_ok = true;
     for id in ids {
         let mut bar: Option<indicatif::ProgressBar> = None;
@@ -109,7 +110,12 @@ pub(super) fn wait_ids(
             }
             // A job-level event (it started, it ended) wakes us at once; else look again
             // after `delay`.
-            match &wake {
+            let Some(w) = &wake else {
+                // Look once more now that the stream is open: the end may have come between.
+                wake = Some(wake_ups(c, ids));
+                continue;
+            };
+            match w {
                 Some(rx) => match rx.recv_timeout(delay) {
                     Ok(()) => while rx.try_recv().is_ok() {},
                     Err(RecvTimeoutError::Timeout) => {}

@@ -6,11 +6,10 @@
 //! test says why it skips, and fails under CI=true).
 
 use crate::ui_util::{Browser, UI_TIMEOUT};
-use crate::util::net::{isolated, sh};
+use crate::util::net::{dnat_rules, isolated, sh};
 use crate::util::{self, wait_until, Dev};
 use crate::{run, s};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
 
 /// A busybox image imported as `web`.
@@ -60,15 +59,7 @@ fn leftovers() -> (usize, usize) {
         .lines()
         .filter(|l| l.contains(": gv"))
         .count();
-    let rules = Command::new("nft")
-        .args(["list", "table", "inet", "gaffer"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .matches("dnat ip to")
-                .count()
-        })
-        .unwrap_or(0);
+    let rules = dnat_rules();
     (veths, rules)
 }
 

@@ -82,3 +82,16 @@ pub fn http_get(addr: &str) -> Option<String> {
     s.read_to_string(&mut body).ok()?;
     Some(body)
 }
+
+/// How many DNAT rules (mapped ports) gaffer's `inet gaffer` table holds in this namespace.
+pub fn dnat_rules() -> usize {
+    Command::new("nft")
+        .args(["list", "table", "inet", "gaffer"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .matches("dnat ip to")
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -382,11 +382,14 @@ fn launch(
             ("GAFFER_REPLICA".to_string(), key.index.to_string()),
             ("GAFFER_REPLICAS".to_string(), n.to_string()),
             ("GAFFER_PEERS".to_string(), peers.join(" ")),
-            (
+        ]);
+        // A host replica's hostfile is in its attempt directory: its agent names it.
+        if spec.image.is_some() {
+            env.push((
                 "GAFFER_HOSTFILE".to_string(),
                 gaffer_api::cluster::HOSTFILE.to_string(),
-            ),
-        ]);
+            ));
+        }
     }
     TaskLaunch {
         key,
