@@ -64,6 +64,7 @@ pub enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Submit a job: `gaffer submit [OPTIONS] -- COMMAND [ARGS...]`, `--shell 'LINE'` or `-f FILE`.
+    #[command(args_override_self = true)]
     Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     Jobs(JobsArgs),
@@ -75,6 +76,11 @@ pub enum Command {
     Kill(JobsList),
     /// Give every task that failed, timed out or was lost a new attempt.
     Retry(JobsList),
+    /// Hold jobs: their tasks that have not started stay pending until `gaffer release`
+    /// (running ones go on). `gaffer submit --hold` submits a job held.
+    Hold(JobsList),
+    /// Release held jobs: their pending tasks may start.
+    Release(JobsList),
     /// Wait for jobs to finish; exit status 0 only if every task succeeded.
     Wait(WaitArgs),
     /// Delete finished jobs and their history.

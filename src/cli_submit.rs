@@ -1,6 +1,18 @@
 //! The flags of `gaffer submit` (run in [`crate::commands::submit`]).
 
 use crate::cli::{duration, env_pair, port_spec, size};
+
+/// `N` or `N%K`.
+fn array_spec(s: &str) -> Result<(u32, Option<u32>), String> {
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("`{s}` must be N or N%K (numbers), e.g. 100 or 100%10"))
+    };
+    match s.split_once('%') {
+        Some((n, k)) => Ok((num(n)?, Some(num(k)?))),
+        None => Ok((num(s)?, None)),
+    }
+}
 use clap::Args;
 use gaffer_api::{ByteSize, DurationSpec};
 use std::path::PathBuf;
@@ -8,12 +20,26 @@ use std::path::PathBuf;
 /// `gaffer submit`.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  gaffer submit --name hello -- echo hello world\n  gaffer submit --shell 'for i in 1 2 3; do echo $i; sleep 1; done'\n  gaffer submit --timeout 2s -- sleep 30\n  gaffer submit --retries 3 --shell 'exit 1'\n  gaffer submit --array 100 --shell 'echo $GAFFER_TASK_INDEX'\n  gaffer submit --output 'results/*.csv' --shell 'mkdir results; echo a,b > results/x.csv'\n  gaffer submit -f jobs.json      # one spec or a list; all or nothing"
+    after_help = "Examples:\n  gaffer submit --name hello -- echo hello world\n  gaffer submit job.sh ARG     # a batch script: its #GAFFER and #SBATCH lines are flags\n  gaffer submit --shell 'for i in 1 2 3; do echo $i; sleep 1; done'\n  gaffer submit --timeout 2s -- sleep 30\n  gaffer submit --retries 3 --shell 'exit 1'\n  gaffer submit --array 100 --shell 'echo $GAFFER_TASK_INDEX'\n  gaffer submit --output 'results/*.csv' --shell 'mkdir results; echo a,b > results/x.csv'\n  gaffer submit -f jobs.json      # one spec or a list; all or nothing"
 )]
 pub struct SubmitArgs {
-    /// The program and its arguments (after `--`).
+    /// The program and its arguments (after `--`). A batch script (a file that starts with
+    /// `#!`, or an executable text file) is stored with the job and run from that copy; the
+    /// flags in its leading comment block apply first (`#GAFFER --cpus 2`, with this
+    /// command's flag names, and the common `#SBATCH` options: --job-name, --array (A-B:S%K),
+    /// --cpus-per-task, --mem, --mem-per-cpu, --time, --output, --error, --chdir,
+    /// --dependency, --export, --hold), then the flags given here. A script with `#SBATCH`
+    /// lines gets Slurm's variables (SLURM_JOB_ID, SLURM_ARRAY_TASK_ID, ...) and, unless it
+    /// says --export, the submitting shell's environment, as under sbatch.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+    /// Run a script file in place as a plain command: no stored copy, no directives.
+    #[arg(long)]
+    pub no_script: bool,
+    /// Refuse a script whose `#SBATCH` directives include options gaffer does not support
+    /// (default: one warning lists them).
+    #[arg(long)]
+    pub strict: bool,
     /// A command line for /bin/sh -c instead of COMMAND.
     #[arg(long, conflicts_with = "command")]
     pub shell: Option<String>,
@@ -26,9 +52,20 @@ pub struct SubmitArgs {
     /// Environment variable NAME=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_parser = env_pair)]
     pub env: Vec<(String, String)>,
-    /// Working directory (absolute); default: a fresh directory per attempt.
+    /// Working directory; a relative one is taken from the directory you submit from (the
+    /// node must see the same path: `gaffer dev`, or a shared filesystem). Default: a fresh
+    /// directory per attempt.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// Also write each task's standard output to this file on its node, as Slurm's
+    /// --output does: `%j` the job number, `%a` the array index, `%x` the job name; relative
+    /// to --workdir (else the submit directory). Without --stderr, standard error goes there
+    /// too. Host processes only; `gaffer logs` keeps working.
+    #[arg(long, value_name = "PATH")]
+    pub stdout: Option<String>,
+    /// Also write each task's standard error to this file (patterns as for --stdout).
+    #[arg(long, value_name = "PATH")]
+    pub stderr: Option<String>,
     /// Container image (runs as a host process without one).
     #[arg(long)]
     pub image: Option<String>,
@@ -69,9 +106,10 @@ pub struct SubmitArgs {
     /// Files to keep, as a glob relative to the working directory (repeatable).
     #[arg(long = "output")]
     pub outputs: Vec<String>,
-    /// Number of tasks; each gets GAFFER_TASK_INDEX.
-    #[arg(long)]
-    pub array: Option<u32>,
+    /// Number of tasks, N or N%K (at most K of them run at once); each gets
+    /// GAFFER_TASK_INDEX (0 to N-1).
+    #[arg(long, value_name = "N[%K]", value_parser = array_spec)]
+    pub array: Option<(u32, Option<u32>)>,
     /// Run N replicas of one distributed program (2 to 1024; containers go on the bridge
     /// network): placed together or not at all (spread over nodes by default), started only
     /// once every replica has its address, replica i named NAME-i. Each gets GAFFER_REPLICA,
@@ -113,9 +151,23 @@ pub struct SubmitArgs {
     /// Placement strategy: most_free_memory (default), binpack or spread.
     #[arg(long)]
     pub strategy: Option<gaffer_api::Placement>,
-    /// Start only after these jobs succeeded (comma-separated ids); fail if one of them fails.
-    #[arg(long = "after", value_delimiter = ',')]
+    /// Start only after these jobs succeeded (comma-separated ids); fail if one of them fails
+    /// (Slurm's afterok).
+    #[arg(long = "after", value_delimiter = ',', value_name = "JOBS")]
     pub after: Vec<String>,
+    /// Start only after these jobs ended, however they ended (afterany).
+    #[arg(long = "after-any", value_delimiter = ',', value_name = "JOBS")]
+    pub after_any: Vec<String>,
+    /// Start only after these jobs ended without success; fail if one of them succeeds
+    /// (afternotok: a clean-up or alert job).
+    #[arg(long = "after-not-ok", value_delimiter = ',', value_name = "JOBS")]
+    pub after_not_ok: Vec<String>,
+    /// Start only once every earlier job of the same name has ended (Slurm's singleton).
+    #[arg(long)]
+    pub singleton: bool,
+    /// Submit the job held: nothing starts until `gaffer release JOB`.
+    #[arg(long)]
+    pub hold: bool,
     /// Print only the job id(s).
     #[arg(short, long)]
     pub quiet: bool,

@@ -8,6 +8,7 @@ mod cli_submit;
 mod client;
 mod commands;
 mod daemon;
+mod directives;
 mod ha;
 mod images;
 mod output;
@@ -84,6 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kill(a) => commands::kill(&c, out, a),
         Command::Wait(a) => commands::wait(&c, out, a),
         Command::Retry(a) => commands::retry(&c, out, a),
+        Command::Hold(a) => commands::hold(&c, out, a, true),
+        Command::Release(a) => commands::hold(&c, out, a, false),
         Command::Rm(a) => commands::rm(&c, a),
         Command::Output(a) => commands::output(&c, out, a),
         Command::Nodes => commands::nodes(&c, out),

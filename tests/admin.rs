@@ -643,6 +643,7 @@ fn fill(dir: &Path, jobs: u64) {
             created_at: 1_000 + id,
             finished_at: done.then_some(2_000 + id),
             kill_requested: false,
+            held: false,
             next_fresh: if done { 2 } else { 0 },
         });
         if done {

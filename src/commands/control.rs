@@ -13,13 +13,12 @@ pub fn kill(c: &Client, out: Output, a: JobsList) -> Result<i32> {
         let id = job_id(j)?;
         let v: serde_json::Value =
             c.post_idempotent(&format!("/v1/jobs/{id}/kill"), &serde_json::json!({}))?;
-        out.human(|| {
-            let state = v["state"].as_str().unwrap_or("?");
-            if matches!(state, "succeeded" | "failed") {
-                println!("{id} had already finished ({state})");
-            } else {
-                println!("{id}: kill requested (running tasks get SIGTERM, then SIGKILL after their grace period)");
-            }
+        out.human(|| match v["state"].as_str().unwrap_or("?") {
+            "killing" => println!(
+                "{id}: killing (running tasks get SIGTERM, then SIGKILL after their grace period)"
+            ),
+            "killed" => println!("{id}: killed"),
+            state => println!("{id} had already finished ({state})"),
         });
         answers.push(v);
     }
@@ -37,6 +36,28 @@ pub fn retry(c: &Client, out: Output, a: JobsList) -> Result<i32> {
         out.human(|| match v["retried"].as_u64().unwrap_or(0) {
             0 => println!("{id}: no failed task to retry"),
             n => println!("{id}: {n} task(s) queued again"),
+        });
+        answers.push(v);
+    }
+    out.json(&answers)?;
+    Ok(0)
+}
+
+/// `gaffer hold` (`hold`) and `gaffer release`.
+pub fn hold(c: &Client, out: Output, a: JobsList, hold: bool) -> Result<i32> {
+    let verb = if hold { "hold" } else { "release" };
+    let mut answers = Vec::new();
+    for j in &a.jobs {
+        let id = job_id(j)?;
+        let v: serde_json::Value =
+            c.post_idempotent(&format!("/v1/jobs/{id}/{verb}"), &serde_json::json!({}))?;
+        out.human(|| {
+            let state = v["state"].as_str().unwrap_or("?");
+            if hold {
+                println!("{id}: held ({state}; tasks that have not started wait for `gaffer release {id}`)");
+            } else {
+                println!("{id}: released ({state})");
+            }
         });
         answers.push(v);
     }

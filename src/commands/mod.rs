@@ -11,13 +11,14 @@ mod logs;
 mod nodes;
 mod output;
 mod resume;
+mod script;
 mod servers;
 mod status;
 mod submit;
 mod util;
 mod wait;
 
-pub use control::{kill, retry, rm};
+pub use control::{hold, kill, retry, rm};
 pub use events::events;
 pub use jobs::jobs;
 pub use logs::logs;

@@ -101,17 +101,23 @@ impl Inner {
                         env.push(("GAFFER_SHARED_DIR".into(), d.display().to_string()));
                     }
                     LaunchSpec {
-                        argv: l.argv,
+                        argv: l.argv.clone(),
                         env,
-                        cwd: l.workdir.map(PathBuf::from),
+                        cwd: l.workdir.clone().map(PathBuf::from),
                         timeout_ms: l.timeout_ms,
                         kill_grace_ms: l.kill_grace_ms,
-                        outputs: l.outputs,
+                        outputs: l.outputs.clone(),
                         container: None,
+                        log_files: Default::default(),
                     }
                 })
             }
         };
+        let spec = spec.and_then(|mut s| {
+            crate::script::apply(&dir, &l, &mut s)
+                .map(|()| s)
+                .map_err(launch::LaunchError::Batch)
+        });
         let mut spec = match spec {
             Ok(s) => s,
             Err(e) => {

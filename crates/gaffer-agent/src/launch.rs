@@ -10,6 +10,9 @@ use std::path::PathBuf;
 /// attempt's `spawn_failed` result.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LaunchError {
+    /// The job's script or log files could not be set up (the message names the path).
+    #[error("{0}")]
+    Batch(String),
     /// The task has an image, and this node does not run containers.
     #[error("node {node} cannot run containers (image `{image}`): it needs root and overlayfs")]
     NoContainers {
@@ -224,6 +227,7 @@ impl Inner {
                 memory: l.memory,
                 pids: l.pids,
             }),
+            log_files: Default::default(),
         })
     }
 }

@@ -20,6 +20,7 @@ mod launch;
 pub mod net;
 pub mod remote;
 mod report;
+mod script;
 mod service;
 
 use report::lost;

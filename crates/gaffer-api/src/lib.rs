@@ -6,12 +6,14 @@
 //! so that the server, the CLI and tests agree on what a valid job is, and every error names the
 //! field it is about ([`FieldError`]).
 
+pub mod batch;
 pub mod cluster;
 pub mod ids;
 pub mod mounts;
 pub mod ports;
 pub mod proto;
 pub mod spec;
+mod spec_parse;
 pub mod state;
 pub mod units;
 pub mod views;

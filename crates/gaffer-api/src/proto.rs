@@ -345,4 +345,13 @@ pub struct TaskLaunch {
     /// Host directories to bind into the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::mounts::MountSpec>,
+    /// A batch script: the agent writes it out and runs it with `argv` as its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<crate::batch::Script>,
+    /// Host paths (patterns expanded) that receive the task's stdout and stderr as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_file: Option<String>,
+    /// See `stdout_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_file: Option<String>,
 }

@@ -94,6 +94,41 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub depends_on: Vec<crate::JobId>,
+    /// Jobs that must end, however they end, before this one starts (Slurm's `afterany`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub after_any: Vec<crate::JobId>,
+    /// Jobs that must end without success before this one starts (`afternotok`); if one
+    /// succeeds, this job fails as `dependency_failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub after_not_ok: Vec<crate::JobId>,
+    /// Start only once every earlier job of the same name has ended (Slurm's `singleton`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub singleton: bool,
+    /// At most this many of its tasks run at once (`--array 100%10`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Submitted on hold: no task starts until the job is released (`gaffer release`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// A batch script stored with the job; it runs with `command` as its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<crate::batch::Script>,
+    /// The directory the job was submitted from (`SLURM_SUBMIT_DIR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_dir: Option<String>,
+    /// Also write each task's standard output to this file on its node (absolute; `%j` job
+    /// number, `%a` array id, `%x` job name). Without `stderr_file`, standard error goes there
+    /// too, as with Slurm's `--output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_file: Option<String>,
+    /// Also write each task's standard error to this file (patterns as in `stdout_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_file: Option<String>,
+    /// Slurm compatibility (a script with `#SBATCH` directives): `SLURM_*` variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::batch::SlurmCompat>,
     /// A cluster job of this many replicas (2 to 1,024): placed together or not at all, each
     /// started once all have their addresses, and known to each other as `NAME-0` ...
     /// `NAME-(N-1)` (`GAFFER_REPLICA`, `GAFFER_PEERS`, `GAFFER_HOSTFILE`, `/etc/hosts`).
@@ -248,19 +283,21 @@ impl JobSpec {
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
         let mut err = |f: &str, m: String| errs.push(FieldError::new(f, m));
-        match (&self.shell, self.command.is_empty()) {
-            (Some(_), false) => err(
+        // A script's `command` is its arguments (any, or none).
+        let has_command = !self.command.is_empty();
+        match (&self.shell, has_command, self.script.is_some()) {
+            (Some(_), true, false) => err(
                 "command",
                 "give either `command` or `shell`, not both".into(),
             ),
-            (None, true) => err(
+            (None, false, false) => err(
                 "command",
                 "is empty: give a program and its arguments, or a `shell` command line".into(),
             ),
-            (Some(s), true) if s.trim().is_empty() => err("shell", "is empty".into()),
+            (Some(s), false, _) if s.trim().is_empty() => err("shell", "is empty".into()),
             _ => {}
         }
-        if self.command.first().is_some_and(|c| c.is_empty()) {
+        if self.script.is_none() && self.command.first().is_some_and(|c| c.is_empty()) {
             err("command", "the program name (first word) is empty".into());
         }
         if self
@@ -370,8 +407,8 @@ impl JobSpec {
                 "only applies to container tasks (give an image)".into(),
             );
         }
-        if self.depends_on.len() > 1000 {
-            err("depends_on", "at most 1000 dependencies".into());
+        for e in crate::batch::check(self) {
+            err(&e.field, e.message);
         }
         if errs.is_empty() {
             Ok(())
@@ -397,6 +434,7 @@ impl JobSpec {
     }
 
     /// The argv a task runs: `command`, or `/bin/sh -c shell`.
+    /// (A script's argv is its arguments: its agent puts the script's path in front.)
     pub fn argv(&self) -> Vec<String> {
         match &self.shell {
             Some(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
@@ -408,6 +446,9 @@ impl JobSpec {
     pub fn display_name(&self) -> String {
         if let Some(n) = &self.name {
             return n.clone();
+        }
+        if let Some(s) = &self.script {
+            return s.name.clone();
         }
         match (&self.shell, self.command.first()) {
             (Some(_), _) => "sh".into(),
@@ -465,83 +506,7 @@ fn check_output_glob(g: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses one spec or a list of specs from JSON and validates them; on error returns every
-/// problem of every spec, each naming its field (and its position in a list).
-pub fn parse_specs_json(body: &[u8]) -> Result<Vec<JobSpec>, Vec<FieldError>> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| vec![FieldError::new("", format!("invalid JSON: {e}"))])?;
-    specs_from_value(v)
-}
-
-/// Converts a JSON value (one spec object, a list, or `{"jobs": [...]}`) into validated specs.
-pub fn specs_from_value(v: serde_json::Value) -> Result<Vec<JobSpec>, Vec<FieldError>> {
-    let (items, listed) = match v {
-        serde_json::Value::Array(a) => (a, true),
-        serde_json::Value::Object(mut o) if o.len() == 1 && o.contains_key("jobs") => {
-            match o.remove("jobs") {
-                Some(serde_json::Value::Array(a)) => (a, true),
-                _ => return Err(vec![FieldError::new("jobs", "must be a list of job specs")]),
-            }
-        }
-        other @ serde_json::Value::Object(_) => (vec![other], false),
-        _ => {
-            return Err(vec![FieldError::new(
-                "",
-                "expected a job spec object or a list of them",
-            )])
-        }
-    };
-    if items.is_empty() {
-        return Err(vec![FieldError::new("", "the list of jobs is empty")]);
-    }
-    let mut specs = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
-        let parsed = {
-            serde_path_to_error::deserialize::<_, JobSpec>(item).map_err(|e| {
-                let path = e.path().to_string();
-                let msg = e.inner().to_string();
-                let field = if path.is_empty() || path == "." {
-                    field_from_serde_message(&msg)
-                } else {
-                    path
-                };
-                FieldError {
-                    index: listed.then_some(i),
-                    field,
-                    message: msg,
-                }
-            })
-        };
-        match parsed {
-            Ok(spec) => match spec.validate() {
-                Ok(()) => specs.push(spec),
-                Err(errs) => errors.extend(errs.into_iter().map(|mut e| {
-                    e.index = listed.then_some(i);
-                    e
-                })),
-            },
-            Err(e) => errors.push(e),
-        }
-    }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(errors)
-    }
-}
-
-/// Best effort: pulls the field name out of serde's "unknown field `x`" style messages.
-fn field_from_serde_message(msg: &str) -> String {
-    for marker in ["unknown field `", "missing field `"] {
-        if let Some(rest) = msg.split(marker).nth(1) {
-            if let Some(end) = rest.find('`') {
-                return rest[..end].to_string();
-            }
-        }
-    }
-    String::new()
-}
+pub use crate::spec_parse::{parse_specs_json, specs_from_value};
 
 #[cfg(test)]
 #[path = "spec_tests.rs"]

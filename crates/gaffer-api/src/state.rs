@@ -185,7 +185,9 @@ impl JobState {
             } else {
                 JobState::Succeeded
             }
-        } else if c.running > 0 || ended > 0 || c.started > 0 {
+        } else if c.running > 0 || ended > 0 {
+            // Tasks that ran and wait out a retry back-off, with nothing running or ended,
+            // leave their job pending (retrying), not running.
             JobState::Running
         } else {
             JobState::Pending

@@ -27,6 +27,9 @@ pub struct JobView {
     /// A kill was requested.
     #[serde(default)]
     pub kill_requested: bool,
+    /// On hold: no task starts until `gaffer release`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
     /// Why pending tasks are not placed, e.g. "no node has 64GiB free memory".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,

@@ -104,6 +104,7 @@ fn main() {
                 memory: a.memory,
                 pids: None,
             }),
+            log_files: Default::default(),
         };
         let t0 = Instant::now();
         prepare(&dir, &spec).unwrap();

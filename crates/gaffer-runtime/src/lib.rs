@@ -40,6 +40,7 @@ mod fsutil;
 pub mod image;
 mod init;
 mod layers;
+mod logfiles;
 mod outputs;
 mod procfs;
 pub mod pull;
@@ -61,7 +62,9 @@ pub use error::{DriverError, Error, LayerError, Result};
 pub use image::{Image, ImageConfig, ImageStore};
 pub use pull::{default_image_name, PullProgress};
 pub use shim::shim_main;
-pub use spec::{AttemptStatus, BindMount, ContainerSpec, EndReason, LaunchSpec, Network, Probe};
+pub use spec::{
+    AttemptStatus, BindMount, ContainerSpec, EndReason, LaunchSpec, LogFiles, Network, Probe,
+};
 
 use fsutil::{PID_FILE, SPEC_FILE, STATUS_FILE};
 

@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 use crate::container::ContainerDriver;
 use crate::driver::{Driver, HostDriver, Launch, Task};
 use crate::fsutil::{self, PID_FILE, SPEC_FILE, STATUS_FILE};
+use crate::logfiles;
 use crate::outputs;
 use crate::procfs;
 use crate::spec::{AttemptStatus, EndReason, LaunchSpec};
@@ -169,8 +170,14 @@ fn run(dir: &Path) -> AttemptStatus {
         (Ok(o), Ok(e)) => (o, e),
         (Err(m), _) | (_, Err(m)) => return spawn_failed(m),
     };
+    let names = (crate::stdout_path(dir), crate::stderr_path(dir));
+    let (stdout, stderr, copies) =
+        match logfiles::attach(&spec.log_files, (&names.0, &names.1), (stdout, stderr)) {
+            Ok(t) => t,
+            Err(m) => return spawn_failed(m),
+        };
 
-    match spec.container.clone() {
+    let mut status = match spec.container.clone() {
         None => {
             let cwd: PathBuf = spec.cwd.clone().unwrap_or_else(|| crate::work_dir(dir));
             execute(
@@ -196,7 +203,11 @@ fn run(dir: &Path) -> AttemptStatus {
                 (stdout, stderr),
             )
         }
+    };
+    if let Some(e) = logfiles::finish(&copies) {
+        append_message(&mut status.message, e);
     }
+    status
 }
 
 /// Start the task through `driver`, supervise it, clean up and build the status.

@@ -36,6 +36,28 @@ pub struct LaunchSpec {
     /// `<dir>/work`), and `outputs` are collected from `<dir>/work`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSpec>,
+    /// Files on the host that receive the task's logs as well (see [`LogFiles`]).
+    #[serde(default, skip_serializing_if = "LogFiles::is_empty")]
+    pub log_files: LogFiles,
+}
+
+/// Host paths where a task's standard output and error appear too, besides the attempt's
+/// own `stdout` and `stderr`. With `stdout` alone, standard error goes there as well.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LogFiles {
+    /// Standard output (and standard error, unless `stderr` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<PathBuf>,
+    /// Standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<PathBuf>,
+}
+
+impl LogFiles {
+    /// No extra files.
+    pub fn is_empty(&self) -> bool {
+        self.stdout.is_none() && self.stderr.is_none()
+    }
 }
 
 /// How to run a task in a container (see [`crate::container`]).

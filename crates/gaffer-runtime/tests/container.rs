@@ -197,6 +197,7 @@ impl Ctr {
                 memory: None,
                 pids: None,
             }),
+            log_files: Default::default(),
         };
         Ctr {
             _tmp: tmp,

@@ -60,6 +60,7 @@ impl Attempt {
             kill_grace_ms: 5_000,
             outputs: vec![],
             container: None,
+            log_files: Default::default(),
         };
         Attempt {
             _tmp: tmp,

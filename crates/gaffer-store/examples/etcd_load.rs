@@ -100,6 +100,7 @@ fn main() {
                 created_at: 1_700_000_000_000 + id,
                 finished_at: None,
                 kill_requested: false,
+                held: false,
                 next_fresh: 0,
             });
         }

@@ -48,6 +48,7 @@ fn main() {
                 created_at: now,
                 finished_at: Some(now + 5),
                 kill_requested: false,
+                held: false,
                 next_fresh: per,
             });
             for index in 0..per {
@@ -123,6 +124,7 @@ fn main() {
             created_at: 1_800_000_000_000,
             finished_at: None,
             kill_requested: false,
+            held: false,
             next_fresh: 0,
         });
     }

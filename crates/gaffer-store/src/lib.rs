@@ -95,6 +95,8 @@ pub struct JobRow {
     pub finished_at: Option<UnixMs>,
     /// Kill requested.
     pub kill_requested: bool,
+    /// On hold: none of its tasks starts until it is released.
+    pub held: bool,
     /// Every task index below this has a task row.
     pub next_fresh: u32,
 }
@@ -273,6 +275,7 @@ impl JobRow {
             created_at: self.created_at,
             finished_at: self.finished_at,
             kill_requested: self.kill_requested,
+            held: self.held,
             pending_reason: None,
             spec: self.spec.clone(),
         }

@@ -70,6 +70,9 @@ pub struct JobRecord {
     /// Kill requested.
     #[serde(default, skip_serializing_if = "is_false")]
     pub kill_requested: bool,
+    /// On hold.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held: bool,
     /// Every task index below this has a task record.
     pub next_fresh: u32,
     /// The spec as submitted (validated).
@@ -90,6 +93,8 @@ struct EtcdJob<'a> {
     finished_at: Option<UnixMs>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     kill_requested: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    held: bool,
     #[serde(default)]
     next_fresh: u32,
 }
@@ -106,6 +111,7 @@ impl JobRecord {
             created_at: self.created_at,
             finished_at: self.finished_at,
             kill_requested: self.kill_requested,
+            held: self.held,
             next_fresh: self.next_fresh,
         };
         serde_json::to_vec(&e).expect("records serialise")
@@ -122,6 +128,7 @@ impl JobRecord {
             created_at: e.created_at,
             finished_at: e.finished_at,
             kill_requested: e.kill_requested,
+            held: e.held,
             next_fresh: e.next_fresh,
             spec: e.spec.into_owned(),
         })
@@ -138,6 +145,7 @@ impl From<JobRow> for JobRecord {
             created_at: j.created_at,
             finished_at: j.finished_at,
             kill_requested: j.kill_requested,
+            held: j.held,
             next_fresh: j.next_fresh,
             spec: j.spec,
         }
@@ -155,6 +163,7 @@ impl From<JobRecord> for JobRow {
             created_at: j.created_at,
             finished_at: j.finished_at,
             kill_requested: j.kill_requested,
+            held: j.held,
             next_fresh: j.next_fresh,
         }
     }
@@ -391,6 +400,7 @@ mod tests {
             created_at: 100,
             finished_at: full.then_some(200),
             kill_requested: full,
+            held: false,
             next_fresh: if full { 3 } else { 0 },
             spec: JobSpec {
                 command: vec!["true".into()],
@@ -539,7 +549,7 @@ mod tests {
         assert_eq!(
             err::<JobRecord>(r#"{"x":1}"#),
             "unknown field `x`, expected one of `id`, `name`, `state`, `counts`, `created_at`, \
-             `finished_at`, `kill_requested`, `next_fresh`, `spec` at line 1 column 4"
+             `finished_at`, `kill_requested`, `held`, `next_fresh`, `spec` at line 1 column 4"
         );
         assert_eq!(
             err::<TaskRecord>(r#"{"x":1}"#),

@@ -247,6 +247,7 @@ fn job(id: u64, n: u32) -> JobRow {
         created_at: 1000 + id,
         finished_at: None,
         kill_requested: false,
+        held: false,
         next_fresh: 0,
     }
 }
@@ -811,6 +812,7 @@ fn updates_keep_spec_and_missing_updates_are_ignored(fx: &dyn Fixture) {
     u.counts.pending = 2;
     u.counts.started = 2;
     u.kill_requested = true;
+    u.held = true;
     u.next_fresh = 2;
     u.name = "renamed".into();
     u.spec.command = vec!["false".into()];
@@ -823,6 +825,7 @@ fn updates_keep_spec_and_missing_updates_are_ignored(fx: &dyn Fixture) {
     assert_eq!(got.state, JobState::Running);
     assert_eq!(got.counts, u.counts);
     assert!(got.kill_requested);
+    assert!(got.held, "holds are kept");
     assert_eq!(got.next_fresh, 2);
     assert_eq!(got.name, "job1", "update does not rename");
     assert_eq!(got.spec, job(1, 4).spec, "update does not rewrite the spec");

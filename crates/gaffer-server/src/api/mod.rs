@@ -96,6 +96,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/kill", post(kill_job))
         .route("/v1/jobs/{id}/retry", post(retry_job))
+        .route("/v1/jobs/{id}/hold", post(hold_job))
+        .route("/v1/jobs/{id}/release", post(release_job))
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/outputs", get(list_outputs))
         .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
@@ -116,6 +118,8 @@ pub fn routes() -> Router<AppState> {
         delete_job,
         kill_job,
         retry_job,
+        hold_job,
+        release_job,
         files::logs,
         files::list_outputs,
         files::get_output,
@@ -147,6 +151,7 @@ pub fn routes() -> Router<AppState> {
         OutputFile,
         KillResponse,
         RetryResponse,
+        HoldResponse,
         crate::ui::Timeline,
         crate::ui::TimelineMinute
     ))
@@ -367,7 +372,10 @@ async fn delete_job(
 struct KillResponse {
     #[schema(value_type = String)]
     id: JobId,
-    state: JobState,
+    /// `killing` while its running tasks stop (SIGTERM, then SIGKILL after the grace),
+    /// else the state it ended in (`killed`, or the state of a job that had already ended).
+    #[schema(example = "killing")]
+    state: String,
 }
 
 /// Kill every task of a job: pending ones at once, running ones by SIGTERM then SIGKILL.
@@ -379,6 +387,11 @@ async fn kill_job(
 ) -> ApiResult<Json<KillResponse>> {
     let id = parse_id(&id)?;
     let state = st.core.kill(id).await?;
+    let state = if state.is_final() {
+        state.to_string()
+    } else {
+        "killing".to_string()
+    };
     Ok(Json(KillResponse { id, state }))
 }
 
@@ -401,6 +414,50 @@ async fn retry_job(
     let id = parse_id(&id)?;
     let retried = st.core.retry(id).await?;
     Ok(Json(RetryResponse { id, retried }))
+}
+
+/// Answer to a hold or a release.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct HoldResponse {
+    #[schema(value_type = String)]
+    id: JobId,
+    /// The job's state (running tasks go on while it is held).
+    state: JobState,
+    /// Held now.
+    held: bool,
+}
+
+/// Hold a job: its tasks that have not started stay pending until it is released (running
+/// ones go on). Holding a held job changes nothing.
+#[utoipa::path(post, path = "/v1/jobs/{id}/hold", params(("id" = String, Path)),
+    responses((status = 200, body = HoldResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn hold_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HoldResponse>> {
+    let id = parse_id(&id)?;
+    let state = st.core.hold(id, true).await?;
+    Ok(Json(HoldResponse {
+        id,
+        state,
+        held: true,
+    }))
+}
+
+/// Release a held job: its tasks may start again.
+#[utoipa::path(post, path = "/v1/jobs/{id}/release", params(("id" = String, Path)),
+    responses((status = 200, body = HoldResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn release_job(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HoldResponse>> {
+    let id = parse_id(&id)?;
+    let state = st.core.hold(id, false).await?;
+    Ok(Json(HoldResponse {
+        id,
+        state,
+        held: false,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,6 +73,15 @@ pub enum Command {
         /// Answer: how many tasks were re-queued.
         reply: Reply<u32>,
     },
+    /// Hold a job (its tasks that have not started wait) or release it.
+    Hold {
+        /// Job.
+        job: JobId,
+        /// Hold (true) or release.
+        hold: bool,
+        /// Answer: the job's state.
+        reply: Reply<JobState>,
+    },
     /// Stop placing tasks on a node (and with `migrate`, move its running tasks away).
     Drain {
         /// Node name.
@@ -213,6 +222,11 @@ impl CoreHandle {
     /// Retries a job's failed tasks.
     pub async fn retry(&self, job: JobId) -> Result<u32, CoreError> {
         self.ask(|reply| Command::Retry { job, reply }).await
+    }
+
+    /// Holds (`hold`) or releases a job.
+    pub async fn hold(&self, job: JobId, hold: bool) -> Result<JobState, CoreError> {
+        self.ask(|reply| Command::Hold { job, hold, reply }).await
     }
 
     /// Drains a node.

@@ -4,6 +4,7 @@ use super::command::Reply;
 use super::model::{ActiveJob, TaskRt};
 use super::transition::{end_untouched, move_task, waiting_reason};
 use super::{refused, Core, CoreError, Effects};
+use gaffer_api::batch::DepKind;
 use gaffer_api::ports::FIRST_UNPRIVILEGED_PORT;
 use gaffer_api::proto::ServerMsg;
 use gaffer_api::state::TaskCounts;
@@ -46,6 +47,7 @@ impl<E: Effects> Core<E> {
             let id = JobId(self.next_job_id);
             self.next_job_id += 1;
             let total = spec.task_count();
+            let held = spec.hold;
             let row = JobRow {
                 id,
                 name: spec.display_name(),
@@ -59,6 +61,7 @@ impl<E: Effects> Core<E> {
                 created_at: now,
                 finished_at: None,
                 kill_requested: false,
+                held,
                 next_fresh: 0,
             };
             self.batch.insert_jobs.push(row.clone());
@@ -151,7 +154,15 @@ impl<E: Effects> Core<E> {
         }
         // Every dependency must exist.
         for (i, spec) in specs.iter().enumerate() {
-            for (k, d) in spec.depends_on.iter().enumerate() {
+            let lists = [
+                ("depends_on", &spec.depends_on),
+                ("after_any", &spec.after_any),
+                ("after_not_ok", &spec.after_not_ok),
+            ];
+            for (field, (k, d)) in lists
+                .into_iter()
+                .flat_map(|(f, l)| l.iter().enumerate().map(move |e| (f, e)))
+            {
                 let known = self.jobs.contains_key(d)
                     || self
                         .store
@@ -161,7 +172,7 @@ impl<E: Effects> Core<E> {
                 if !known {
                     errors.push(FieldError {
                         index: index(i),
-                        field: format!("depends_on[{k}]"),
+                        field: format!("{field}[{k}]"),
                         message: format!("job {d} not found"),
                     });
                 }
@@ -417,13 +428,16 @@ impl<E: Effects> Core<E> {
         self.batch.update_jobs.push(job.row);
         self.dirty_jobs.remove(&id);
         for dependent in self.dependents.remove(&id).unwrap_or_default() {
-            if new == JobState::Succeeded {
-                if let Some(d) = self.jobs.get_mut(&dependent) {
-                    d.waiting_on.remove(&id);
-                    let reason = waiting_reason(&d.waiting_on);
-                    self.set_reason(dependent, reason);
-                    self.requeue(dependent);
-                }
+            let Some(d) = self.jobs.get_mut(&dependent) else {
+                continue;
+            };
+            let Some(kind) = d.waiting_on.remove(&id) else {
+                continue;
+            };
+            if kind.satisfied_by(new == JobState::Succeeded) {
+                let reason = waiting_reason(&d.waiting_on);
+                self.set_reason(dependent, reason);
+                self.requeue(dependent);
             } else {
                 self.fail_dependency(dependent, id, new, now);
             }
@@ -433,30 +447,41 @@ impl<E: Effects> Core<E> {
 
     /// Records what job `id` waits for; fails it at once if a dependency already failed.
     pub(super) fn link_dependencies(&mut self, id: JobId, now: UnixMs) -> Result<(), CoreError> {
-        let deps = match self.jobs.get(&id) {
-            Some(j) => j.row.spec.depends_on.clone(),
+        let (mut deps, singleton) = match self.jobs.get(&id) {
+            Some(j) => (j.row.spec.dependencies(), j.row.spec.singleton),
             None => return Ok(()),
         };
+        // A singleton waits for every earlier job of its name that has not ended.
+        if singleton {
+            let name = &self.jobs[&id].row.name;
+            deps.extend(
+                self.jobs
+                    .iter()
+                    .filter(|(other, j)| **other < id && j.row.name == *name)
+                    .map(|(other, _)| (*other, DepKind::Any)),
+            );
+        }
         let mut failed = None;
-        for d in deps {
+        for (d, kind) in deps {
             if d == id {
                 continue;
             }
             if self.jobs.contains_key(&d) {
                 if let Some(j) = self.jobs.get_mut(&id) {
-                    j.waiting_on.insert(d);
+                    j.waiting_on.insert(d, kind);
                 }
                 self.dependents.entry(d).or_default().push(id);
                 continue;
             }
             self.flush_for(d, now);
-            match self.store.get_job(d) {
-                Ok(Some(r)) if r.state == JobState::Succeeded => {}
-                Ok(Some(r)) if r.state.is_final() => failed = Some((d, r.state)),
+            let ended = match self.store.get_job(d) {
+                Ok(Some(r)) if r.state.is_final() => r.state,
                 // Not final but not active either: only possible while it is being removed.
-                Ok(Some(_)) => failed = Some((d, JobState::Killed)),
-                Ok(None) => failed = Some((d, JobState::Killed)),
+                Ok(Some(_)) | Ok(None) => JobState::Killed,
                 Err(e) => return Err(CoreError::Unavailable(e.to_string())),
+            };
+            if !kind.satisfied_by(ended == JobState::Succeeded) {
+                failed = Some((d, ended));
             }
         }
         if let Some((d, st)) = failed {

@@ -34,6 +34,7 @@ pub mod command;
 mod driver;
 pub mod effects;
 mod gang;
+mod hold;
 mod jobs;
 mod model;
 mod network;
@@ -135,6 +136,11 @@ impl<E: Effects> Core<E> {
             }
             Command::Retry { job, reply } => {
                 let r = self.retry(job, now);
+                self.defer(reply, r);
+                Ok(())
+            }
+            Command::Hold { job, hold, reply } => {
+                let r = self.set_hold(job, hold, now);
                 self.defer(reply, r);
                 Ok(())
             }
@@ -251,6 +257,9 @@ impl<E: Effects> Core<E> {
             self.queue.insert(key);
         } else {
             self.queue.remove(&key);
+            if let Some(why) = transition::idle_reason(job) {
+                self.set_reason(id, Some(why));
+            }
         }
     }
 }

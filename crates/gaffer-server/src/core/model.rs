@@ -4,12 +4,13 @@
 //! A job's tasks that never had an attempt have no [`TaskRt`]: they are counted in
 //! `counts.pending` and start at `row.next_fresh` (see `gaffer_store`'s lazy task rows).
 
+use gaffer_api::batch::DepKind;
 use gaffer_api::ports::{PortMapping, Protocol};
 use gaffer_api::proto::NodeInfo;
 use gaffer_api::{AttemptKey, JobId, Placement, TaskState, UnixMs};
 use gaffer_sched::{Demand, Strategy};
 use gaffer_store::{JobRow, TaskRow};
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 /// A task that has had an attempt, or waits for a retry.
 #[derive(Debug, Clone)]
@@ -107,8 +108,8 @@ pub(super) struct ActiveJob {
     pub(super) tasks: HashMap<u32, TaskRt>,
     /// Retries whose back-off has passed, in order.
     pub(super) ready: VecDeque<u32>,
-    /// Dependencies that have not succeeded yet.
-    pub(super) waiting_on: BTreeSet<JobId>,
+    /// Dependencies not satisfied yet, with what each must do.
+    pub(super) waiting_on: BTreeMap<JobId, DepKind>,
 }
 
 impl ActiveJob {
@@ -117,15 +118,25 @@ impl ActiveJob {
             row,
             tasks: HashMap::new(),
             ready: VecDeque::new(),
-            waiting_on: BTreeSet::new(),
+            waiting_on: BTreeMap::new(),
         }
     }
 
     /// It has a task that could be placed now.
     pub(super) fn has_work(&self) -> bool {
         !self.row.kill_requested
+            && !self.row.held
             && self.waiting_on.is_empty()
+            && !self.at_max_running()
             && (!self.ready.is_empty() || self.row.next_fresh < self.row.counts.total)
+    }
+
+    /// As many of its tasks run as its `max_running` allows.
+    pub(super) fn at_max_running(&self) -> bool {
+        self.row
+            .spec
+            .max_running
+            .is_some_and(|m| self.row.counts.running >= m)
     }
 
     /// What one of its attempts holds on a node, with `ports` (its mapped host ports).

@@ -374,6 +374,16 @@ fn launch(
             job.row.counts.total.to_string(),
         ),
     ]);
+    if let Some(slurm) = &spec.slurm {
+        env.extend(slurm_env(job, key, slurm));
+    }
+    let array_id = spec
+        .slurm
+        .map_or(key.index as u64, |s| s.array_id(key.index));
+    let log_file = |p: &Option<String>| {
+        p.as_ref()
+            .map(|p| gaffer_api::batch::log_path(p, key.job, array_id, &job.row.name))
+    };
     if let Some(n) = spec.replicas {
         let peers: Vec<String> = (0..n)
             .map(|i| gaffer_api::cluster::hostname(&job.row.name, i))
@@ -415,7 +425,55 @@ fn launch(
         ready_cmd: spec.ready_cmd.clone(),
         shared_dir: spec.shared_dir.clone(),
         mounts: spec.mounts.clone(),
+        script: spec.script.clone(),
+        stdout_file: log_file(&spec.stdout_file),
+        stderr_file: log_file(&spec.stderr_file),
     }
+}
+
+/// The variables Slurm gives a batch job, for a job submitted with `#SBATCH` directives.
+fn slurm_env(
+    job: &ActiveJob,
+    key: AttemptKey,
+    slurm: &gaffer_api::batch::SlurmCompat,
+) -> Vec<(String, String)> {
+    let spec = &job.row.spec;
+    let number = key.job.0.to_string();
+    let mut env = vec![
+        ("SLURM_JOB_ID", number.clone()),
+        ("SLURM_JOBID", number.clone()),
+        ("SLURM_JOB_NAME", job.row.name.clone()),
+        (
+            "SLURM_CPUS_PER_TASK",
+            (spec.cpus().ceil() as u64).to_string(),
+        ),
+        ("SLURM_NTASKS", "1".to_string()),
+        ("SLURM_JOB_NUM_NODES", "1".to_string()),
+        (
+            "SLURM_RESTART_COUNT",
+            key.attempt.saturating_sub(1).to_string(),
+        ),
+    ];
+    if let Some(d) = &spec.submit_dir {
+        env.push(("SLURM_SUBMIT_DIR", d.clone()));
+    }
+    if let Some(m) = spec.resources.memory {
+        env.push(("SLURM_MEM_PER_NODE", (m.0 >> 20).to_string()));
+    }
+    if let Some(n) = spec.array {
+        env.extend([
+            ("SLURM_ARRAY_JOB_ID", number),
+            ("SLURM_ARRAY_TASK_ID", slurm.array_id(key.index).to_string()),
+            ("SLURM_ARRAY_TASK_COUNT", n.to_string()),
+            ("SLURM_ARRAY_TASK_MIN", slurm.array_id(0).to_string()),
+            (
+                "SLURM_ARRAY_TASK_MAX",
+                slurm.array_id(n.saturating_sub(1)).to_string(),
+            ),
+            ("SLURM_ARRAY_TASK_STEP", slurm.array_step.max(1).to_string()),
+        ]);
+    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// The host ports of an attempt: those the spec fixes, and for the others the first free ones

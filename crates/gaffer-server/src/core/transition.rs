@@ -2,12 +2,13 @@
 //! [`TaskState::can_become`] and keeping the job's counts in step), and the pure rules of what
 //! an ended attempt becomes ([`classify`], [`after_end`]).
 
-use super::model::TaskRt;
+use super::model::{ActiveJob, TaskRt};
+use gaffer_api::batch::DepKind;
 use gaffer_api::proto::{AttemptResult, EndKind};
 use gaffer_api::spec::{DEFAULT_RETRY_BACKOFF, MAX_RETRY_BACKOFF};
 use gaffer_api::state::TaskCounts;
 use gaffer_api::{JobId, JobSpec, TaskState, UnixMs};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 /// A task state change that the lifecycle does not allow: a bug in a rule, refused instead of
 /// applied, so the task and its job's counts stay as they were.
@@ -192,10 +193,46 @@ pub(super) fn after_end(spec: &JobSpec, e: Ended, max_lost: u32) -> AfterEnd {
 }
 
 /// The pending reason of a job waiting for `deps`.
-pub(super) fn waiting_reason(deps: &BTreeSet<JobId>) -> Option<String> {
+/// Why job `job`, with tasks left to start, is not in the placement queue; `None` when it is
+/// (or has nothing left to start).
+pub(super) fn idle_reason(job: &ActiveJob) -> Option<String> {
+    let row = &job.row;
+    let unstarted = !job.ready.is_empty() || row.next_fresh < row.counts.total;
+    if row.kill_requested || !unstarted {
+        return None;
+    }
+    if row.held {
+        return Some(format!(
+            "held: `gaffer release {}` lets its tasks start",
+            row.id
+        ));
+    }
+    if let Some(why) = waiting_reason(&job.waiting_on) {
+        return Some(why);
+    }
+    if job.at_max_running() {
+        return Some(format!(
+            "{} of its tasks run, its limit (max_running): the others start as they end",
+            row.counts.running
+        ));
+    }
+    None
+}
+
+pub(super) fn waiting_reason(deps: &BTreeMap<JobId, DepKind>) -> Option<String> {
     if deps.is_empty() {
         return None;
     }
-    let ids: Vec<String> = deps.iter().map(|d| d.to_string()).collect();
-    Some(format!("waiting for {} to succeed", ids.join(", ")))
+    let mut parts = Vec::new();
+    for kind in [DepKind::Ok, DepKind::Any, DepKind::NotOk] {
+        let ids: Vec<String> = deps
+            .iter()
+            .filter(|(_, k)| **k == kind)
+            .map(|(d, _)| d.to_string())
+            .collect();
+        if !ids.is_empty() {
+            parts.push(format!("{} {}", ids.join(", "), kind.waits_for()));
+        }
+    }
+    Some(format!("waiting for {}", parts.join(" and ")))
 }

@@ -64,6 +64,7 @@ impl Store for EtcdStore {
                 rec.state = j.state;
                 rec.finished_at = j.finished_at;
                 rec.kill_requested = j.kill_requested;
+                rec.held = j.held;
                 rec.next_fresh = j.next_fresh;
                 rec.counts = j.counts;
             }

@@ -128,7 +128,7 @@ impl Store for SqliteStore {
         let apply = |tx: &rusqlite::Transaction| -> rusqlite::Result<()> {
             if !b.insert_jobs.is_empty() {
                 let mut q = tx.prepare_cached(&format!(
-                    "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                    "INSERT INTO jobs ({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
                 ))?;
                 for j in &b.insert_jobs {
                     let spec =
@@ -149,6 +149,7 @@ impl Store for SqliteStore {
                         j.counts.failed,
                         j.counts.killed,
                         j.counts.started,
+                        j.held as i64,
                     ])?;
                 }
             }
@@ -156,7 +157,7 @@ impl Store for SqliteStore {
                 let mut q = tx.prepare_cached(
                     "UPDATE jobs SET state = ?2, finished_at = ?3, kill_requested = ?4, next_fresh = ?5, \
                      n_total = ?6, n_pending = ?7, n_running = ?8, n_succeeded = ?9, n_failed = ?10, \
-                     n_killed = ?11, n_started = ?12 WHERE id = ?1",
+                     n_killed = ?11, n_started = ?12, held = ?13 WHERE id = ?1",
                 )?;
                 for j in &b.update_jobs {
                     q.execute(params![
@@ -172,6 +173,7 @@ impl Store for SqliteStore {
                         j.counts.failed,
                         j.counts.killed,
                         j.counts.started,
+                        j.held as i64,
                     ])?;
                 }
             }

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at INTEGER NOT NULL,
     finished_at INTEGER,
     kill_requested INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0,
     next_fresh INTEGER NOT NULL DEFAULT 0,
     n_total INTEGER NOT NULL, n_pending INTEGER NOT NULL, n_running INTEGER NOT NULL,
     n_succeeded INTEGER NOT NULL, n_failed INTEGER NOT NULL, n_killed INTEGER NOT NULL,
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS node_subnets (node TEXT PRIMARY KEY, subnet TEXT NOT 
 
 pub(super) const JOB_COLS: &str =
     "id, name, spec, state, created_at, finished_at, kill_requested, next_fresh, \
-     n_total, n_pending, n_running, n_succeeded, n_failed, n_killed, n_started";
+     n_total, n_pending, n_running, n_succeeded, n_failed, n_killed, n_started, held";
 
 pub(super) fn conv_err(col: usize, msg: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -82,6 +83,7 @@ pub(super) fn job_from_row(r: &Row) -> rusqlite::Result<JobRow> {
             killed: r.get::<_, i64>(13)? as u32,
             started: r.get::<_, i64>(14)? as u32,
         },
+        held: r.get::<_, i64>(15)? != 0,
     })
 }
 
@@ -96,6 +98,12 @@ pub(super) fn migrate(w: &Connection) -> rusqlite::Result<()> {
         .exists([])?;
     if !has_net {
         w.execute_batch("ALTER TABLE attempts ADD COLUMN net TEXT")?;
+    }
+    let has_held: bool = w
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'held'")?
+        .exists([])?;
+    if !has_held {
+        w.execute_batch("ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ fn a_failed_task_retries_after_a_doubling_back_off() {
     let (n, k) = h.starts().remove(0);
     h.run_to_exit(&n, k, 7);
     assert_eq!(h.task(id, 0), TaskState::Pending);
-    assert_eq!(h.job(id).state, JobState::Running);
+    assert_eq!(
+        h.job(id).state,
+        JobState::Pending,
+        "a job whose only task waits out a back-off is pending (retrying), not running"
+    );
     let events = h.take();
     assert!(events.iter().any(|f| matches!(f, Fx::Event(e)
         if e.from.as_deref() == Some("failed") && e.to == "pending" && e.detail == "retry in 1s")));
