@@ -381,9 +381,10 @@ pub struct StatusArgs {
 pub struct LogsArgs {
     /// Job id, or JOB.TASK (the form of GAFFER_TASK_ID, e.g. j-000003.2).
     pub job: String,
-    /// Task index.
-    #[arg(long, default_value_t = 0)]
-    pub task: u32,
+    /// Task index. Without it, a job of several tasks prints every task's output that has
+    /// any, each line prefixed with `[TASK] `, in task order.
+    #[arg(long)]
+    pub task: Option<u32>,
     /// Attempt number (default: the latest).
     #[arg(long)]
     pub attempt: Option<u32>,

@@ -373,7 +373,12 @@ fn body_over_10_mib_is_rejected_with_413_json() {
     let text = String::from_utf8_lossy(&resp).into_owned();
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or_default();
-    assert!(json_body(body)["error"].is_string(), "{text}");
+    let v = json_body(body);
+    assert!(v["error"].as_str().unwrap().contains("10 MiB"), "{text}");
+    assert!(
+        v["fields"][0]["message"].as_str().is_some(),
+        "the 413 lists its problem in `fields`, as the README says every error does: {text}"
+    );
     assert_eq!(dev.job_count(), 0);
 }
 

@@ -5,6 +5,7 @@ use super::util::job_id;
 use crate::cli::LogsArgs;
 use crate::client::Client;
 use anyhow::{anyhow, bail, Result};
+use gaffer_api::JobId;
 use std::io::Read as _;
 use std::io::Write;
 
@@ -16,13 +17,80 @@ pub fn logs(c: &Client, a: LogsArgs) -> Result<i32> {
             let index: u32 = index.parse().map_err(|_| {
                 anyhow!("`{}` is not a job id or JOB.TASK (like j-000003.2)", a.job)
             })?;
-            if a.task != 0 && a.task != index {
-                bail!("`{}` names task {index}, but --task says {}", a.job, a.task);
+            if a.task.is_some_and(|t| t != index) {
+                bail!(
+                    "`{}` names task {index}, but --task says {}",
+                    a.job,
+                    a.task.unwrap_or_default()
+                );
             }
             (job_id(job)?, index)
         }
-        _ => (job_id(&a.job)?, a.task),
+        _ => {
+            let id = job_id(&a.job)?;
+            match a.task {
+                Some(t) => (id, t),
+                None => {
+                    let job: serde_json::Value = c.get(&format!("/v1/jobs/{id}?tasks_limit=1"))?;
+                    let total = job["tasks"]["total"].as_u64().unwrap_or(1);
+                    if total <= 1 {
+                        (id, 0)
+                    } else if a.follow {
+                        bail!(
+                            "{id} has {total} tasks and -f follows one: give --task N (0 to {})",
+                            total - 1
+                        );
+                    } else {
+                        return every_task(c, id, a.stderr, a.attempt);
+                    }
+                }
+            }
+        }
     };
+    stream(c, id, task, a)
+}
+
+/// Prints the output of every task of job `id` that has an attempt, each line prefixed with
+/// `[TASK] `, in task order.
+fn every_task(c: &Client, id: JobId, stderr: bool, attempt: Option<u32>) -> Result<i32> {
+    let mut out = std::io::stdout().lock();
+    let mut from = 0u32;
+    loop {
+        let page: serde_json::Value =
+            c.get(&format!("/v1/jobs/{id}?tasks_from={from}&tasks_limit=1000"))?;
+        let tasks = page["task_list"].as_array().cloned().unwrap_or_default();
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        for t in &tasks {
+            let index = t["index"].as_u64().unwrap_or_default();
+            from = index as u32 + 1;
+            if t["attempts"].as_array().is_none_or(|a| a.is_empty()) {
+                continue;
+            }
+            let mut path = format!(
+                "/v1/jobs/{id}/logs?task={index}&stream={}",
+                if stderr { "stderr" } else { "stdout" }
+            );
+            if let Some(n) = attempt {
+                path.push_str(&format!("&attempt={n}"));
+            }
+            let mut text = String::new();
+            c.get_stream(&path)?
+                .into_reader()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow!("cannot read the log of task {index}: {e}"))?;
+            for line in text.lines() {
+                if writeln!(out, "[{index}] {line}").is_err() {
+                    return Ok(0); // stdout closed (e.g. piped into head)
+                }
+            }
+        }
+    }
+}
+
+/// Prints (and with -f follows) the log of one task.
+fn stream(c: &Client, id: JobId, task: u32, a: LogsArgs) -> Result<i32> {
     let q = format!(
         "/v1/jobs/{id}/logs?task={}&stream={}&follow={}",
         task,

@@ -32,6 +32,7 @@ fn print_nodes(nodes: &[NodeView]) {
                     ByteSize(n.memory_allocated),
                     ByteSize(n.memory_total)
                 ),
+                ByteSize(n.memory_available).to_string(),
                 ByteSize(n.memory_free).to_string(),
                 n.running_tasks.to_string(),
                 format!("{} ago", short_duration(n.heartbeat_age_ms)),
@@ -49,6 +50,7 @@ fn print_nodes(nodes: &[NodeView]) {
             "CPUS ALLOC/TOTAL",
             "MEMORY ALLOC/TOTAL",
             "FREE MEM",
+            "HOST FREE",
             "TASKS",
             "HEARTBEAT",
             "LABELS",

@@ -178,7 +178,11 @@ pub struct NodeView {
     pub memory_total: u64,
     /// Memory reserved by running tasks, bytes.
     pub memory_allocated: u64,
-    /// Free memory the agent last measured, bytes.
+    /// Memory gaffer can still give tasks there: what it offers minus what is reserved.
+    #[serde(default)]
+    pub memory_available: u64,
+    /// The host's free memory as its agent last measured it (not what gaffer can give:
+    /// see `memory_available`), bytes.
     pub memory_free: u64,
     /// Tasks running there.
     pub running_tasks: u32,

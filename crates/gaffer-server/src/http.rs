@@ -101,6 +101,20 @@ impl AppError {
             },
         }
     }
+    /// A submit body over [`MAX_BODY`], with the one problem in `fields` like any refusal.
+    pub(crate) fn too_large() -> Self {
+        let message = format!(
+            "the request body is over {} MiB: submit the jobs in smaller batches",
+            MAX_BODY >> 20
+        );
+        AppError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            body: ErrorBody {
+                error: message.clone(),
+                fields: vec![FieldError::new("", message)],
+            },
+        }
+    }
     pub(crate) fn not_found(id: JobId) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
     }

@@ -193,6 +193,7 @@ impl<E: Effects> Core<E> {
                 cpus_allocated: n.ledger.cpus(),
                 memory_total: n.info.memory,
                 memory_allocated: n.ledger.memory(),
+                memory_available: n.info.memory.saturating_sub(n.ledger.memory()),
                 memory_free: n.memory_free,
                 running_tasks: n.ledger.len() as u32,
                 heartbeat_age_ms: now.saturating_sub(n.last_seen),

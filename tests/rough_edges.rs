@@ -1,0 +1,76 @@
+//! Regression tests for the rough edges a new user meets in the first hour (issue 16): what
+//! `gaffer nodes` calls free memory, what a kill answers, and `gaffer logs` on an array.
+
+mod util;
+
+use serde_json::Value;
+use std::time::Duration;
+use util::*;
+
+/// A column of `gaffer nodes`' table, by header, for the first node.
+fn column(table: &str, header: &str) -> String {
+    let mut lines = table.lines();
+    let head = lines.next().unwrap_or_default();
+    let at = head
+        .find(header)
+        .unwrap_or_else(|| panic!("no {header} in {table}"));
+    let row = lines.next().unwrap_or_default();
+    row[at..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn free_memory_is_what_gaffer_can_still_give_and_host_memory_is_labelled_apart() {
+    let dev = Dev::start_with(&["--memory", "1G", "--cpus", "2"]);
+    let gate = dev.root().join("go");
+    let id = dev.submit_cli(&[
+        "--memory",
+        "256M",
+        "--shell",
+        &format!("while [ ! -e {} ]; do sleep 0.02; done", gate.display()),
+    ]);
+    dev.wait_job(&id, "running", |j| j["state"] == "running");
+    let nodes: Value =
+        serde_json::from_str(&dev.gaffer(&["nodes", "-o", "json"]).ok().stdout).unwrap();
+    assert_eq!(nodes[0]["memory_available"], 768 << 20, "{nodes}");
+    let table = dev.gaffer(&["nodes"]).ok().stdout;
+    assert_eq!(column(&table, "FREE MEM"), "768MiB", "{table}");
+    let host = column(&table, "HOST FREE");
+    assert!(host.ends_with("iB") && host != "768MiB", "{table}");
+
+    // A kill of a running job answers that it is being killed, not "running".
+    let (code, body) = dev.post(&format!("/v1/jobs/{id}/kill"), &serde_json::json!({}));
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["state"], "killing", "{body}");
+    let j = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(j["state"], "killed");
+    let out = dev.gaffer(&["kill", &id]).ok();
+    assert_eq!(out.stdout.trim(), format!("{id}: killed"));
+}
+
+#[test]
+fn logs_of_an_array_print_every_task_with_its_index() {
+    let dev = Dev::start_with(&["--cpus", "4"]);
+    let id = dev.submit_cli(&[
+        "--array",
+        "3",
+        "--shell",
+        "echo one $GAFFER_TASK_INDEX; echo two $GAFFER_TASK_INDEX",
+    ]);
+    let j = dev.wait_final(&id, Duration::from_secs(60));
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let out = dev.gaffer(&["logs", &id]).ok();
+    assert_eq!(
+        out.stdout,
+        "[0] one 0\n[0] two 0\n[1] one 1\n[1] two 1\n[2] one 2\n[2] two 2\n"
+    );
+    let one = dev.gaffer(&["logs", &id, "--task", "2"]).ok();
+    assert_eq!(one.stdout, "one 2\ntwo 2\n");
+    let follow = dev.gaffer(&["logs", "-f", &id]);
+    assert_ne!(follow.code, 0);
+    assert!(follow.stderr.contains("--task"), "{follow:?}");
+}
