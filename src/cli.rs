@@ -81,6 +81,9 @@ pub enum Command {
     Hold(JobsList),
     /// Release held jobs: their pending tasks may start.
     Release(JobsList),
+    /// Accounting, like sacct: wait, run and CPU time, peak memory, exit code and nodes of the
+    /// jobs submitted in a time range (default: the last 24 hours), per job or per task.
+    History(HistoryArgs),
     /// Wait for jobs to finish; exit status 0 only if every task succeeded.
     Wait(WaitArgs),
     /// Delete finished jobs and their history.
@@ -394,6 +397,40 @@ pub struct LogsArgs {
     /// Keep printing output while the task runs.
     #[arg(short, long)]
     pub follow: bool,
+}
+
+/// `gaffer history`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Columns: job, task, name, state, tasks, attempts, submitted, started, ended, wait, run, cpu, maxrss, exit, nodes.\n\nExamples:\n  gaffer history --since 2h\n  gaffer history --since 2026-12-01 --until 2026-12-02 --tasks -o csv > usage.csv\n  gaffer history --columns job,name,run,cpu,maxrss j-000042"
+)]
+pub struct HistoryArgs {
+    /// Only these jobs (then --since and --until do not apply).
+    pub jobs: Vec<String>,
+    /// Jobs submitted since: a time ago (30m, 2h, 7d) or a UTC date or time (2026-12-01,
+    /// 2026-12-01T10:00:00). Default: 24h.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Jobs submitted until (same forms as --since). Default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// One row per task that ran, instead of per job.
+    #[arg(long)]
+    pub tasks: bool,
+    /// Only jobs in this state (pending, running, succeeded, failed, killed).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only jobs whose name contains this.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The columns to show, comma-separated (see below).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Most jobs listed (newest first).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    #[arg(skip)]
+    pub csv: bool,
 }
 
 /// Job ids.

@@ -6,6 +6,7 @@
 
 mod control;
 mod events;
+mod history;
 mod jobs;
 mod logs;
 mod nodes;
@@ -20,6 +21,7 @@ mod wait;
 
 pub use control::{hold, kill, retry, rm};
 pub use events::events;
+pub use history::history;
 pub use jobs::jobs;
 pub use logs::logs;
 pub use nodes::{node, nodes};

@@ -278,3 +278,59 @@ pub struct ServersView {
     /// Id of the server that answered.
     pub answered_by: String,
 }
+
+/// One row of accounting (`GET /v1/history`, `gaffer history`): a job, or one task of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageRow {
+    /// The job.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub job: JobId,
+    /// The task, in a per-task listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<u32>,
+    /// The job's name.
+    pub name: String,
+    /// The job's (or task's) state.
+    pub state: String,
+    /// Tasks (1 for a task row).
+    pub tasks: u32,
+    /// Attempts made, retries included.
+    pub attempts: u32,
+    /// Submitted at (Unix ms).
+    pub submitted_at: UnixMs,
+    /// The first attempt's start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<UnixMs>,
+    /// The end of the last attempt (of the job: when it finished).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<UnixMs>,
+    /// From submit to the first start, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// From the first start to the end, ms (retries and back-offs included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_ms: Option<u64>,
+    /// CPU time of every attempt, seconds.
+    pub cpu_secs: f64,
+    /// The highest peak resident memory of any attempt, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rss_bytes: Option<u64>,
+    /// The last attempt's exit code (of a job: the first task's that is not 0, else 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Nodes its attempts ran on, comma-separated.
+    pub nodes: String,
+}
+
+/// A page of accounting rows, newest job first; pass `next` as `before` for the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryPage {
+    /// Rows.
+    pub rows: Vec<UsageRow>,
+    /// Cursor for the next page, absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub next: Option<JobId>,
+}

@@ -25,7 +25,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use utoipa::OpenApi;
 
+mod control;
 mod files;
+mod history;
+use control::{
+    delete_job, hold_job, kill_job, release_job, retry_job, HoldResponse, KillResponse,
+    RetryResponse,
+};
 pub use files::ATTEMPT_HEADER;
 use files::{get_output, list_outputs, logs};
 
@@ -101,6 +107,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/logs", get(logs))
         .route("/v1/jobs/{id}/outputs", get(list_outputs))
         .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
+        .route("/v1/history", get(history::history))
         .route("/v1/events", get(events))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{name}/drain", post(drain_node))
@@ -115,11 +122,12 @@ pub fn routes() -> Router<AppState> {
         submit,
         list_jobs,
         get_job,
-        delete_job,
-        kill_job,
-        retry_job,
-        hold_job,
-        release_job,
+        control::delete_job,
+        control::kill_job,
+        control::retry_job,
+        control::hold_job,
+        control::release_job,
+        history::history,
         files::logs,
         files::list_outputs,
         files::get_output,
@@ -152,6 +160,8 @@ pub fn routes() -> Router<AppState> {
         KillResponse,
         RetryResponse,
         HoldResponse,
+        gaffer_api::views::UsageRow,
+        gaffer_api::views::HistoryPage,
         crate::ui::Timeline,
         crate::ui::TimelineMinute
     ))
@@ -348,118 +358,6 @@ async fn get_job(
     Ok(Json(JobDetail {
         job: with_reason(&st, row.view()),
         task_list: tasks,
-    }))
-}
-
-#[derive(Debug, Deserialize)]
-struct DeleteParams {
-    force: Option<bool>,
-}
-
-/// Delete a finished job and its history (`force=true` kills an active one first).
-#[utoipa::path(delete, path = "/v1/jobs/{id}",
-    params(("id" = String, Path), ("force" = Option<bool>, Query)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "still active", body = ErrorBody)))]
-async fn delete_job(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-    Q(p): Q<DeleteParams>,
-) -> ApiResult<StatusCode> {
-    let id = parse_id(&id)?;
-    st.core.remove(id, p.force.unwrap_or(false)).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Answer to a kill.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct KillResponse {
-    #[schema(value_type = String)]
-    id: JobId,
-    /// `killing` while its running tasks stop (SIGTERM, then SIGKILL after the grace),
-    /// else the state it ended in (`killed`, or the state of a job that had already ended).
-    #[schema(example = "killing")]
-    state: String,
-}
-
-/// Kill every task of a job: pending ones at once, running ones by SIGTERM then SIGKILL.
-#[utoipa::path(post, path = "/v1/jobs/{id}/kill", params(("id" = String, Path)),
-    responses((status = 200, body = KillResponse), (status = 404, body = ErrorBody)))]
-async fn kill_job(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<KillResponse>> {
-    let id = parse_id(&id)?;
-    let state = st.core.kill(id).await?;
-    let state = if state.is_final() {
-        state.to_string()
-    } else {
-        "killing".to_string()
-    };
-    Ok(Json(KillResponse { id, state }))
-}
-
-/// Answer to a retry.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct RetryResponse {
-    #[schema(value_type = String)]
-    id: JobId,
-    /// Tasks given a new attempt.
-    retried: u32,
-}
-
-/// Give every task that ended failed, timed out, OOM-killed or lost a new attempt.
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", params(("id" = String, Path)),
-    responses((status = 200, body = RetryResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn retry_job(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<RetryResponse>> {
-    let id = parse_id(&id)?;
-    let retried = st.core.retry(id).await?;
-    Ok(Json(RetryResponse { id, retried }))
-}
-
-/// Answer to a hold or a release.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct HoldResponse {
-    #[schema(value_type = String)]
-    id: JobId,
-    /// The job's state (running tasks go on while it is held).
-    state: JobState,
-    /// Held now.
-    held: bool,
-}
-
-/// Hold a job: its tasks that have not started stay pending until it is released (running
-/// ones go on). Holding a held job changes nothing.
-#[utoipa::path(post, path = "/v1/jobs/{id}/hold", params(("id" = String, Path)),
-    responses((status = 200, body = HoldResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn hold_job(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<HoldResponse>> {
-    let id = parse_id(&id)?;
-    let state = st.core.hold(id, true).await?;
-    Ok(Json(HoldResponse {
-        id,
-        state,
-        held: true,
-    }))
-}
-
-/// Release a held job: its tasks may start again.
-#[utoipa::path(post, path = "/v1/jobs/{id}/release", params(("id" = String, Path)),
-    responses((status = 200, body = HoldResponse), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn release_job(
-    State(st): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<HoldResponse>> {
-    let id = parse_id(&id)?;
-    let state = st.core.hold(id, false).await?;
-    Ok(Json(HoldResponse {
-        id,
-        state,
-        held: false,
     }))
 }
 
