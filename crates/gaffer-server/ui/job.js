@@ -2,7 +2,7 @@
 // the spec, and the job's event timeline (all live).
 
 import { api, download, followEvents } from './api.js';
-import { h, fill, badge, progress, fmtBytes, fmtDuration, fmtTime, timeAgo, throttle, confirmDialog, toast, keepFocus, FINAL_JOB } from './util.js';
+import { h, fill, badge, progress, fmtBytes, displaySpec, fmtDuration, fmtTime, timeAgo, throttle, confirmDialog, toast, keepFocus, FINAL_JOB } from './util.js';
 
 const TASKS_PAGE = 100;
 const LOG_WINDOW = 256 * 1024; // characters shown at first
@@ -251,7 +251,8 @@ export async function render(main, ctx) {
       h('dt', {}, 'Submitted'), h('dd', {}, fmtTime(job.created_at), ' (', timeAgo(job.created_at), ')'),
       h('dt', {}, 'Finished'), h('dd', {}, job.finished_at ? fmtTime(job.finished_at) : '—'),
       h('dt', {}, 'Duration'), h('dd', {}, end ? fmtDuration(end - job.created_at) : '—'),
-      h('dt', {}, 'Resources'), h('dd', {}, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${s.resources.memory} memory` : '', s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
+      h('dt', {}, 'Resources'), h('dd', { id: 'job-resources' }, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${fmtBytes(s.resources.memory)} memory` : '',
+        s.timeout ? ` · timeout ${s.timeout}` : '', s.retries ? ` · ${s.retries} retries` : ''),
       s.network || s.ports?.length ? [h('dt', {}, 'Network'), h('dd', { id: 'job-network' }, s.network || 'bridge',
         s.ports?.length ? [' · ports ', h('span', { class: 'mono' }, s.ports.map((p) => `${p.host ? p.host + ':' : ''}${p.container}/${p.protocol || 'tcp'}`).join(', '))] : null)] : null,
       s.replicas ? [h('dt', {}, 'Replicas'), h('dd', { id: 'job-replicas' }, `${s.replicas}, placed and started together, restart ${s.restart || 'group'}: `,
@@ -338,7 +339,7 @@ export async function render(main, ctx) {
     h('div', { class: 'grid2' },
       h('section', { class: 'panel', 'aria-labelledby': 'ev-h' }, h('h2', { id: 'ev-h' }, 'Events'), events),
       h('section', { class: 'panel', 'aria-labelledby': 'spec-h' }, h('h2', { id: 'spec-h' }, 'Spec'),
-        h('pre', { class: 'spec', id: 'spec' }, JSON.stringify(job.spec, null, 2)))));
+        h('pre', { class: 'spec', id: 'spec' }, JSON.stringify(displaySpec(job.spec), null, 2)))));
 
   drawHead();
   drawTasks();

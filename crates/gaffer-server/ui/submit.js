@@ -2,7 +2,7 @@
 // list). Server field errors are shown next to their field; the form keeps what was typed.
 
 import { api, ApiError } from './api.js';
-import { h, fill } from './util.js';
+import { h, fill, fmtBytes, displaySpec } from './util.js';
 
 // Form state survives leaving the page (kept while the tab lives).
 let draft = null;
@@ -273,7 +273,7 @@ export async function render(main, ctx) {
     inputs.retries.value = spec.retries ? String(spec.retries) : '';
     inputs.priority.value = spec.priority ? String(spec.priority) : '';
     inputs.cpus.value = spec.resources?.cpus ?? '';
-    inputs.memory.value = spec.resources?.memory ?? '';
+    inputs.memory.value = fmtBytes(spec.resources?.memory, { exact: true });
     inputs.pids.value = spec.resources?.pids ?? '';
     strategy.value = spec.strategy || '';
     depends.value = (spec.depends_on || []).join(', ');
@@ -359,7 +359,7 @@ export async function render(main, ctx) {
   if (from) {
     const j = await api(`/v1/jobs/${encodeURIComponent(from)}?tasks_limit=1`, { signal: ctx.signal });
     load(j.spec);
-    paste.value = JSON.stringify(j.spec, null, 2);
+    paste.value = JSON.stringify(displaySpec(j.spec), null, 2);
   } else if (draft) {
     for (const [id, val] of Object.entries(draft.fields)) if (inputs[id]) inputs[id].value = val;
     setMode(draft.mode);

@@ -38,16 +38,53 @@ export function badge(state) {
   return h('span', { class: 'badge ' + s, 'data-state': s }, s.replace(/_/g, ' '));
 }
 
-export function fmtBytes(n) {
-  if (n === undefined || n === null) return '—';
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/**
+ * The one formatter of byte counts in the UI, in binary units: 67108864 → "64 MiB",
+ * 1610612736 → "1.5 GiB" (one decimal under 10, none above). With `{exact: true}` the text
+ * is exactly `n` bytes as the server parses sizes ("64 MiB", "1.25 GiB", else "N B"), for
+ * specs shown or loaded into a form. Anything not a byte count is returned as text.
+ */
+export function fmtBytes(n, { exact = false } = {}) {
+  if (n === undefined || n === null || n === '') return exact ? '' : '—';
+  const b = Number(n);
+  if (typeof n === 'boolean' || !Number.isFinite(b) || b < 0) return String(n);
+  if (exact) {
+    for (let i = BYTE_UNITS.length - 1; i > 0; i--) {
+      const m = 1024 ** i;
+      if (b < m) continue;
+      for (let k = 0; k <= 3; k++) {
+        const t = String(Number((b / m).toFixed(k)));
+        if (Number(t) * m === b) return `${t} ${BYTE_UNITS[i]}`;
+      }
+    }
+    return `${Math.round(b)} B`;
+  }
   let i = 0;
-  let v = Number(n);
-  while (v >= 1024 && i < u.length - 1) {
+  let v = b;
+  while (v >= 1024 && i < BYTE_UNITS.length - 1) {
     v /= 1024;
     i++;
   }
-  return (i === 0 ? String(v) : v.toFixed(v < 10 ? 1 : 0)) + ' ' + u[i];
+  if (i === 0) return `${Math.round(v)} B`;
+  let t = v.toFixed(v < 10 ? 1 : 0);
+  // 1023.7 KiB would read "1024 KiB": that is 1.0 MiB.
+  if (Number(t) >= 1024 && i < BYTE_UNITS.length - 1) {
+    i++;
+    t = (v / 1024).toFixed(1);
+  }
+  return `${t} ${BYTE_UNITS[i]}`;
+}
+
+/** A spec as the pages show it (job page, resubmit): sizes in binary units
+ * (`"memory": "64 MiB"`, which the server reads back as the same number of bytes). */
+export function displaySpec(spec) {
+  const s = { ...spec };
+  if (s.resources?.memory !== undefined && s.resources?.memory !== null) {
+    s.resources = { ...s.resources, memory: fmtBytes(s.resources.memory, { exact: true }) };
+  }
+  return s;
 }
 
 export function fmtDuration(ms) {
