@@ -132,3 +132,185 @@ fn sizes_are_binary_units_in_the_summary_the_stored_spec_the_attempts_and_the_re
         b.quit().await;
     });
 }
+
+/// The parts of the progress bar of `el` (a `.progress`): name, fraction of the bar, fill
+/// colour `[r, g, b, alpha]`, and whether it is striped (a gradient) rather than solid.
+const BAR_PARTS: &str = "const p = arguments[0]; if (!p) return null; \
+    const bar = p.querySelector('.bar'); \
+    const rgba = (c) => { const m = c.match(/[\\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; }; \
+    return { txt: p.querySelector('.txt').textContent, state: p.dataset.state, \
+      parts: [...bar.children].map((e) => { const cs = getComputedStyle(e); \
+        return { part: e.dataset.part, frac: e.getBoundingClientRect().width / bar.getBoundingClientRect().width, \
+          color: rgba(cs.backgroundColor), striped: cs.backgroundImage.includes('gradient'), \
+          stripe: (cs.backgroundImage.match(/rgba?\\([^)]*\\)/) || [''])[0] }; }) };";
+
+/// Waits for the `.progress` that the function body `find` returns, and returns its parts
+/// ([`BAR_PARTS`]).
+async fn bar_of(b: &Browser, what: &str, find: &str) -> Value {
+    let script = format!(
+        "const p = (() => {{ {find} }})(); \
+         if (!p || !p.querySelector('.txt')) return null; \
+         return (function() {{ {BAR_PARTS} }}).call(null, p);"
+    );
+    b.wait_js(what, UI_TIMEOUT, &script).await
+}
+
+fn parts(v: &Value) -> Vec<Value> {
+    v["parts"].as_array().cloned().unwrap_or_default()
+}
+
+fn rgb(p: &Value) -> (f64, f64, f64, f64) {
+    let c = |i: usize| p["color"][i].as_f64().unwrap();
+    (c(0), c(1), c(2), c(3))
+}
+
+fn red_ish(p: &Value) -> bool {
+    let (r, g, b, a) = rgb(p);
+    a > 0.5 && r > g + 60.0 && r > b + 40.0
+}
+
+fn green_ish(p: &Value) -> bool {
+    let (r, g, b, a) = rgb(p);
+    a > 0.5 && g > r + 40.0 && g > b + 40.0
+}
+
+/// How much of the bar is filled with a solid colour (what reads as done).
+fn solid(ps: &[Value]) -> f64 {
+    ps.iter()
+        .filter(|p| rgb(p).3 > 0.5 && !p["striped"].as_bool().unwrap())
+        .map(|p| p["frac"].as_f64().unwrap())
+        .sum()
+}
+
+/// Checks one job's bar: what it looks like first (fill and colour), then its text and the
+/// name of its one part.
+fn check_bar(v: &Value, state: &str, page: &str) {
+    let ps = parts(v);
+    assert_eq!(ps.len(), 1, "{page}: a {state} bar has one part: {v}");
+    let p = &ps[0];
+    let (txt, name) = match state {
+        "running" => {
+            // Under way, not done: stripes over the track, not a solid fill.
+            assert!(
+                solid(&ps) < 0.01,
+                "{page}: a running task fills its bar: {v}"
+            );
+            assert!(
+                p["striped"].as_bool().unwrap(),
+                "{page}: running is striped: {v}"
+            );
+            assert!(!p["stripe"].as_str().unwrap().is_empty(), "{page}: {v}");
+            ("0/1", "running")
+        }
+        "succeeded" => {
+            assert!(
+                green_ish(p) && solid(&ps) > 0.97,
+                "{page}: succeeded is solid green: {v}"
+            );
+            ("1/1", "succeeded")
+        }
+        "failed" | "timed_out" => {
+            assert!(
+                red_ish(p) && solid(&ps) > 0.97,
+                "{page}: a {state} task is solid red: {v}"
+            );
+            ("1/1", "failed")
+        }
+        "killed" => {
+            assert!(
+                red_ish(p) && solid(&ps) > 0.97,
+                "{page}: a killed task is red-ish: {v}"
+            );
+            ("1/1", "killed")
+        }
+        _ => unreachable!(),
+    };
+    assert!(
+        !green_ish(p) || state == "succeeded",
+        "{page}: only success is green: {v}"
+    );
+    assert!(p["frac"].as_f64().unwrap() > 0.97, "{page}: {v}");
+    assert_eq!(v["txt"], txt, "{page}: {v}");
+    assert_eq!(p["part"], name, "{page}: {v}");
+}
+
+/// Succeeded green, failed and killed red-ish, running striped (not a full bar), on the jobs
+/// page, the overview and the job page.
+#[test]
+fn progress_bars_are_coloured_by_state_and_a_running_task_does_not_fill_its_bar() {
+    run(async {
+        let dev = Dev::start();
+        let ok = dev.submit(json!({"name": "bar-ok", "shell": "true"}));
+        let failed = dev.submit(json!({"name": "bar-failed", "shell": "exit 3"}));
+        let timed =
+            dev.submit(json!({"name": "bar-timed-out", "shell": "sleep 30", "timeout": "1s"}));
+        let killed = dev.submit(json!({"name": "bar-killed", "shell": "sleep 300"}));
+        let running = dev.submit(json!({"name": "bar-running", "shell": "sleep 300"}));
+        for j in [&ok, &failed, &timed] {
+            dev.wait_final(j, Duration::from_secs(60));
+        }
+        dev.wait_job(&killed, "running", |j| j["state"] == "running");
+        dev.gaffer(&["kill", &killed]).ok();
+        assert_eq!(
+            dev.wait_final(&killed, Duration::from_secs(60))["state"],
+            "killed"
+        );
+        dev.wait_job(&running, "running", |j| j["state"] == "running");
+        let jobs = [
+            (&running, "running"),
+            (&ok, "succeeded"),
+            (&failed, "failed"),
+            (&timed, "timed_out"),
+            (&killed, "killed"),
+        ];
+        let b = Browser::start().await;
+
+        b.goto(&format!("{}/#/jobs", dev.addr)).await;
+        for (id, state) in jobs {
+            let v = bar_of(
+                &b,
+                &format!("the bar of {state} {id} on the jobs page"),
+                &format!(
+                    "return document.querySelector('#jobs-body tr[data-job=\"{id}\"] .progress')"
+                ),
+            )
+            .await;
+            check_bar(&v, state, "jobs page");
+        }
+        b.screenshot("edges-bars-jobs").await;
+
+        b.goto(&format!("{}/#/", dev.addr)).await;
+        for (id, state) in jobs {
+            let v = bar_of(
+                &b,
+                &format!("the bar of {state} {id} on the overview"),
+                &format!(
+                    "const a = document.querySelector('#main a[href=\"#/jobs/{id}\"]'); \
+                     return a && a.closest('tr') ? a.closest('tr').querySelector('.progress') : null"
+                ),
+            )
+            .await;
+            check_bar(&v, state, "overview");
+        }
+        b.screenshot("edges-bars-overview").await;
+
+        for (id, state) in jobs {
+            b.goto(&format!("{}/#/jobs/{id}", dev.addr)).await;
+            let v = bar_of(
+                &b,
+                &format!("the bar of {state} {id} on its page"),
+                &format!(
+                    "const t = document.querySelector('#job-title'); \
+                     const p = document.querySelector('#job-progress .progress'); \
+                     return t && location.hash === '#/jobs/{id}' ? p : null"
+                ),
+            )
+            .await;
+            check_bar(&v, state, "job page");
+            if state == "running" {
+                b.screenshot("edges-bar-running-job").await;
+            }
+        }
+        b.quit().await;
+    });
+}

@@ -246,7 +246,7 @@ export async function render(main, ctx) {
     const end = job.finished_at || (final ? null : Date.now());
     fill(summary,
       h('dt', {}, 'ID'), h('dd', { class: 'mono' }, job.id),
-      h('dt', {}, 'Tasks'), h('dd', { id: 'job-progress' }, progress(job.tasks)),
+      h('dt', {}, 'Tasks'), h('dd', { id: 'job-progress' }, progress(job.tasks, job.state)),
       h('dt', {}, 'Runs'), h('dd', {}, run),
       h('dt', {}, 'Submitted'), h('dd', {}, fmtTime(job.created_at), ' (', timeAgo(job.created_at), ')'),
       h('dt', {}, 'Finished'), h('dd', {}, job.finished_at ? fmtTime(job.finished_at) : '—'),

@@ -76,7 +76,7 @@ export async function render(main, ctx) {
         h('td', { class: 'name-cell', title: j.name }, h('a', { href: '#/jobs/' + j.id }, j.name),
           h('div', { class: 'muted small mono show-sm' }, j.id)),
         h('td', {}, badge(j.state), j.pending_reason ? h('div', { class: 'muted small' }, j.pending_reason) : null),
-        h('td', {}, progress(j.tasks)),
+        h('td', {}, progress(j.tasks, j.state)),
         h('td', { class: 'hide-sm nowrap' }, timeAgo(j.created_at)),
         h('td', { class: 'hide-sm nowrap' }, fmtDuration(end - j.created_at)));
       return tr;

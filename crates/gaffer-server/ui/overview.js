@@ -104,7 +104,7 @@ export async function render(main, ctx) {
         h('tbody', {}, page.jobs.map((j) => h('tr', {},
           h('td', { class: 'name-cell' }, h('a', { href: '#/jobs/' + j.id }, j.name), h('div', { class: 'muted small mono' }, j.id)),
           h('td', {}, badge(j.state)),
-          h('td', { class: 'narrow' }, progress(j.tasks))))))
+          h('td', { class: 'narrow' }, progress(j.tasks, j.state))))))
       : h('p', { class: 'empty' }, 'No jobs yet. ', h('a', { href: '#/submit' }, 'Submit one.')));
   }
   await load();

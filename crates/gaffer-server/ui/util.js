@@ -121,23 +121,31 @@ export function timeAgo(ms) {
   return h('time', { datetime: new Date(ms).toISOString(), title: new Date(ms).toLocaleString() }, fmtAgo(ms));
 }
 
-/** A stacked bar: parts = [[fraction, class], ...]. */
+/**
+ * A stacked bar: parts = [[fraction, class, name?], ...]; a named part carries `data-part`.
+ * What the parts leave is the empty track.
+ */
 export function bar(parts, label) {
-  const b = h('span', { class: 'bar', role: 'img', 'aria-label': label || '' });
-  for (const [f, cls] of parts) {
-    if (f > 0) b.append(h('span', { class: cls, style: { width: Math.min(100, f * 100).toFixed(2) + '%' } }));
+  const b = h('span', { class: 'bar', role: 'img', 'aria-label': label || '', title: label || null });
+  for (const [f, cls, name] of parts) {
+    if (f > 0) b.append(h('span', { class: cls, 'data-part': name, style: { width: Math.min(100, f * 100).toFixed(2) + '%' } }));
   }
   return b;
 }
 
-/** Task progress of a job: "done/total" and a bar. */
-export function progress(t) {
+/**
+ * Task progress of a job: "done/total" and a bar coloured by state: succeeded green, failed
+ * (failed, timed out, OOM-killed, lost) red, killed rose, running striped blue over the track
+ * (under way, not full), pending the empty track. The job's state is on `data-state`.
+ */
+export function progress(t, state) {
   const total = t.total || 1;
   const done = t.succeeded + t.failed + t.killed;
-  return h('div', { class: 'progress' },
+  const label = [`${t.succeeded} succeeded`, `${t.failed} failed`, `${t.killed} killed`, `${t.running} running`, `${t.pending ?? 0} pending`].join(', ') + ` of ${t.total}`;
+  return h('div', { class: 'progress', 'data-state': state || null },
     h('span', { class: 'txt', 'data-done': done, 'data-total': t.total }, `${done}/${t.total}`),
-    bar([[t.succeeded / total, 's-ok'], [t.failed / total, 's-bad'], [t.killed / total, 's-kill'], [t.running / total, 's-run']],
-      `${t.succeeded} succeeded, ${t.failed} failed, ${t.killed} killed, ${t.running} running of ${t.total}`));
+    bar([[t.succeeded / total, 's-ok', 'succeeded'], [t.failed / total, 's-bad', 'failed'], [t.killed / total, 's-kill', 'killed'],
+      [t.running / total, 's-run', 'running']], label));
 }
 
 export function toast(msg, kind) {
