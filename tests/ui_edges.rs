@@ -314,3 +314,48 @@ fn progress_bars_are_coloured_by_state_and_a_running_task_does_not_fill_its_bar(
         b.quit().await;
     });
 }
+
+/// The job page names events as `gaffer events` does: `j-000001`, `j-000001.0#2`.
+#[test]
+fn the_job_pages_events_read_as_gaffer_events_writes_them() {
+    run(async {
+        let dev = Dev::start();
+        let flag = dev.root().join("again");
+        let id = dev.submit(
+            json!({"name": "twice", "retries": 1, "retry_backoff": "100ms",
+            "shell": format!("[ -e '{f}' ] || {{ touch '{f}'; exit 1; }}", f = flag.display())}),
+        );
+        let job = dev.wait_final(&id, Duration::from_secs(60));
+        assert_eq!(job["state"], "succeeded");
+        let out = dev.gaffer(&["events", "--job", &id]).ok();
+        // `TIME WHAT [FROM -> ]TO DETAIL`: the second word names the job, task or attempt.
+        let cli: Vec<String> = out
+            .stdout
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .collect();
+        assert!(cli.contains(&id), "{}", out.stdout);
+        assert!(cli.contains(&format!("{id}.0#2")), "{}", out.stdout);
+        let b = Browser::start().await;
+        b.goto(&format!("{}/#/jobs/{id}", dev.addr)).await;
+        let ui = b
+            .wait_js(
+                "every event of the job",
+                UI_TIMEOUT,
+                &format!(
+                    "const w = [...document.querySelectorAll('#events li .what > span:first-child')].map((e) => e.textContent); \
+                     return w.length >= {} ? w : null",
+                    cli.len()
+                ),
+            )
+            .await;
+        assert_eq!(ui, json!(cli), "the UI names events as the CLI does");
+        b.js(
+            "document.querySelector('#events').scrollIntoView(); return 1",
+            vec![],
+        )
+        .await;
+        b.screenshot("edges-events").await;
+        b.quit().await;
+    });
+}

@@ -102,6 +102,13 @@ class LogViewer {
   }
 }
 
+/** Where an event happened, as `gaffer events` writes it: `j-000010`, `j-000010.0` (a task)
+ * or `j-000010.0#1` (an attempt). */
+function eventWhere(ev) {
+  if (ev.task === undefined || ev.task === null) return ev.job;
+  return ev.attempt ? `${ev.job}.${ev.task}#${ev.attempt}` : `${ev.job}.${ev.task}`;
+}
+
 /** An attempt's address and port mappings, e.g. `10.88.0.2 18080→80/tcp`. */
 function address(a) {
   const ports = (a.ports || []).map((p) => `${p.host}→${p.container}/${p.protocol || 'tcp'}`);
@@ -352,10 +359,10 @@ export async function render(main, ctx) {
     job: job.id,
     signal: ctx.signal,
     onEvent: (ev) => {
-      const where = ev.task !== undefined ? `task ${ev.task}${ev.attempt ? '.' + ev.attempt : ''}` : 'job';
-      events.append(h('li', { 'data-to': ev.to },
+      const where = eventWhere(ev);
+      events.append(h('li', { 'data-to': ev.to, 'data-where': where },
         h('time', { datetime: new Date(ev.time).toISOString(), title: new Date(ev.time).toLocaleString() }, fmtTime(ev.time)),
-        h('div', { class: 'what' }, h('span', { class: 'muted small' }, where), ev.from ? [badge(ev.from), '→'] : null, badge(ev.to),
+        h('div', { class: 'what' }, h('span', { class: 'muted small mono where' }, where), ev.from ? [badge(ev.from), '→'] : null, badge(ev.to),
           ev.detail ? h('span', { class: 'small' }, ev.detail) : null)));
       events.scrollTop = events.scrollHeight;
       // A newer attempt of the task whose latest log is shown: follow that one.
