@@ -359,3 +359,49 @@ fn the_job_pages_events_read_as_gaffer_events_writes_them() {
         b.quit().await;
     });
 }
+
+/// "free" is what the node offers minus what gaffer reserved; the host's free memory apart.
+#[test]
+fn the_nodes_page_shows_free_memory_as_offered_minus_reserved_and_the_hosts_apart() {
+    run(async {
+        let dev = Dev::start_with(&["--cpus", "2", "--memory", "4G"]);
+        let busy = dev.submit(json!({"name": "busy", "resources": {"cpus": 0.5, "memory": "1G"}, "shell": "sleep 300"}));
+        dev.wait_job(&busy, "running", |j| j["state"] == "running");
+        let b = Browser::start().await;
+        b.goto(&format!("{}/#/nodes", dev.addr)).await;
+        let v = b
+            .wait_js(
+                "the node's memory with its task's reservation",
+                UI_TIMEOUT,
+                "const r = document.querySelector('#nodes-body tr[data-node]'); \
+                 if (!r || !r.textContent.includes('1.0 GiB / 4.0 GiB')) return null; \
+                 const f = r.querySelector('.mem-free'); const hf = r.querySelector('.mem-host-free'); \
+                 return [r.textContent, f && f.textContent, hf && hf.textContent]",
+            )
+            .await;
+        let (text, free, host) = (s(&v[0]), s(&v[1]), s(&v[2]));
+        assert!(
+            text.contains("3.0 GiB free"),
+            "4 GiB offered, 1 GiB reserved: {text}"
+        );
+        assert!(text.contains("host free "), "{text}");
+        assert_eq!(free, "3.0 GiB free", "{text}");
+        let figure = host
+            .strip_prefix("host free ")
+            .unwrap_or_else(|| panic!("{text}"));
+        let words: Vec<&str> = figure.split(' ').collect();
+        assert!(
+            words.len() == 2
+                && words[0].parse::<f64>().is_ok()
+                && ["KiB", "MiB", "GiB", "TiB"].contains(&words[1]),
+            "the host's free memory in binary units: {host}"
+        );
+        let nodes = dev.get_json("/v1/nodes");
+        assert!(nodes[0]["memory_free"].as_u64().unwrap() > 0, "{nodes}");
+        b.assert_fits("the nodes page").await;
+        b.screenshot("edges-nodes-memory").await;
+        b.size(390, 844).await;
+        b.assert_fits("the nodes page on a phone").await;
+        b.quit().await;
+    });
+}

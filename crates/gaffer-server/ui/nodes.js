@@ -4,11 +4,22 @@
 import { api } from './api.js';
 import { h, fill, badge, bar, fmtBytes, fmtDuration, confirmDialog, toast, keepFocus } from './util.js';
 
-function meter(used, total, fmt, extra) {
+/** A bar of what gaffer reserved of what the node offers; `extra` elements follow the figures. */
+function meter(used, total, fmt, ...extra) {
   const f = total > 0 ? used / total : 0;
   return h('div', { class: 'meter' },
     bar([[f, f > 0.9 ? 's-high' : 's-use']], `${fmt(used)} of ${fmt(total)} allocated`),
-    h('div', { class: 'txt' }, `${fmt(used)} / ${fmt(total)}`, extra ? ' · ' + extra : ''));
+    h('div', { class: 'txt' }, `${fmt(used)} / ${fmt(total)}`, extra.filter(Boolean).map((e) => [' · ', e])));
+}
+
+/** Memory: reserved of offered; "free" is what gaffer can still place there (offered minus
+ * reserved), the host's own free memory (what the agent measured) is shown apart. */
+function memoryMeter(n) {
+  const free = Math.max(0, n.memory_total - n.memory_allocated);
+  const m = meter(n.memory_allocated, n.memory_total, fmtBytes,
+    h('span', { class: 'mem-free', title: 'what the node offers minus what its tasks reserved' }, `${fmtBytes(free)} free`));
+  m.append(h('div', { class: 'txt mem-host-free', title: 'free memory of the host, as its agent last measured it' }, `host free ${fmtBytes(n.memory_free)}`));
+  return m;
 }
 
 const cpu = (v) => (Math.round(v * 100) / 100).toString();
@@ -71,7 +82,7 @@ export async function render(main, ctx) {
       h('td', { class: 'hide-sm' }, (n.images || []).length
         ? n.images.map((i) => h('span', { class: 'chip mono', title: (n.image_digests || {})[i] || 'imported or pulled on the node' }, i)) : h('span', { class: 'muted' }, '—')),
       h('td', {}, meter(n.cpus_allocated, n.cpus_total, cpu)),
-      h('td', {}, meter(n.memory_allocated, n.memory_total, fmtBytes, `${fmtBytes(n.memory_free)} free`)),
+      h('td', {}, memoryMeter(n)),
       h('td', { class: 'num' }, String(n.running_tasks)),
       h('td', { class: 'hide-sm nowrap' + (n.state === 'down' ? ' muted' : '') }, (n.heartbeat_age_ms < 1000 ? n.heartbeat_age_ms + ' ms' : fmtDuration(n.heartbeat_age_ms)) + ' ago'),
       h('td', { class: 'nowrap' }, n.state === 'ready'
