@@ -315,6 +315,145 @@ fn progress_bars_are_coloured_by_state_and_a_running_task_does_not_fill_its_bar(
     });
 }
 
+/// User, process limit, mounts and kill grace: sent, refused next to their fields, shown on
+/// the job page and filled back on resubmit.
+#[test]
+fn the_submit_form_sends_the_container_fields_and_shows_the_servers_errors_next_to_them() {
+    run(async {
+        let dev = Dev::start();
+        // An image in the cluster's catalog (a submission may name only images the cluster has).
+        let root = dev.root().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/motd"), "hello\n").unwrap();
+        let tarball = dev.root().join("tools.tar");
+        util::tar_dir(&root, &tarball);
+        dev.gaffer(&["image", "import", "tools", tarball.to_str().unwrap()])
+            .ok();
+        let b = Browser::start().await;
+        b.goto(&format!("{}/#/submit", dev.addr)).await;
+        b.type_into("#f-run", "sleep 1").await;
+        b.type_into("#f-name", "boxed").await;
+        b.type_into("#f-image", "tools").await;
+        b.type_into("#f-user", "alice").await;
+        b.type_into("#f-pids", "64").await;
+        b.type_into("#f-kill_grace", "30s").await;
+        b.type_into("#f-mounts", "srv/data:/data:ro").await;
+        b.click("#submit-btn").await;
+        // The server's errors, each next to its field.
+        let (user, mounts) = {
+            let v = b
+                .wait_js(
+                    "the server's errors next to user and mounts",
+                    UI_TIMEOUT,
+                    "const u = document.querySelector('#err-user').textContent; \
+                     const m = document.querySelector('#err-mounts').textContent; \
+                     return u && m ? [u, m] : null",
+                )
+                .await;
+            (s(&v[0]), s(&v[1]))
+        };
+        assert!(user.contains("`alice` must be UID or UID:GID"), "{user}");
+        assert!(
+            mounts.contains("srv/data") && mounts.contains("absolute"),
+            "{mounts}"
+        );
+        assert_eq!(
+            b.js(
+                "return [...document.querySelectorAll('[aria-invalid=true]')].map((e) => e.id).sort()",
+                vec![]
+            )
+            .await,
+            json!(["f-mounts", "f-user"])
+        );
+        assert_eq!(
+            b.js("return document.activeElement.id", vec![]).await,
+            json!("f-user"),
+            "focus goes to the first bad field of the form"
+        );
+        assert_eq!(dev.job_count(), 0);
+        b.screenshot("edges-submit-container-errors").await;
+        // A mount that is not HOST:CONTAINER[:ro] is caught before sending.
+        b.type_into("#f-user", "1000:1000").await;
+        b.type_into("#f-mounts", "/srv/data").await;
+        b.click("#submit-btn").await;
+        b.wait_js(
+            "the mount's format error",
+            UI_TIMEOUT,
+            "return document.querySelector('#err-mounts').textContent.includes('is not HOST:CONTAINER[:ro]') \
+               && !document.querySelector('#err-user').textContent",
+        )
+        .await;
+
+        b.type_into("#f-mounts", "/srv/data:/data:ro\n/tmp/scratch:/scratch")
+            .await;
+        b.click("#submit-btn").await;
+        let id = submitted(&b).await;
+        b.goto(&format!("{}/#/jobs/{id}", dev.addr)).await;
+        let spec = dev.job(&id)["spec"].clone();
+        assert_eq!(spec["image"], "tools", "{spec}");
+        assert_eq!(spec["user"], "1000:1000", "{spec}");
+        assert_eq!(spec["resources"]["pids"], 64, "{spec}");
+        assert_eq!(spec["kill_grace"], "30s", "{spec}");
+        assert_eq!(
+            spec["mounts"],
+            json!([{"host": "/srv/data", "container": "/data", "read_only": true},
+                   {"host": "/tmp/scratch", "container": "/scratch"}]),
+            "{spec}"
+        );
+        let container = s(&b
+            .wait_js(
+                "the container in the summary",
+                UI_TIMEOUT,
+                "const c = document.querySelector('#job-container'); return c ? c.textContent : null",
+            )
+            .await);
+        assert!(
+            container.contains("tools")
+                && container.contains("user 1000:1000")
+                && container.contains("/srv/data:/data:ro, /tmp/scratch:/scratch"),
+            "{container}"
+        );
+        b.screenshot("edges-submitted-container-job").await;
+
+        // Resubmit fills every one of them back, with nothing left over.
+        b.goto(&format!("{}/#/submit?from={id}", dev.addr)).await;
+        let filled = b
+            .wait_js(
+                "the container fields filled from the spec",
+                UI_TIMEOUT,
+                "const v = (i) => document.querySelector('#f-' + i).value; \
+                 return v('name') === 'boxed' ? [v('image'), v('user'), v('pids'), v('kill_grace'), v('mounts'), \
+                   document.querySelector('#carried-fields').textContent] : null",
+            )
+            .await;
+        assert_eq!(
+            filled,
+            json!([
+                "tools",
+                "1000:1000",
+                "64",
+                "30s",
+                "/srv/data:/data:ro\n/tmp/scratch:/scratch",
+                ""
+            ])
+        );
+        b.assert_fits("the submit page").await;
+        b.screenshot("edges-submit-form").await;
+        b.click("#submit-btn").await;
+        let again = submitted(&b).await;
+        assert_ne!(again, id);
+        assert_eq!(dev.job(&again)["spec"], spec, "resubmitted as it was");
+        b.goto(&format!("{}/#/submit", dev.addr)).await;
+        b.el("#submit-form").await;
+        b.size(390, 844).await;
+        b.assert_fits("the submit page on a phone").await;
+        b.quit().await;
+        for j in [&id, &again] {
+            dev.gaffer(&["kill", j]).ok();
+        }
+    });
+}
+
 /// The job page names events as `gaffer events` does: `j-000001`, `j-000001.0#2`.
 #[test]
 fn the_job_pages_events_read_as_gaffer_events_writes_them() {

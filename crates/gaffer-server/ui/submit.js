@@ -7,26 +7,32 @@ import { h, fill, fmtBytes, displaySpec } from './util.js';
 // Form state survives leaving the page (kept while the tab lives).
 let draft = null;
 
+// Text inputs: id, label, hint.
 const FIELDS = [
-  // id, label, hint, kind, width
-  ['name', 'Name', 'Shown in listings; default: the program name.', 'text'],
-  ['image', 'Image', 'Container image (see Nodes → Images); empty runs a host process.', 'text'],
-  ['workdir', 'Working directory', 'Absolute; default: a fresh directory per attempt.', 'text'],
-  ['cpus', 'CPUs', 'Reserved per task, e.g. 0.5 (default 1).', 'text'],
-  ['memory', 'Memory', 'Reserved per task, e.g. 256M, 2G.', 'text'],
-  ['pids', 'Process limit', 'Containers only.', 'text'],
-  ['timeout', 'Timeout', 'Per attempt, e.g. 30s, 5m, 2h.', 'text'],
-  ['kill_grace', 'Kill grace', 'SIGTERM → SIGKILL delay (default 5s).', 'text'],
-  ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX).', 'text'],
-  ['replicas', 'Replicas', 'A cluster job: N replicas placed and started together, named NAME-0 …; not with Array size.', 'text'],
-  ['retries', 'Retries', 'Extra attempts after a failure.', 'text'],
-  ['retry_backoff', 'Retry back-off', 'First delay, doubling (default 1s).', 'text'],
-  ['priority', 'Priority', 'Higher runs first (default 0).', 'text'],
+  ['name', 'Name', 'Shown in listings; default: the program name.'],
+  ['workdir', 'Working directory', 'Absolute; default: a fresh directory per attempt.'],
+  ['cpus', 'CPUs', 'Reserved per task, e.g. 0.5 (default 1).'],
+  ['memory', 'Memory', 'Reserved per task, e.g. 256M, 2G.'],
+  ['timeout', 'Timeout', 'Per attempt, e.g. 30s, 5m, 2h.'],
+  ['kill_grace', 'Kill grace', 'SIGTERM → SIGKILL delay when killed or timed out, e.g. 30s (default 5s).'],
+  ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX).'],
+  ['replicas', 'Replicas', 'A cluster job: N replicas placed and started together, named NAME-0 …; not with Array size.'],
+  ['retries', 'Retries', 'Extra attempts after a failure.'],
+  ['retry_backoff', 'Retry back-off', 'First delay, doubling (default 1s).'],
+  ['priority', 'Priority', 'Higher runs first (default 0).'],
+];
+const CONTAINER_FIELDS = [
+  ['image', 'Image', 'Container image (see Nodes → Images); empty runs a host process.'],
+  ['user', 'User', 'Run as UID[:GID], e.g. 1000:1000 (default: the image\'s user, else 65534).'],
+  ['pids', 'Process limit', 'At most this many processes in the container.'],
 ];
 
 // Spec fields the form shows; any other field of a loaded spec is kept as it was (and listed).
 const FORM_KEYS = new Set(['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'retries', 'array', 'replicas',
-  'priority', 'resources', 'strategy', 'depends_on', 'network', 'ports', 'env', 'constraints', 'outputs', 'shell', 'command']);
+  'priority', 'resources', 'strategy', 'depends_on', 'network', 'ports', 'env', 'constraints', 'outputs', 'shell', 'command',
+  'user', 'mounts']);
+// Text fields copied as they are between the form and the spec.
+const TEXT_KEYS = ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'user'];
 
 const AREAS = [
   ['env', 'Environment', 'NAME=VALUE, one per line.', 'LANG=C.UTF-8'],
@@ -109,6 +115,30 @@ function portText(ports) {
   return (ports || []).map((p) => `${p.host ? p.host + ':' : ''}${p.container}${p.protocol === 'udp' ? '/udp' : ''}`).join(', ');
 }
 
+/** Host directories bound into a container, one `HOST:CONTAINER[:ro]` a line. Paths are
+ * checked by the server, which names them. */
+function mountList(text, errs) {
+  const out = [];
+  text.split('\n').forEach((line, i) => {
+    const l = line.trim();
+    if (!l) return;
+    const p = l.split(':');
+    if (p.length < 2 || p.length > 3 || !p[0] || !p[1] || (p.length === 3 && !['ro', 'rw'].includes(p[2]))) {
+      errs.push({ field: 'mounts', message: `line ${i + 1}: \`${l}\` is not HOST:CONTAINER[:ro] (e.g. /srv/data:/data:ro)` });
+      return;
+    }
+    const m = { host: p[0], container: p[1] };
+    if (p[2] === 'ro') m.read_only = true;
+    out.push(m);
+  });
+  return out;
+}
+
+/** A spec's mounts as the form writes them. */
+function mountText(mounts) {
+  return (mounts || []).map((m) => `${m.host}:${m.container}${m.read_only ? ':ro' : ''}`).join('\n');
+}
+
 /** The input id that shows an error about `field` (a server path such as resources.memory). */
 function inputFor(field) {
   const f = field.replace(/\[\d+\]$/, '');
@@ -119,6 +149,7 @@ function inputFor(field) {
   if (f.startsWith('outputs')) return 'outputs';
   if (f.startsWith('depends_on')) return 'depends_on';
   if (f.startsWith('ports')) return 'ports';
+  if (f.startsWith('mounts')) return 'mounts';
   return f;
 }
 
@@ -151,6 +182,7 @@ export async function render(main, ctx) {
     h('option', { value: '' }, 'Default (bridge where the node has one)'),
     h('option', { value: 'host' }, 'host'), h('option', { value: 'none' }, 'none'), h('option', { value: 'bridge' }, 'bridge'));
   const portsInput = h('input', { type: 'text', placeholder: '18080:80, 53:53/udp, 9000', autocomplete: 'off', spellcheck: 'false' });
+  const mountsInput = h('textarea', { rows: 2, placeholder: '/srv/data:/data:ro', spellcheck: 'false' });
   // The cluster's images, offered as the image field's suggestions.
   const imageOptions = h('datalist', { id: 'image-options' });
   api('/v1/images', { signal: ctx.signal })
@@ -163,18 +195,23 @@ export async function render(main, ctx) {
   // Fields of a loaded spec the form does not show (see FORM_KEYS).
   let carried = {};
   const carriedNote = h('div', { class: 'hint', id: 'carried-fields' });
+  const text = (id, label, hint) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', list: id === 'image' ? 'image-options' : null }));
   const form = h('form', { id: 'submit-form', class: 'panel', novalidate: true },
     h('fieldset', {}, h('legend', {}, 'What to run'),
       mode,
       field('run', 'Command line', 'Shell: one line for /bin/sh -c. Command: program and arguments, split like a shell would (quotes work).', runInput)),
     h('fieldset', {}, h('legend', {}, 'Job'),
       h('div', { class: 'form-grid' },
-        FIELDS.map(([id, label, hint]) => field(id, label, hint, h('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', list: id === 'image' ? 'image-options' : null }))),
-        imageOptions,
+        FIELDS.map(([id, label, hint]) => text(id, label, hint)),
         field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
-        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends),
+        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends))),
+    h('fieldset', { id: 'container-fields' }, h('legend', {}, 'Container'),
+      h('div', { class: 'form-grid' },
+        CONTAINER_FIELDS.map(([id, label, hint]) => text(id, label, hint)),
+        imageOptions,
         field('network', 'Network', 'Containers only: bridge (an address of its own; the default on nodes that offer it), host or none (loopback only).', network),
-        field('ports', 'Ports', 'Bridge containers: HOST:CONTAINER[/udp], or CONTAINER for any free host port; comma-separated.', portsInput))),
+        field('ports', 'Ports', 'Bridge containers: HOST:CONTAINER[/udp], or CONTAINER for any free host port; comma-separated.', portsInput),
+        field('mounts', 'Mounts', 'Host directories, HOST:CONTAINER[:ro], one per line; only where the agent allows HOST (--allow-mount).', mountsInput))),
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
       h('div', { class: 'form-grid' },
         AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))))),
@@ -234,7 +271,7 @@ export async function render(main, ctx) {
     if (modeValue() === 'shell') {
       if (run.trim()) spec.shell = run.trim();
     } else if (run.trim()) spec.command = splitWords(run.trim());
-    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff']) if (v(k)) spec[k] = v(k);
+    for (const k of TEXT_KEYS) if (v(k)) spec[k] = v(k);
     for (const k of ['retries', 'array', 'replicas', 'priority']) if (v(k)) spec[k] = num(v(k));
     const res = {};
     if (v('cpus')) res.cpus = num(v('cpus'));
@@ -247,6 +284,8 @@ export async function render(main, ctx) {
     if (network.value) spec.network = network.value;
     const ports = portList(portsInput.value, errs);
     if (ports.length) spec.ports = ports;
+    const mounts = mountList(mountsInput.value, errs);
+    if (mounts.length) spec.mounts = mounts;
     const env = pairs(inputs.env.value, 'env', errs);
     if (Object.keys(env).length) spec.env = env;
     const cons = pairs(inputs.constraints.value, 'constraints', errs);
@@ -269,7 +308,7 @@ export async function render(main, ctx) {
       setMode('command');
       inputs.run.value = (spec.command || []).map(quoteWord).join(' ');
     }
-    for (const k of ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'array', 'replicas']) inputs[k].value = spec[k] ?? '';
+    for (const k of [...TEXT_KEYS, 'array', 'replicas']) inputs[k].value = spec[k] ?? '';
     inputs.retries.value = spec.retries ? String(spec.retries) : '';
     inputs.priority.value = spec.priority ? String(spec.priority) : '';
     inputs.cpus.value = spec.resources?.cpus ?? '';
@@ -279,6 +318,7 @@ export async function render(main, ctx) {
     depends.value = (spec.depends_on || []).join(', ');
     network.value = spec.network || '';
     portsInput.value = portText(spec.ports);
+    mountsInput.value = mountText(spec.mounts);
     inputs.env.value = Object.entries(spec.env || {}).map(([k, x]) => `${k}=${x}`).join('\n');
     inputs.constraints.value = Object.entries(spec.constraints || {}).map(([k, x]) => `${k}=${x}`).join('\n');
     inputs.outputs.value = (spec.outputs || []).join('\n');
@@ -292,22 +332,22 @@ export async function render(main, ctx) {
     fill(banner);
   }
 
-  /** Shows errors next to their fields; the rest in the banner. Focuses the first bad field. */
+  /** Shows errors next to their fields; the rest in the banner. Focuses the first bad field
+   * (in the form's order, whatever the order of the errors). */
   function showErrors(message, list) {
     const general = [];
-    let first = null;
     for (const e of list) {
       const id = inputFor(e.field || '');
       if (errors[id]) {
         errors[id].textContent = (errors[id].textContent ? errors[id].textContent + ' ' : '') + e.message;
         inputs[id].setAttribute('aria-invalid', 'true');
-        first = first || inputs[id];
       } else {
         general.push(e.field ? `${e.field}: ${e.message}` : e.message);
       }
     }
     fill(banner, h('div', { class: 'callout error' }, h('strong', {}, message || 'The job was not submitted.'),
       general.length ? h('ul', {}, general.map((g) => h('li', {}, g))) : null));
+    const first = form.querySelector('[aria-invalid=true]');
     if (first) first.focus();
   }
 
