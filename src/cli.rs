@@ -46,6 +46,24 @@ pub enum Format {
     Human,
     /// JSON for scripts.
     Json,
+    /// Only the job's state, one word (pending, running, succeeded, failed, killed): `gaffer
+    /// status` only, e.g. for a workflow manager's status command.
+    State,
+}
+
+impl Format {
+    /// Refuses a format that `command` cannot print (`-o state` is only for `gaffer status`),
+    /// as a usage error, rather than ignoring it.
+    pub fn check(self, command: &Command) -> Result<(), clap::Error> {
+        if self == Format::State && !matches!(command, Command::Status(_)) {
+            return Err(<Cli as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-o state is only for `gaffer status` (it prints the job's state); \
+                 use -o human or -o json here",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Subcommands.

@@ -26,6 +26,9 @@ fn main() {
         std::process::exit(gaffer_runtime::shim_main(std::path::Path::new(&args[2])));
     }
     let cli = Cli::parse();
+    if let Err(e) = cli.format.check(&cli.command) {
+        e.exit();
+    }
     let daemon = matches!(
         &cli.command,
         Command::Dev(_) | Command::Server(_) | Command::Agent(cli::AgentArgs { command: None, .. })

@@ -13,6 +13,9 @@ pub enum Output {
     Human,
     /// JSON for scripts (`-o json`).
     Json,
+    /// The job's state alone (`-o state`). Only `gaffer status` prints it (main refuses it for
+    /// the other commands, see `Format::check`); the methods below refuse it too.
+    State,
 }
 
 impl From<Format> for Output {
@@ -20,6 +23,7 @@ impl From<Format> for Output {
         match f {
             Format::Human => Output::Human,
             Format::Json => Output::Json,
+            Format::State => Output::State,
         }
     }
 }
@@ -39,6 +43,7 @@ impl Output {
                 human();
                 Ok(())
             }
+            Output::State => state_refused(),
         }
     }
 
@@ -54,6 +59,7 @@ impl Output {
         match self {
             Output::Json => print_json(&make()?),
             Output::Human => Ok(()),
+            Output::State => state_refused(),
         }
     }
 
@@ -74,8 +80,13 @@ impl Output {
         Ok(match self {
             Output::Json => serde_json::to_string(value)?,
             Output::Human => human(),
+            Output::State => return state_refused(),
         })
     }
+}
+
+fn state_refused<T>() -> Result<T> {
+    anyhow::bail!("-o state is only for `gaffer status`")
 }
 
 fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<()> {

@@ -19,6 +19,12 @@ fn command_line(spec: &JobSpec) -> String {
 /// `gaffer status`.
 pub fn status(c: &Client, out: Output, a: StatusArgs) -> Result<i32> {
     let id = job_id(&a.job)?;
+    if out == Output::State {
+        // `-o state`: the job's state alone, for scripts; none of its tasks are needed.
+        let d: JobDetail = c.get(&format!("/v1/jobs/{id}?tasks_limit=0"))?;
+        println!("{}", d.job.state.as_str());
+        return Ok(0);
+    }
     let d: JobDetail = c.get(&format!(
         "/v1/jobs/{id}?tasks_from={}&tasks_limit={}",
         a.tasks_from, a.tasks_limit
