@@ -168,6 +168,11 @@ pub struct SubmitArgs {
     /// Submit the job held: nothing starts until `gaffer release JOB`.
     #[arg(long)]
     pub hold: bool,
+    /// Accept a job that no node of the cluster could run now (more CPUs or memory than the
+    /// largest node, labels or an image no node has): it waits for such a node to join,
+    /// instead of being refused.
+    #[arg(long)]
+    pub allow_unplaceable: bool,
     /// Print only the job id(s).
     #[arg(short, long)]
     pub quiet: bool,

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cli_help;
 mod cli_images;
 mod cli_submit;
 mod client;
@@ -15,7 +16,6 @@ mod output;
 mod tls;
 mod toolbox;
 
-use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() {
@@ -25,7 +25,8 @@ fn main() {
     if args.len() == 3 && args[1] == "shim" {
         std::process::exit(gaffer_runtime::shim_main(std::path::Path::new(&args[2])));
     }
-    let cli = Cli::parse();
+    cli_help::trimmed_help(&args);
+    let cli = <Cli as clap::Parser>::parse();
     if let Err(e) = cli.format.check(&cli.command) {
         e.exit();
     }

@@ -565,6 +565,7 @@ fn body(lan: &mut Lan) {
 fn gangs(lan: &Lan) {
     let gang = |name: &str, n: &str| {
         lan.submit(&[
+            "--allow-unplaceable",
             "--name",
             name,
             "--replicas",

@@ -222,7 +222,13 @@ fn spread_balances_task_counts_and_constraints_select_labelled_nodes() {
         "--constraint zone=b must place only on n2: {j}"
     );
 
-    let nowhere = c.submit(&["--constraint", "zone=z", "--", "true"]);
+    let nowhere = c.submit(&[
+        "--allow-unplaceable",
+        "--constraint",
+        "zone=z",
+        "--",
+        "true",
+    ]);
     let j = c.wait_job(&nowhere, "a pending reason", JOB_TIMEOUT, |j| {
         j["pending_reason"].is_string()
     });
@@ -235,7 +241,16 @@ fn spread_balances_task_counts_and_constraints_select_labelled_nodes() {
 #[test]
 fn a_job_no_node_can_hold_stays_pending_and_says_why() {
     let c = Cluster::start(ClusterOpts::three(2.0, "4G"));
-    let id = c.submit(&["--memory", "64G", "--", "true"]);
+    // Refused at submit, naming the field and the largest node's figure...
+    let out = c.gaffer(&["submit", "--memory", "64G", "--", "true"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("resources.memory: 64GiB: the largest node offers 4GiB"),
+        "{out:?}"
+    );
+    // ...unless the submit means to wait for a node that large.
+    let id = c.submit(&["--allow-unplaceable", "--memory", "64G", "--", "true"]);
     let j = c.wait_job(&id, "a pending reason", JOB_TIMEOUT, |j| {
         j["pending_reason"].is_string()
     });

@@ -192,7 +192,13 @@ fn memory_hog_ends_oom_killed_and_unknown_images_wait_with_a_reason() {
     assert_eq!(job["state"], "failed");
     assert_no_leftovers(&dev, &id);
 
-    let id = dev.submit_cli(&["--image", "nosuch", "--", "true"]);
+    let out = dev.gaffer(&["submit", "--image", "nosuch", "--", "true"]);
+    assert_ne!(out.code, 0, "an image nobody has is refused: {out:?}");
+    assert!(
+        out.stderr.contains("image: no node has image `nosuch`"),
+        "{out:?}"
+    );
+    let id = dev.submit_cli(&["--allow-unplaceable", "--image", "nosuch", "--", "true"]);
     let job = dev.wait_job(&id, "a pending reason", |j| {
         j["pending_reason"]
             .as_str()

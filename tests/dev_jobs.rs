@@ -549,7 +549,7 @@ fn kill_ends_the_task_as_killed_and_leaves_no_process_behind() {
         || (pids_with_env(&entry).len() >= 3).then_some(()),
     );
     let out = dev.gaffer(&["kill", &id]).ok();
-    assert!(out.stdout.contains("kill requested"), "{out:?}");
+    assert!(out.stdout.contains("killing"), "{out:?}");
     let j = dev.wait_final(&id, Duration::from_secs(30));
     assert_eq!(j["state"], "killed", "{j}");
     assert_eq!(j["task_list"][0]["state"], "killed", "{j}");

@@ -84,11 +84,19 @@ fn followers_answer_forward_and_send_agents_to_the_leader() {
     assert!(nodes.contains("\"a0\""), "{nodes}");
     // Why a job waits is known to the leader's scheduler only: a follower asks it for the
     // status of one job, so the reason shows through a follower too.
-    let big = cli(&["submit", "-q", "--cpus", "4096", "--", "true"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let big = cli(&[
+        "submit",
+        "-q",
+        "--allow-unplaceable",
+        "--cpus",
+        "4096",
+        "--",
+        "true",
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
     let reason = util::wait_until(
         "the pending reason through a follower",
         Duration::from_secs(20),

@@ -57,8 +57,24 @@ fn host_tasks_are_refused_when_no_agent_allows_them() {
     );
     let jobs = cli_at(&addr, &["jobs", "-o", "json"]);
     assert!(String::from_utf8_lossy(&jobs.stdout).contains("\"jobs\": []"));
-    // A container task is accepted (it waits for a node with the image).
+    // A container task whose image no node has is refused, naming the image...
     let out = cli_at(&addr, &["submit", "-q", "--image", "busybox", "--", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no node has image `busybox`"), "{err}");
+    // ...unless the submit means to wait for a node that has it.
+    let out = cli_at(
+        &addr,
+        &[
+            "submit",
+            "-q",
+            "--allow-unplaceable",
+            "--image",
+            "busybox",
+            "--",
+            "true",
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -285,7 +285,7 @@ fn dev_task_runs_an_image_imported_through_the_server_and_rm_removes_the_nodes_c
         || (!node_image.exists()).then_some(()),
     );
     // A task with a removed image waits, and says which image it needs.
-    let id = dev.submit_cli(&["--image", "box", "--", "true"]);
+    let id = dev.submit_cli(&["--allow-unplaceable", "--image", "box", "--", "true"]);
     let job = dev.wait_job(&id, "a pending reason", |j| {
         j["pending_reason"]
             .as_str()

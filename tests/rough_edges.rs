@@ -74,3 +74,46 @@ fn logs_of_an_array_print_every_task_with_its_index() {
     assert_ne!(follow.code, 0);
     assert!(follow.stderr.contains("--task"), "{follow:?}");
 }
+
+#[test]
+fn help_lists_the_client_flags_only_where_they_apply() {
+    let help = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(args);
+        run_cmd(cmd, Duration::from_secs(30)).ok().stdout
+    };
+    for sub in ["dev", "server", "agent", "completions"] {
+        let text = help(&[sub, "--help"]);
+        for flag in ["--addr <", "--token <", "--format <"] {
+            assert!(
+                !text.contains(flag),
+                "gaffer {sub} --help lists {flag}:\n{text}"
+            );
+        }
+    }
+    assert!(!help(&["dev", "--help"]).contains("--ca <"));
+    assert!(
+        help(&["server", "--help"]).contains("--ca <"),
+        "the server's own --ca"
+    );
+    assert!(
+        help(&["agent", "--help"]).contains("--ca <"),
+        "the agent's own --ca"
+    );
+    for sub in ["jobs", "submit", "status"] {
+        let text = help(&[sub, "--help"]);
+        for flag in ["--addr <", "--token <", "--format <"] {
+            assert!(text.contains(flag), "gaffer {sub} --help lacks {flag}");
+        }
+    }
+    // Still global: before or after the subcommand.
+    let dev = Dev::start();
+    for args in [
+        vec!["--addr", dev.addr.as_str(), "jobs"],
+        vec!["jobs", "--addr", dev.addr.as_str()],
+    ] {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(&args).env_remove("GAFFER_ADDR");
+        run_cmd(cmd, Duration::from_secs(30)).ok();
+    }
+}

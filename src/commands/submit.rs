@@ -33,7 +33,12 @@ pub fn submit(c: &Client, out: Output, a: SubmitArgs) -> Result<i32> {
         .clone()
         .unwrap_or_else(crate::client::idempotency_key);
     let headers = [("Idempotency-Key", key.as_str())];
-    let resp: SubmitResponse = c.post("/v1/jobs", &body, &headers)?;
+    let path = if a.allow_unplaceable {
+        "/v1/jobs?allow_unplaceable=true"
+    } else {
+        "/v1/jobs"
+    };
+    let resp: SubmitResponse = c.post(path, &body, &headers)?;
     out.print(&resp, || {
         for id in &resp.ids {
             if a.quiet {

@@ -243,16 +243,23 @@ async fn metrics(State(st): State<AppState>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
+#[derive(Debug, Deserialize)]
+struct SubmitParams {
+    allow_unplaceable: Option<bool>,
+}
+
 /// Submit one job spec, a list of them, or `{"jobs": [...]}`; all are stored or none. The body
 /// is JSON, or TOML with `Content-Type: application/toml` (`[[jobs]]` for a list).
 #[utoipa::path(post, path = "/v1/jobs", request_body = gaffer_api::JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the first submit's ids")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the first submit's ids"),
+           ("allow_unplaceable" = Option<bool>, Query, description = "accept specs that no registered node could run (more CPUs or memory than the largest node, labels or an image no node has); they wait for such a node")),
     responses(
         (status = 201, description = "Stored durably", body = SubmitResponse),
         (status = 400, description = "Invalid spec; every problem listed", body = ErrorBody),
         (status = 413, description = "Body over 10 MiB", body = ErrorBody)))]
 async fn submit(
     State(st): State<AppState>,
+    Q(p): Q<SubmitParams>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
@@ -282,7 +289,10 @@ async fn submit(
         ),
         None => None,
     };
-    let ids = st.core.submit(specs, key).await?;
+    let ids = st
+        .core
+        .submit(specs, key, p.allow_unplaceable.unwrap_or(false))
+        .await?;
     Ok((StatusCode::CREATED, Json(SubmitResponse { ids })))
 }
 

@@ -47,6 +47,8 @@ pub enum Command {
         specs: Vec<JobSpec>,
         /// Idempotency key.
         idempotency_key: Option<String>,
+        /// Accept specs that no node registered now could run (they wait for one).
+        allow_unplaceable: bool,
         /// Answer: the new ids.
         reply: Reply<Vec<JobId>>,
     },
@@ -199,10 +201,12 @@ impl CoreHandle {
         &self,
         specs: Vec<JobSpec>,
         idempotency_key: Option<String>,
+        allow_unplaceable: bool,
     ) -> Result<Vec<JobId>, CoreError> {
         self.ask(|reply| Command::Submit {
             specs,
             idempotency_key,
+            allow_unplaceable,
             reply,
         })
         .await

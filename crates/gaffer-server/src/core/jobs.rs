@@ -16,6 +16,7 @@ impl<E: Effects> Core<E> {
         &mut self,
         specs: Vec<JobSpec>,
         key: Option<String>,
+        allow_unplaceable: bool,
         reply: Reply<Vec<JobId>>,
         now: UnixMs,
     ) {
@@ -35,7 +36,7 @@ impl<E: Effects> Core<E> {
                 return self.defer(reply, Ok(ids));
             }
         }
-        let errors = match self.submit_errors(&specs) {
+        let errors = match self.submit_errors(&specs, allow_unplaceable) {
             Ok(errors) => errors,
             Err(e) => return self.defer(reply, Err(e)),
         };
@@ -84,9 +85,25 @@ impl<E: Effects> Core<E> {
     }
 
     /// What the cluster refuses in `specs` (all or nothing, like the rest of the batch).
-    fn submit_errors(&self, specs: &[JobSpec]) -> Result<Vec<FieldError>, CoreError> {
+    fn submit_errors(
+        &self,
+        specs: &[JobSpec],
+        allow_unplaceable: bool,
+    ) -> Result<Vec<FieldError>, CoreError> {
         let mut errors = Vec::new();
         let index = |i: usize| (specs.len() > 1).then_some(i);
+        if !allow_unplaceable {
+            for (i, spec) in specs.iter().enumerate() {
+                if let Some(mut e) = self.unplaceable(spec) {
+                    e.message.push_str(
+                        " (to wait for such a node: gaffer submit --allow-unplaceable, \
+                         or POST /v1/jobs?allow_unplaceable=true)",
+                    );
+                    e.index = index(i);
+                    errors.push(e);
+                }
+            }
+        }
         // A task without an image needs a node that runs host processes: refuse it when the
         // cluster has nodes and none of them does (with no node known yet, it waits).
         // Placeholders for nodes known only from running attempts (conn 0) do not count.

@@ -33,6 +33,7 @@ mod attempts;
 pub mod command;
 mod driver;
 pub mod effects;
+mod feasible;
 mod gang;
 mod hold;
 mod jobs;
@@ -119,9 +120,10 @@ impl<E: Effects> Core<E> {
             Command::Submit {
                 specs,
                 idempotency_key,
+                allow_unplaceable,
                 reply,
             } => {
-                self.submit(specs, idempotency_key, reply, now);
+                self.submit(specs, idempotency_key, allow_unplaceable, reply, now);
                 Ok(())
             }
             Command::Kill { job, reply } => {

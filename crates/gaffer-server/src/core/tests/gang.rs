@@ -128,7 +128,7 @@ fn a_gang_that_cannot_fit_reserves_nothing_and_small_tasks_still_run() {
     h.connect(bridge_node("a", 2.0));
     h.connect(bridge_node("b", 1.0));
     h.take();
-    let big = h.submit(gang(4, 1.0));
+    let big = h.submit_anyway(gang(4, 1.0));
     assert!(h.starts().is_empty());
     let why = h.reason(big).unwrap();
     assert!(
@@ -412,6 +412,7 @@ fn every_node_forwards_the_service_to_the_ready_replicas() {
     let err = h.ask(|reply| Command::Submit {
         specs: vec![spec.clone()],
         idempotency_key: None,
+        allow_unplaceable: false,
         reply,
     });
     assert!(format!("{err:?}").contains("front door of job"), "{err:?}");

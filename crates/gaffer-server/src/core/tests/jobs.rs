@@ -60,6 +60,7 @@ fn an_unknown_dependency_is_refused_with_the_field() {
         .ask(|reply| Command::Submit {
             specs: vec![job().after(JobId(99)).spec()],
             idempotency_key: None,
+            allow_unplaceable: false,
             reply,
         })
         .unwrap_err();
@@ -185,4 +186,59 @@ fn retry_of_a_killed_job_is_refused() {
     h.kill(id);
     let r = h.ask(|reply| Command::Retry { job: id, reply });
     assert!(matches!(r, Err(CoreError::Conflict(m)) if m.contains("was killed")));
+}
+
+#[test]
+fn a_spec_no_node_could_ever_run_is_refused_naming_the_field_and_the_largest_node() {
+    let mut h = H::new();
+    // Nothing is refused before any node registered.
+    h.submit(job().cpus(1000.0).spec());
+    let mut a = node("a", 4.0, 6);
+    a.containers = true;
+    a.images = vec!["busybox".into()];
+    h.connect(a);
+    h.connect(node("b", 2.0, 2));
+    h.take();
+    let refused = |h: &mut H, spec: JobSpec| -> (String, String) {
+        match h.try_submit(vec![spec], false) {
+            Err(CoreError::Invalid(f)) => (f[0].field.clone(), f[0].message.clone()),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    };
+    let (field, msg) = refused(&mut h, job().cpus(1000.0).spec());
+    assert_eq!(field, "resources.cpus");
+    assert!(
+        msg.starts_with("1000 CPUs: the largest node offers 4"),
+        "{msg}"
+    );
+    let (field, msg) = refused(&mut h, job().memory_gib(7).spec());
+    assert_eq!(field, "resources.memory");
+    assert!(
+        msg.starts_with("7GiB: the largest node offers 6GiB"),
+        "{msg}"
+    );
+    assert!(msg.contains("--allow-unplaceable"), "{msg}");
+    let (field, _) = refused(&mut h, job().constraint("zone", "mars").spec());
+    assert_eq!(field, "constraints");
+    let (field, msg) = refused(&mut h, job().image("alpine").spec());
+    assert_eq!(field, "image");
+    assert!(msg.contains("`alpine`"), "{msg}");
+    // Container tasks go only to the container node (4 CPUs).
+    let (field, _) = refused(
+        &mut h,
+        job().image("busybox").cpus(3.0).memory_gib(7).spec(),
+    );
+    assert_eq!(field, "resources.memory");
+    let mut gang = job().image("busybox").cpus(1.0).spec();
+    gang.replicas = Some(5);
+    let (field, msg) = refused(&mut h, gang.clone());
+    assert_eq!(field, "replicas");
+    assert!(msg.contains("at most 4"), "{msg}");
+
+    // What fits somewhere is accepted; so is what the submit asks to wait for.
+    h.submit(job().memory_gib(6).spec());
+    let waits = h.submit_anyway(job().memory_gib(7).spec());
+    assert!(h.reason(waits).is_some_and(|r| r.contains("7GiB")));
+    gang.replicas = Some(4);
+    h.submit(gang);
 }

@@ -242,12 +242,25 @@ impl H {
     }
 
     pub(super) fn submit_all(&mut self, specs: Vec<JobSpec>) -> Vec<JobId> {
+        self.try_submit(specs, false).expect("submit")
+    }
+
+    /// Submits a spec that no node registered now could run, to wait for one.
+    pub(super) fn submit_anyway(&mut self, spec: JobSpec) -> JobId {
+        self.try_submit(vec![spec], true).expect("submit")[0]
+    }
+
+    pub(super) fn try_submit(
+        &mut self,
+        specs: Vec<JobSpec>,
+        allow_unplaceable: bool,
+    ) -> Result<Vec<JobId>, CoreError> {
         self.ask(|reply| Command::Submit {
             specs,
             idempotency_key: None,
+            allow_unplaceable,
             reply,
         })
-        .expect("submit")
     }
 
     pub(super) fn kill(&mut self, job: JobId) -> JobState {

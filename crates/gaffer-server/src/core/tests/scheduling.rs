@@ -113,7 +113,7 @@ fn constraints_pick_the_labelled_node() {
     h.take();
     h.submit(job().constraint("zone", "west").spec());
     assert_eq!(h.starts()[0].0, "b");
-    let nowhere = h.submit(job().constraint("zone", "east").spec());
+    let nowhere = h.submit_anyway(job().constraint("zone", "east").spec());
     assert!(h.starts().is_empty());
     assert!(h.reason(nowhere).is_some());
 }
@@ -148,7 +148,7 @@ fn a_container_task_goes_only_where_its_image_is_or_the_catalog_has_it() {
     h.take();
     h.submit(job().image("busybox").spec());
     assert_eq!(h.starts()[0].0, "b");
-    let other = h.submit(job().image("alpine").spec());
+    let other = h.submit_anyway(job().image("alpine").spec());
     assert!(h.starts().is_empty());
     assert!(h.reason(other).is_some());
 
@@ -180,6 +180,7 @@ fn nothing_is_released_before_the_commit() {
         Command::Submit {
             specs: vec![job().spec()],
             idempotency_key: None,
+            allow_unplaceable: false,
             reply: tx,
         },
         h.now,
