@@ -13,9 +13,10 @@ function meter(used, total, fmt, ...extra) {
 }
 
 /** Memory: reserved of offered; "free" is what gaffer can still place there (offered minus
- * reserved), the host's own free memory (what the agent measured) is shown apart. */
+ * reserved: `memory_available`, as `gaffer nodes` shows it), the host's own free memory (what
+ * the agent measured) is shown apart. */
 function memoryMeter(n) {
-  const free = Math.max(0, n.memory_total - n.memory_allocated);
+  const free = n.memory_available ?? Math.max(0, n.memory_total - n.memory_allocated);
   const m = meter(n.memory_allocated, n.memory_total, fmtBytes,
     h('span', { class: 'mem-free', title: 'what the node offers minus what its tasks reserved' }, `${fmtBytes(free)} free`));
   m.append(h('div', { class: 'txt mem-host-free', title: 'free memory of the host, as its agent last measured it' }, `host free ${fmtBytes(n.memory_free)}`));
