@@ -52,13 +52,15 @@ fn a_job_submitted_through_the_form_reaches_succeeded_in_the_table_without_a_rel
         b.click("#submit-btn").await;
         let id = s(&b
             .wait_js(
-                "the jobs page naming the submitted job",
+                "the new job's page naming the submitted job",
                 UI_TIMEOUT,
                 "const a = document.querySelector('#submitted-note a'); \
-                 return location.hash.startsWith('#/jobs') && a ? a.textContent : null",
+                 return a && location.hash === '#/jobs/' + a.textContent ? a.textContent : null",
             )
             .await);
         assert!(id.starts_with("j-"), "{id}");
+        // From there to the job list, where the new job is flagged.
+        b.click("#submitted-note a[href^='#/jobs?new=']").await;
         b.wait_js(
             "the new job's row to show succeeded",
             Duration::from_secs(60),

@@ -544,3 +544,87 @@ fn the_nodes_page_shows_free_memory_as_offered_minus_reserved_and_the_hosts_apar
         b.quit().await;
     });
 }
+
+/// One submitted job lands on its page, which says it was submitted (once: not after a reload)
+/// and links to the job list; a list of jobs lands on the job list.
+#[test]
+fn one_submitted_job_lands_on_its_page_and_a_list_of_jobs_on_the_job_list() {
+    run(async {
+        let dev = Dev::start();
+        let b = Browser::start().await;
+        b.goto(&format!("{}/#/submit", dev.addr)).await;
+        b.type_into("#f-run", "echo landed").await;
+        b.type_into("#f-name", "lander").await;
+        b.click("#submit-btn").await;
+        let id = s(&b
+            .wait_js(
+                "the new job's page with the submitted note",
+                UI_TIMEOUT,
+                "const a = document.querySelector('#submitted-note a'); \
+                 const t = document.querySelector('#job-title'); \
+                 return a && t && t.textContent === 'lander' && location.hash === '#/jobs/' + a.textContent \
+                   ? a.textContent : null",
+            )
+            .await);
+        assert_eq!(dev.job(&id)["name"], "lander");
+        b.wait_js(
+            "the new job's log",
+            Duration::from_secs(60),
+            "const l = document.querySelector('#log'); \
+             return l && l.dataset.done === 'true' && l.textContent === 'landed\\n'",
+        )
+        .await;
+        b.screenshot("edges-landed").await;
+        b.c.refresh().await.expect("reload");
+        b.wait_js(
+            "the job page again, without the note",
+            UI_TIMEOUT,
+            "const t = document.querySelector('#job-title'); \
+             return t && t.textContent === 'lander' && !document.querySelector('#submitted-note')",
+        )
+        .await;
+
+        // One spec pasted lands on its page too; from there, the job list.
+        b.goto(&format!("{}/#/submit?tab=paste", dev.addr)).await;
+        b.type_into("#f-paste", r#"{"name": "pasted", "shell": "true"}"#)
+            .await;
+        b.click("#paste-submit").await;
+        let pasted = s(&b
+            .wait_js(
+                "the pasted job's page",
+                UI_TIMEOUT,
+                "const a = document.querySelector('#submitted-note a'); \
+                 const t = document.querySelector('#job-title'); \
+                 return a && t && t.textContent === 'pasted' && location.hash === '#/jobs/' + a.textContent \
+                   ? a.textContent : null",
+            )
+            .await);
+        b.click("#submitted-note a[href^='#/jobs?new=']").await;
+        b.wait_js(
+            "the job list with the pasted job",
+            UI_TIMEOUT,
+            &format!(
+                "return location.hash.startsWith('#/jobs?') \
+                   && !!document.querySelector('#jobs-body tr[data-job=\"{pasted}\"]')"
+            ),
+        )
+        .await;
+
+        // A list lands on the job list, naming both.
+        b.goto(&format!("{}/#/submit?tab=paste", dev.addr)).await;
+        b.type_into(
+            "#f-paste",
+            r#"[{"name": "one", "shell": "true"}, {"name": "two", "shell": "true"}]"#,
+        )
+        .await;
+        b.click("#paste-submit").await;
+        b.wait_js(
+            "the job list naming both",
+            UI_TIMEOUT,
+            "return location.hash.startsWith('#/jobs?new=') \
+               && document.querySelectorAll('#submitted-note a').length === 2",
+        )
+        .await;
+        b.quit().await;
+    });
+}

@@ -328,7 +328,15 @@ export async function render(main, ctx) {
     if (job.spec.outputs?.length) drawOutputs().catch(() => {});
   }
 
+  // Arriving from the submit form: say so once (a reload does not repeat it).
+  const note = ctx.params.has('submitted')
+    ? h('div', { class: 'callout ok', role: 'status', id: 'submitted-note' }, 'Submitted ', h('a', { href: '#/jobs/' + job.id, class: 'mono' }, job.id), '. ',
+      h('a', { href: '#/jobs?new=' + job.id }, 'Show it in the job list'), ' · ', h('a', { href: '#/submit' }, 'Submit another'))
+    : null;
+  if (note) history.replaceState(null, '', '#/jobs/' + encodeURIComponent(job.id));
+
   fill(main,
+    note,
     h('div', { class: 'page-head' },
       h('div', {}, h('div', { class: 'sub' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('span', { class: 'mono' }, job.id)),
         h('div', { style: { display: 'flex', gap: '.75rem', alignItems: 'center', flexWrap: 'wrap' } }, title, stateBox)),

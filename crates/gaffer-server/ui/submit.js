@@ -153,6 +153,11 @@ function inputFor(field) {
   return f;
 }
 
+/** Where a submission lands: the new job's page, or the job list when it made several. */
+function landing(ids) {
+  return ids.length === 1 ? `#/jobs/${encodeURIComponent(ids[0])}?submitted=1` : '#/jobs?new=' + ids.join(',');
+}
+
 export async function render(main, ctx) {
   const from = ctx.params.get('from');
   let submitted = false;
@@ -365,7 +370,7 @@ export async function render(main, ctx) {
     try {
       const r = await api('/v1/jobs', { method: 'POST', body: spec });
       submitted = true;
-      location.hash = '#/jobs?new=' + r.ids.join(',');
+      location.hash = landing(r.ids);
     } catch (err) {
       if (err instanceof ApiError) showErrors(err.message, err.fields.length ? err.fields : []);
       else showErrors(String(err), []);
@@ -385,7 +390,7 @@ export async function render(main, ctx) {
     try {
       const r = await api('/v1/jobs', { method: 'POST', body: text, contentType: f === 'json' ? 'application/json' : 'application/toml' });
       submitted = true;
-      location.hash = '#/jobs?new=' + r.ids.join(',');
+      location.hash = landing(r.ids);
     } catch (err) {
       paste.setAttribute('aria-invalid', 'true');
       const list = err.fields || [];
