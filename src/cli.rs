@@ -49,6 +49,8 @@ pub enum Format {
     /// Only the job's state, one word (pending, running, succeeded, failed, killed): `gaffer
     /// status` only, e.g. for a workflow manager's status command.
     State,
+    /// Comma-separated values with a header line: `gaffer history` only.
+    Csv,
 }
 
 impl Format {
@@ -60,6 +62,12 @@ impl Format {
                 clap::error::ErrorKind::ArgumentConflict,
                 "-o state is only for `gaffer status` (it prints the job's state); \
                  use -o human or -o json here",
+            ));
+        }
+        if self == Format::Csv && !matches!(command, Command::History(_)) {
+            return Err(<Cli as clap::CommandFactory>::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-o csv is only for `gaffer history`; use -o human or -o json here",
             ));
         }
         Ok(())
@@ -395,6 +403,9 @@ pub struct StatusArgs {
     /// Show at most this many tasks.
     #[arg(long, default_value_t = 100)]
     pub tasks_limit: u32,
+    /// Print only the batch script stored with the job (to edit and submit it again).
+    #[arg(long)]
+    pub script: bool,
 }
 
 /// `gaffer logs`.
@@ -447,6 +458,7 @@ pub struct HistoryArgs {
     /// Most jobs listed (newest first).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
+    /// `-o csv` (set by `main`, which reads `-o`).
     #[arg(skip)]
     pub csv: bool,
 }

@@ -24,6 +24,8 @@ impl From<Format> for Output {
             Format::Human => Output::Human,
             Format::Json => Output::Json,
             Format::State => Output::State,
+            // Only `gaffer history` takes it (see `Format::check`), and prints it itself.
+            Format::Csv => Output::Human,
         }
     }
 }

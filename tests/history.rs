@@ -94,6 +94,27 @@ fn history_reports_wait_run_cpu_memory_exit_and_node() {
     assert_eq!(lines[0], ["JOB", "TASK", "EXIT", "ATTEMPTS"]);
     assert_eq!(lines[2], [sweep.as_str(), "1", "5", "2"]);
 
+    // CSV for spreadsheets: a header, plain units, RFC 3339 times.
+    let csv = dev
+        .gaffer(&[
+            "history",
+            "-o",
+            "csv",
+            "--columns",
+            "job,name,exit,maxrss,started",
+            &busy,
+        ])
+        .ok()
+        .stdout;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "job,name,exit,maxrss,started");
+    let cells: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(cells[..3], [busy.as_str(), "busy", "0"]);
+    assert_eq!(cells[3], r_busy["max_rss_bytes"].to_string());
+    assert!(cells[4].ends_with('Z') && cells[4].contains('T'), "{csv}");
+    let out = dev.gaffer(&["jobs", "-o", "csv"]);
+    assert_ne!(out.code, 0, "only history prints CSV: {out:?}");
+
     // A window that holds nothing; a bad column.
     let later = json(
         &dev.gaffer(&["history", "--since", "2099-01-01", "-o", "json"])

@@ -117,3 +117,53 @@ fn help_lists_the_client_flags_only_where_they_apply() {
         run_cmd(cmd, Duration::from_secs(30)).ok();
     }
 }
+
+#[test]
+fn status_shows_times_cpu_retries_holds_and_the_stored_script() {
+    let dev = Dev::start();
+    let id = dev.submit_cli(&[
+        "--retries",
+        "1",
+        "--retry-backoff",
+        "5m",
+        "--shell",
+        "exit 4",
+    ]);
+    let j = dev.wait_job(&id, "waiting out its back-off", |j| {
+        j["task_list"][0]["not_before"].is_u64()
+    });
+    assert_eq!(
+        j["state"], "pending",
+        "a job whose only task waits to retry: {j}"
+    );
+    let out = dev.gaffer(&["status", &id]).ok().stdout;
+    assert!(out.contains("state    pending (retrying in 4m"), "{out}");
+    assert!(out.contains("failed (retry in 4m"), "{out}");
+    let header = out.lines().find(|l| l.starts_with("TASK")).unwrap();
+    for col in ["STARTED", "DURATION", "CPU", "MAX RSS"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(out.contains("cpu time "), "{out}");
+
+    let held = dev.submit_cli(&["--hold", "--", "true"]);
+    let out = dev.gaffer(&["status", &held]).ok().stdout;
+    assert!(
+        out.contains(&format!("state    pending (held: gaffer release {held})")),
+        "{out}"
+    );
+
+    let script = dev.root().join("job.sh");
+    std::fs::write(&script, "#!/bin/sh\n#GAFFER --name scripted\necho hi\n").unwrap();
+    let path = script.display().to_string();
+    let sid = dev.submit_cli(&[&path, "arg"]);
+    let out = dev.gaffer(&["status", &sid]).ok().stdout;
+    assert!(out.contains("command  script job.sh arg (3 lines"), "{out}");
+    let body = dev.gaffer(&["status", "--script", &sid]).ok().stdout;
+    assert_eq!(body, "#!/bin/sh\n#GAFFER --name scripted\necho hi\n");
+    let out = dev.gaffer(&["status", "--script", &held]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("not submitted from a script"),
+        "{out:?}"
+    );
+}

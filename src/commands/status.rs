@@ -10,15 +10,76 @@ use gaffer_api::views::JobDetail;
 use gaffer_api::{ByteSize, JobSpec, TaskState};
 
 fn command_line(spec: &JobSpec) -> String {
+    if let Some(s) = &spec.script {
+        let lines = s.body.lines().count();
+        let args = match spec.command.is_empty() {
+            true => String::new(),
+            false => format!(" {}", spec.command.join(" ")),
+        };
+        return format!(
+            "script {}{args} ({lines} lines, stored: gaffer status --script)",
+            s.name
+        );
+    }
     match &spec.shell {
         Some(s) => format!("sh -c {s:?}"),
         None => spec.command.join(" "),
     }
 }
 
+/// "held", "retrying in 3s": what a job that is not running waits for.
+fn waiting_for(d: &JobDetail) -> Option<String> {
+    let j = &d.job;
+    if j.held {
+        return Some(format!("held: gaffer release {}", j.id));
+    }
+    let now = now_ms();
+    let retry = d
+        .task_list
+        .iter()
+        .filter(|t| t.state == TaskState::Pending)
+        .filter_map(|t| t.not_before)
+        .min()?;
+    Some(match retry > now {
+        true => format!("retrying in {}", short_duration(retry - now)),
+        false => "retrying".to_string(),
+    })
+}
+
+/// "j-000001 succeeds, j-000002 ends": what a job's dependencies wait for.
+fn dependencies(spec: &JobSpec) -> Option<String> {
+    let deps = spec.dependencies();
+    if deps.is_empty() && !spec.singleton {
+        return None;
+    }
+    let mut parts: Vec<String> = deps
+        .iter()
+        .map(|(d, k)| {
+            let verb = match k {
+                gaffer_api::batch::DepKind::Ok => "succeeds",
+                gaffer_api::batch::DepKind::Any => "ends",
+                gaffer_api::batch::DepKind::NotOk => "fails",
+            };
+            format!("{d} {verb}")
+        })
+        .collect();
+    if spec.singleton {
+        parts.push("every earlier job of its name ends (singleton)".into());
+    }
+    Some(parts.join(", "))
+}
+
 /// `gaffer status`.
 pub fn status(c: &Client, out: Output, a: StatusArgs) -> Result<i32> {
     let id = job_id(&a.job)?;
+    if a.script {
+        let d: JobDetail = c.get(&format!("/v1/jobs/{id}?tasks_limit=0"))?;
+        match &d.job.spec.script {
+            Some(s) => print!("{}", s.body),
+            None => anyhow::bail!("job {id} was not submitted from a script"),
+        }
+        return Ok(0);
+    }
     if out == Output::State {
         // `-o state`: the job's state alone, for scripts; none of its tasks are needed.
         let d: JobDetail = c.get(&format!("/v1/jobs/{id}?tasks_limit=0"))?;
@@ -38,20 +99,40 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
     let j = &d.job;
     let t = &j.tasks;
     println!("job      {} ({})", j.id, j.name);
-    println!(
-        "state    {}{}",
-        j.state,
-        if j.kill_requested && !j.state.is_final() {
-            " (kill requested)"
-        } else {
-            ""
-        }
-    );
+    let note = match (j.kill_requested, j.state.is_final()) {
+        (true, false) => Some("being killed".to_string()),
+        (false, false) => waiting_for(d),
+        _ => None,
+    };
+    match note {
+        Some(n) => println!("state    {} ({n})", j.state),
+        None => println!("state    {}", j.state),
+    }
     println!("command  {}", command_line(&j.spec));
     println!(
-        "tasks    {} total: {} pending, {} running, {} succeeded, {} failed, {} killed",
-        t.total, t.pending, t.running, t.succeeded, t.failed, t.killed
+        "tasks    {} total: {} pending, {} running, {} succeeded, {} failed, {} killed{}",
+        t.total,
+        t.pending,
+        t.running,
+        t.succeeded,
+        t.failed,
+        t.killed,
+        j.spec
+            .max_running
+            .map(|k| format!(" (at most {k} at once)"))
+            .unwrap_or_default()
     );
+    if let Some(deps) = dependencies(&j.spec) {
+        println!("after    {deps}");
+    }
+    for (what, file) in [
+        ("stdout", &j.spec.stdout_file),
+        ("stderr", &j.spec.stderr_file),
+    ] {
+        if let Some(f) = file {
+            println!("{what:<8} also written to {f} on the node");
+        }
+    }
     let mut limits = Vec::new();
     limits.push(format!("cpus {}", j.spec.cpus()));
     if let Some(m) = j.spec.resources.memory {
@@ -107,10 +188,20 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
     );
     match j.finished_at {
         Some(f) => println!(
-            ", finished after {}",
+            ", finished {} after {}",
+            clock(f),
             short_duration(f.saturating_sub(j.created_at))
         ),
         None => println!(),
+    }
+    let cpu: f64 = d
+        .task_list
+        .iter()
+        .flat_map(|t| &t.attempts)
+        .filter_map(|a| a.cpu_secs)
+        .sum();
+    if cpu > 0.0 {
+        println!("cpu time {} (the tasks shown)", cpu_time(cpu));
     }
     if let Some(r) = &j.pending_reason {
         println!("waiting  {r}");
@@ -125,16 +216,9 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
     let mut rows = Vec::new();
     for task in &d.task_list {
         if task.attempts.is_empty() {
-            rows.push(vec![
-                task.index.to_string(),
-                task.state.to_string(),
-                "-".into(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+            let mut row = vec![task.index.to_string(), task.state.to_string(), "-".into()];
+            row.resize(10, String::new());
+            rows.push(row);
             continue;
         }
         for at in &task.attempts {
@@ -153,8 +237,14 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
                 .map(|b| ByteSize(b).to_string())
                 .unwrap_or_default();
             let is_last = at.attempt == task.attempts.len() as u32;
+            let retry = match task.not_before {
+                Some(t) if t > now_ms() => {
+                    format!("retry in {}", short_duration(t - now_ms()))
+                }
+                _ => "retry pending".to_string(),
+            };
             let state = match (is_last && task.state == TaskState::Pending, at.ready) {
-                (true, _) => format!("{} (retry pending)", at.state),
+                (true, _) => format!("{} ({retry})", at.state),
                 (false, Some(true)) => format!("{} (ready)", at.state),
                 (false, Some(false)) => format!("{} (not ready)", at.state),
                 (false, None) => at.state.to_string(),
@@ -165,7 +255,9 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
                 at.attempt.to_string(),
                 at.node.clone(),
                 exit,
+                at.started_at.map(clock).unwrap_or_default(),
                 dur,
+                at.cpu_secs.map(cpu_time).unwrap_or_default(),
                 mem,
                 at.message.clone().unwrap_or_default(),
             ]);
@@ -176,7 +268,8 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
         }
     }
     let mut header = vec![
-        "TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "DURATION", "MAX RSS", "REASON",
+        "TASK", "STATE", "ATTEMPT", "NODE", "EXIT", "STARTED", "DURATION", "CPU", "MAX RSS",
+        "REASON",
     ];
     if addressed {
         header.insert(4, "ADDRESS");
@@ -191,6 +284,24 @@ fn print_status(d: &JobDetail, tasks_from: u32) {
             "(tasks {}..{} of {}; see more with --tasks-from {shown_to})",
             tasks_from, shown_to, t.total
         );
+    }
+}
+
+/// A time of day in UTC, `14:03:07`.
+fn clock(t: u64) -> String {
+    let stamp = timestamp(t);
+    stamp
+        .split_once('T')
+        .map(|(_, time)| time.trim_end_matches('Z').to_string())
+        .unwrap_or(stamp)
+}
+
+/// CPU seconds for people: `0.42s`, `3m10s`.
+fn cpu_time(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.2}s")
+    } else {
+        short_duration((secs * 1000.0) as u64)
     }
 }
 
