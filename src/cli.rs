@@ -110,7 +110,7 @@ pub enum Command {
     /// Accounting, like sacct: wait, run and CPU time, peak memory, exit code and nodes of the
     /// jobs submitted in a time range (default: the last 24 hours), per job or per task.
     History(HistoryArgs),
-    /// Wait for jobs to finish; exit status 0 only if every task succeeded.
+    /// Wait for jobs to finish; exit status 0 only if every task succeeded (see --help).
     Wait(WaitArgs),
     /// Delete finished jobs and their history.
     Rm(RmArgs),
@@ -473,6 +473,7 @@ pub struct JobsList {
 
 /// `gaffer wait`.
 #[derive(Debug, Args)]
+#[command(after_help = WAIT_EXIT)]
 pub struct WaitArgs {
     /// Job ids.
     #[arg(required = true)]
@@ -481,6 +482,9 @@ pub struct WaitArgs {
     #[arg(long, value_parser = duration)]
     pub timeout: Option<DurationSpec>,
 }
+
+/// The exit statuses of `gaffer wait` and `gaffer submit --wait`.
+pub const WAIT_EXIT: &str = "Exit status:\n  0    every job succeeded\n  1    a job failed, timed out, was killed or could not start (dependency_failed)\n  2    bad usage\n  3    no answer: the server cannot be reached, or a job does not exist\n  124  --timeout passed before the jobs finished";
 
 /// `gaffer rm`.
 #[derive(Debug, Args)]

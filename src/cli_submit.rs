@@ -176,7 +176,8 @@ pub struct SubmitArgs {
     /// Print only the job id(s).
     #[arg(short, long)]
     pub quiet: bool,
-    /// Wait for the job(s) to finish, as `gaffer wait` does.
+    /// Wait for the job(s) to finish, as `gaffer wait` does: exit status 0 if all succeeded,
+    /// 1 if one did not (or the submit was refused), 124 after `gaffer wait`'s --timeout.
     #[arg(long)]
     pub wait: bool,
     /// Idempotency key: resubmitting with the same key returns the first submission's ids.

@@ -52,6 +52,8 @@ fn main() {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
     }
+    // `gaffer wait` tells a failed job (1) from no answer at all (3) by its exit status.
+    let waits = matches!(&cli.command, Command::Wait(_));
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -63,7 +65,11 @@ fn main() {
                 }
             }
             eprintln!("gaffer: {msg}");
-            1
+            if waits {
+                3
+            } else {
+                1
+            }
         }
     };
     std::process::exit(code);

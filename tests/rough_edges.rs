@@ -167,3 +167,23 @@ fn status_shows_times_cpu_retries_holds_and_the_stored_script() {
         "{out:?}"
     );
 }
+
+#[test]
+fn wait_exit_statuses_tell_the_outcomes_apart() {
+    let dev = Dev::start();
+    let ok = dev.submit_cli(&["--", "true"]);
+    let bad = dev.submit_cli(&["--shell", "exit 7"]);
+    let slow = dev.submit_cli(&["--", "sleep", "30"]);
+    assert_eq!(dev.gaffer(&["wait", &ok]).code, 0);
+    assert_eq!(dev.gaffer(&["wait", &bad]).code, 1);
+    assert_eq!(dev.gaffer(&["wait", &ok, &bad]).code, 1);
+    assert_eq!(dev.gaffer(&["wait", "--timeout", "200ms", &slow]).code, 124);
+    let missing = dev.gaffer(&["wait", "j-009999"]);
+    assert_eq!(missing.code, 3, "{missing:?}");
+    let help = dev.gaffer(&["wait", "--help"]).ok().stdout;
+    assert!(
+        help.contains("Exit status:") && help.contains("124"),
+        "{help}"
+    );
+    dev.gaffer(&["kill", &slow]).ok();
+}
