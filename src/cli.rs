@@ -6,6 +6,7 @@ use gaffer_api::{ByteSize, DurationSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use crate::cli_accounting::{ExecArgs, HistoryArgs};
 use crate::cli_images::{AgentCommand, ImageCommand};
 pub use crate::cli_submit::SubmitArgs;
 
@@ -120,6 +121,10 @@ pub enum Command {
     Nodes,
     /// List the servers of an HA cluster (--store etcd), the leader and its term.
     Servers,
+    /// Run a command inside a running task's container (its namespaces, cgroup, user and
+    /// environment), like docker exec: `gaffer exec JOB [--task N] -- CMD [ARGS...]`. With a
+    /// terminal on stdin it gets a terminal too. Exit status: the command's.
+    Exec(ExecArgs),
     /// Print state transitions (-f to follow them live).
     Events(EventsArgs),
     /// Offline maintenance of a store: snapshot the whole state to a file, restore it.
@@ -426,41 +431,6 @@ pub struct LogsArgs {
     /// Keep printing output while the task runs.
     #[arg(short, long)]
     pub follow: bool,
-}
-
-/// `gaffer history`.
-#[derive(Debug, Args)]
-#[command(
-    after_help = "Columns: job, task, name, state, tasks, attempts, submitted, started, ended, wait, run, cpu, maxrss, exit, nodes.\n\nExamples:\n  gaffer history --since 2h\n  gaffer history --since 2026-12-01 --until 2026-12-02 --tasks -o csv > usage.csv\n  gaffer history --columns job,name,run,cpu,maxrss j-000042"
-)]
-pub struct HistoryArgs {
-    /// Only these jobs (then --since and --until do not apply).
-    pub jobs: Vec<String>,
-    /// Jobs submitted since: a time ago (30m, 2h, 7d) or a UTC date or time (2026-12-01,
-    /// 2026-12-01T10:00:00). Default: 24h.
-    #[arg(long)]
-    pub since: Option<String>,
-    /// Jobs submitted until (same forms as --since). Default: now.
-    #[arg(long)]
-    pub until: Option<String>,
-    /// One row per task that ran, instead of per job.
-    #[arg(long)]
-    pub tasks: bool,
-    /// Only jobs in this state (pending, running, succeeded, failed, killed).
-    #[arg(long)]
-    pub state: Option<String>,
-    /// Only jobs whose name contains this.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// The columns to show, comma-separated (see below).
-    #[arg(long, value_delimiter = ',')]
-    pub columns: Vec<String>,
-    /// Most jobs listed (newest first).
-    #[arg(long, default_value_t = 100)]
-    pub limit: u32,
-    /// `-o csv` (set by `main`, which reads `-o`).
-    #[arg(skip)]
-    pub csv: bool,
 }
 
 /// Job ids.

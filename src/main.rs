@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cli_accounting;
 mod cli_help;
 mod cli_images;
 mod cli_submit;
@@ -106,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Nodes => commands::nodes(&c, out),
         Command::Servers => commands::servers(&c, out),
         Command::Events(a) => commands::events(&c, out, a),
+        Command::Exec(a) => commands::exec(&cli.addr, cli.token.as_deref(), cli.ca.as_deref(), a),
         Command::Admin(a) => admin::run(out, a),
         Command::Shim { dir } => Ok(gaffer_runtime::shim_main(&dir)),
         Command::Completions { shell } => {

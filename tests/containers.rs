@@ -13,7 +13,7 @@ use util::Dev;
 
 const APPLETS: &[&str] = &[
     "sh", "ps", "cat", "echo", "hostname", "sleep", "dd", "mkdir", "wc", "id", "head", "touch",
-    "ls",
+    "ls", "stty",
 ];
 
 fn skip() -> Option<String> {
@@ -251,4 +251,119 @@ fn a_container_timeout_stops_the_task_with_sigterm_through_its_init() {
     let a = &task0(&job)["attempts"][0];
     assert_eq!(a["exit_code"], 3, "the orphan was not reaped: {job}");
     assert_no_leftovers(&dev, &id);
+}
+
+#[test]
+fn exec_runs_a_command_in_a_running_containers_namespaces_cgroup_and_terminal() {
+    if let Some(why) = skip() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dev = Dev::start();
+    import_busybox(&dev);
+    let id = dev.submit_cli(&[
+        "--name", "box", "--image", "busybox", "--env", "WHO=task", "--", "sleep", "300",
+    ]);
+    dev.wait_job(&id, "running", |j| task0(j)["state"] == "running");
+    let exec = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut cmd = Command::new(util::BIN);
+        cmd.arg("exec")
+            .args(args)
+            .env("GAFFER_ADDR", &dev.addr)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // On pipes: its output, its stderr, its exit status; the task's hostname, environment,
+    // pid namespace (the container's init is pid 1), user and cgroup.
+    let (code, out, err) = exec(
+        &[
+            &id,
+            "-T",
+            "--",
+            "sh",
+            "-c",
+            "hostname; echo $WHO; ps -o pid,args | head -2 | tail -1; id -u; cat /proc/self/cgroup; echo oops >&2; exit 5",
+        ],
+        b"",
+    );
+    assert_eq!(code, Some(5), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "box-0", "{out}");
+    assert_eq!(lines[1], "task", "{out}");
+    assert!(
+        lines[2].trim_start().starts_with("1 "),
+        "pid 1 is the container's init: {out}"
+    );
+    assert_eq!(lines[3], "65534", "the container's user: {out}");
+    // In the container's cgroup namespace, its own cgroup reads `/` (another would read
+    // `/../..`).
+    let memory = lines
+        .iter()
+        .find(|l| l.contains(":memory:"))
+        .expect("a memory cgroup");
+    assert!(memory.ends_with(":memory:/"), "in the task's cgroup: {out}");
+    assert_eq!(err, "oops\n");
+    // Standard input reaches it, and its end ends `cat`.
+    let (code, out, _) = exec(&[&id, "-T", "--", "cat"], b"line one\nline two\n");
+    assert_eq!((code, out.as_str()), (Some(0), "line one\nline two\n"));
+
+    // On a terminal: the command gets one, of the client's size.
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = Command::new(util::BIN)
+        .args([
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on-a-terminal; stty size; exit 3",
+        ])
+        .env("GAFFER_ADDR", &dev.addr)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Everything written is there to read; a read past it fails (EIO) once no slave is open.
+    while let Ok(n @ 1..) = std::io::Read::read(&mut master, &mut buf) {
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert_eq!(status.code(), Some(3), "{seen}");
+    assert!(seen.contains("on-a-terminal"), "a terminal inside: {seen}");
+    assert!(seen.contains("33 101"), "of the client's size: {seen}");
+
+    // Nothing to exec into: a task that is not running, or one without a container.
+    dev.gaffer(&["kill", &id]).ok();
+    dev.wait_final(&id, Duration::from_secs(60));
+    let (code, _, err) = exec(&[&id, "-T", "--", "true"], b"");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not running"), "{err}");
+    let host = dev.submit_cli(&["--", "sleep", "300"]);
+    dev.wait_job(&host, "running", |j| task0(j)["state"] == "running");
+    let (code, _, err) = exec(&[&host, "-T", "--", "true"], b"");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no running container"), "{err}");
+    dev.gaffer(&["kill", &host]).ok();
 }

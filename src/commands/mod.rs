@@ -6,6 +6,7 @@
 
 mod control;
 mod events;
+mod exec;
 mod history;
 mod jobs;
 mod logs;
@@ -21,6 +22,7 @@ mod wait;
 
 pub use control::{hold, kill, retry, rm};
 pub use events::events;
+pub use exec::exec;
 pub use history::history;
 pub use jobs::jobs;
 pub use logs::logs;

@@ -13,6 +13,7 @@
 //! the server says `Forget`, i.e. after the server has durably recorded the end.
 
 mod attempt;
+mod exec;
 mod files;
 pub mod images;
 pub mod journal;
@@ -184,6 +185,8 @@ struct Inner {
     net: net::BridgeNet,
     /// Front doors of cluster jobs' services.
     doors: service::FrontDoors,
+    /// `gaffer exec` sessions.
+    execs: exec::Execs,
 }
 
 /// A node agent. Open it once; run one [`Agent::session`] per connection to the server.
@@ -232,6 +235,7 @@ impl Agent {
                 images: images::Images::new(cfg.data_dir.clone()),
                 net,
                 doors: service::FrontDoors::default(),
+                execs: exec::Execs::default(),
                 cfg,
             }),
         })
@@ -367,6 +371,14 @@ impl Agent {
                         tracing::warn!(attempt = %key, error = %e, "cannot update the attempt journal");
                     }
                 }
+                ServerMsg::ExecStart {
+                    session,
+                    key,
+                    argv,
+                    tty,
+                } => agent.exec_start(session, key, argv, tty),
+                ServerMsg::ExecInput { session, data } => agent.exec_input(session, &data),
+                ServerMsg::ExecKill { session } => agent.exec_kill(session),
                 ServerMsg::ReadFile {
                     req,
                     key,

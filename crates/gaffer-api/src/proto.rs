@@ -60,6 +60,24 @@ pub enum AgentMsg {
         /// How.
         result: AttemptResult,
     },
+    /// Output of a command started by [`ServerMsg::ExecStart`].
+    ExecOutput {
+        /// The exec session.
+        session: u64,
+        /// 1 standard output (or the terminal), 2 standard error.
+        stream: u8,
+        /// Bytes, base64 (standard alphabet).
+        data: String,
+    },
+    /// The command of an exec session ended (or could not start: `error`).
+    ExecExit {
+        /// The exec session.
+        session: u64,
+        /// Its exit status (128 + the signal that ended it).
+        code: Option<i32>,
+        /// Why it could not run.
+        error: Option<String>,
+    },
     /// Answer to [`ServerMsg::ReadFile`].
     FileData {
         /// The request's id.
@@ -201,6 +219,30 @@ pub enum ServerMsg {
     Forget {
         /// Which attempt.
         key: AttemptKey,
+    },
+    /// Run a command inside a running attempt's container (`gaffer exec`); its output comes
+    /// back as [`AgentMsg::ExecOutput`], its end as [`AgentMsg::ExecExit`].
+    ExecStart {
+        /// The exec session (chosen by the server).
+        session: u64,
+        /// Which attempt.
+        key: AttemptKey,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// On a terminal (a pty of this many columns and rows), else on pipes.
+        tty: Option<(u16, u16)>,
+    },
+    /// Standard input for an exec session (base64); empty: end of input.
+    ExecInput {
+        /// The exec session.
+        session: u64,
+        /// Bytes, base64 (standard alphabet).
+        data: String,
+    },
+    /// Stop an exec session's command (its client went away).
+    ExecKill {
+        /// The exec session.
+        session: u64,
     },
     /// Read part of one of an attempt's files: `stdout`, `stderr` or `outputs/<path>`.
     ReadFile {

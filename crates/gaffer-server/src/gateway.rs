@@ -27,7 +27,12 @@ pub struct Gateway {
     conns: Arc<Mutex<HashMap<String, UnboundedSender<ServerMsg>>>>,
     /// File reads waiting for their answer.
     reads: Arc<Mutex<HashMap<u64, oneshot::Sender<AgentMsg>>>>,
+    /// Exec sessions: their node, and where their output goes.
+    execs: ExecRoutes,
 }
+
+/// Exec sessions by id: their node, and where their output goes.
+type ExecRoutes = Arc<Mutex<HashMap<u64, (String, UnboundedSender<AgentMsg>)>>>;
 
 /// The most an answer to [`AgentMsg::ReadBlob`] carries.
 pub const MAX_BLOB_CHUNK: u32 = 4 << 20;
@@ -57,7 +62,41 @@ impl Gateway {
             next_req: Arc::new(AtomicU64::new(1)),
             conns: Arc::new(Mutex::new(HashMap::new())),
             reads: Arc::new(Mutex::new(HashMap::new())),
+            execs: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Starts `argv` in the container of attempt `key` on `node` (`gaffer exec`): its
+    /// output and end arrive on the session's receiver, which closes if the agent goes.
+    pub fn exec(
+        &self,
+        node: &str,
+        key: AttemptKey,
+        argv: Vec<String>,
+        tty: Option<(u16, u16)>,
+    ) -> Result<ExecSession, String> {
+        let Some(conn) = lock(&self.conns).get(node).cloned() else {
+            return Err(format!("node {node} is not connected"));
+        };
+        let session = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded_channel();
+        lock(&self.execs).insert(session, (node.to_string(), tx));
+        let start = ServerMsg::ExecStart {
+            session,
+            key,
+            argv,
+            tty,
+        };
+        if conn.send(start).is_err() {
+            lock(&self.execs).remove(&session);
+            return Err(format!("node {node} is not connected"));
+        }
+        Ok(ExecSession {
+            session,
+            conn,
+            rx,
+            execs: self.execs.clone(),
+        })
     }
 
     /// Sends `msg` to every connected agent; returns their node names.
@@ -231,6 +270,14 @@ impl Gateway {
                 self.send_blob(&mine, &blob_reads, req, digest, offset, max);
                 continue;
             }
+            if let AgentMsg::ExecOutput { session, .. } | AgentMsg::ExecExit { session, .. } = &msg
+            {
+                let tx = lock(&self.execs).get(session).map(|(_, tx)| tx.clone());
+                if let Some(tx) = tx {
+                    let _ = tx.send(msg);
+                }
+                continue;
+            }
             if let AgentMsg::FileData { req, .. } = &msg {
                 if let Some(waiter) = lock(&self.reads).remove(req) {
                     let _ = waiter.send(msg);
@@ -249,8 +296,40 @@ impl Gateway {
             let mut conns = lock(&self.conns);
             if conns.get(&node).is_some_and(|c| c.same_channel(&mine)) {
                 conns.remove(&node);
+                // Their agent is gone: its exec sessions end (their receivers close).
+                lock(&self.execs).retain(|_, (n, _)| *n != node);
             }
         }
         self.core.send(Command::AgentGone { conn, node });
+    }
+}
+
+/// One `gaffer exec` command on an agent. Dropping it stops the command.
+pub struct ExecSession {
+    session: u64,
+    conn: UnboundedSender<ServerMsg>,
+    /// [`AgentMsg::ExecOutput`]s, then one [`AgentMsg::ExecExit`].
+    pub rx: UnboundedReceiver<AgentMsg>,
+    execs: ExecRoutes,
+}
+
+impl ExecSession {
+    /// Sends standard input; empty `data` ends it.
+    pub fn input(&self, data: &[u8]) {
+        use base64::Engine as _;
+        let _ = self.conn.send(ServerMsg::ExecInput {
+            session: self.session,
+            data: base64::engine::general_purpose::STANDARD.encode(data),
+        });
+    }
+}
+
+impl Drop for ExecSession {
+    fn drop(&mut self) {
+        if lock(&self.execs).remove(&self.session).is_some() {
+            let _ = self.conn.send(ServerMsg::ExecKill {
+                session: self.session,
+            });
+        }
     }
 }

@@ -10,6 +10,7 @@
 pub mod agent_link;
 pub mod api;
 pub mod core;
+mod exec_api;
 pub mod files;
 pub mod forward;
 pub mod gateway;

@@ -105,6 +105,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}/hold", post(hold_job))
         .route("/v1/jobs/{id}/release", post(release_job))
         .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/jobs/{id}/exec", get(crate::exec_api::exec))
         .route("/v1/jobs/{id}/outputs", get(list_outputs))
         .route("/v1/jobs/{id}/outputs/{task}/{*path}", get(get_output))
         .route("/v1/history", get(history::history))

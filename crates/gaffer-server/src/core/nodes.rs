@@ -156,7 +156,10 @@ impl<E: Effects> Core<E> {
             AgentMsg::Ready { key, ready } => self.set_ready(key, ready, now),
             AgentMsg::Ended { key, result } => self.attempt_ended(node, key, result, now, true),
             // File and archive reads are answered by the gateway, never by the core.
-            AgentMsg::FileData { .. } | AgentMsg::ReadBlob { .. } => Ok(()),
+            AgentMsg::FileData { .. }
+            | AgentMsg::ReadBlob { .. }
+            | AgentMsg::ExecOutput { .. }
+            | AgentMsg::ExecExit { .. } => Ok(()),
         }
     }
 
