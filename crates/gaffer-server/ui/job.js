@@ -2,7 +2,7 @@
 // the spec, and the job's event timeline (all live).
 
 import { api, download, followEvents } from './api.js';
-import { h, fill, badge, progress, fmtBytes, displaySpec, fmtDuration, fmtTime, timeAgo, throttle, confirmDialog, toast, keepFocus, FINAL_JOB } from './util.js';
+import { h, fill, badge, heldBadge, withCode, quoteWord, progress, fmtBytes, displaySpec, fmtDuration, fmtTime, timeAgo, throttle, confirmDialog, toast, keepFocus, FINAL_JOB } from './util.js';
 
 const TASKS_PAGE = 100;
 const LOG_WINDOW = 256 * 1024; // characters shown at first
@@ -159,14 +159,82 @@ function attemptRows(t, viewer, onLogs, net, name) {
   });
 }
 
+/** What the job waits for before it starts: its dependencies by kind, and `singleton`. */
+function dependencies(s, name) {
+  const kinds = [['ok', 'after success of', s.depends_on], ['any', 'after the end of', s.after_any], ['not_ok', 'after failure of', s.after_not_ok]];
+  const parts = kinds.filter(([, , ids]) => ids?.length).map(([kind, label, ids]) => h('span', { class: 'dep', 'data-kind': kind }, label, ' ',
+    ids.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d, class: 'mono' }, d)])));
+  if (s.singleton) {
+    parts.push(h('span', { class: 'dep', 'data-kind': 'singleton' }, 'singleton: after every earlier job named ', h('code', {}, name), ' has ended'));
+  }
+  return parts.length ? parts.map((p, i) => [i ? ' · ' : '', p]) : null;
+}
+
+/** Where a task's logs also go on its node (`stdout_file`, `stderr_file`). */
+function logFiles(s) {
+  if (!s.stdout_file && !s.stderr_file) return null;
+  const path = (p) => h('code', {}, p);
+  const files = s.stdout_file && s.stderr_file
+    ? ['stdout → ', path(s.stdout_file), ' · stderr → ', path(s.stderr_file)]
+    : s.stdout_file ? ['stdout and stderr → ', path(s.stdout_file)] : ['stderr → ', path(s.stderr_file)];
+  return [files, h('div', { class: 'muted small' }, 'On the node that runs each task (%j job number, %a array id, %x name), besides the log below.')];
+}
+
+/** Copies `text` to the clipboard; true when it worked. */
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const ta = h('textarea', { style: { position: 'fixed', top: '0', left: '0', opacity: '0' }, 'aria-hidden': 'true' });
+    ta.value = text;
+    document.body.append(ta);
+    ta.select();
+    let ok = false;
+    try {
+      ok = document.execCommand('copy');
+    } catch {
+      ok = false;
+    }
+    ta.remove();
+    return ok;
+  }
+}
+
+/** The batch script stored with a job: its name and arguments, its body, copy and download. */
+function scriptPanel(s) {
+  const sc = s.script;
+  // A data: URL (the page's CSP allows no fetch of blob: URLs, and nothing to revoke).
+  const url = 'data:text/plain;charset=utf-8,' + encodeURIComponent(sc.body);
+  const lines = sc.body.split('\n').length - (sc.body.endsWith('\n') ? 1 : 0);
+  const args = (s.command || []).map(quoteWord).join(' ');
+  const copy = h('button', { class: 'btn small', type: 'button', id: 'script-copy' }, 'Copy');
+  copy.addEventListener('click', async () => {
+    const ok = await copyText(sc.body);
+    copy.dataset.copied = String(ok);
+    toast(ok ? `Copied ${sc.name}` : 'Cannot copy here: select the script and copy it, or download it', ok ? '' : 'error');
+  });
+  return h('section', { class: 'panel', id: 'job-script', 'aria-labelledby': 'script-h' },
+    h('div', { class: 'panel-head' },
+      h('h2', { id: 'script-h' }, 'Script ', h('span', { class: 'mono', id: 'script-name' }, sc.name)),
+      h('div', { class: 'actions' }, copy,
+        h('a', { class: 'btn small', id: 'script-download', href: url, download: sc.name }, 'Download'))),
+    h('p', { class: 'muted small', id: 'script-info' }, `${lines} line${lines === 1 ? '' : 's'} · ${fmtBytes(new Blob([sc.body]).size)} · stored with the job; each task runs `,
+      h('code', {}, sc.name + (args ? ' ' + args : '')), args ? '' : ' (no arguments)'),
+    h('details', { id: 'script-details', open: lines <= 80 },
+      h('summary', {}, 'Show the script'),
+      h('pre', { class: 'spec script', id: 'script-body', tabindex: '0', 'aria-label': 'Script ' + sc.name }, sc.body)));
+}
+
 export async function render(main, ctx) {
   const id = ctx.id;
   let job = await api(`/v1/jobs/${encodeURIComponent(id)}?tasks_limit=${TASKS_PAGE}`, { signal: ctx.signal });
   let tasksFrom = 0;
 
   const title = h('h1', { id: 'job-title' });
-  const stateBox = h('span', { id: 'job-state' });
+  const stateBox = h('span', { id: 'job-state', class: 'state-box' });
   const actions = h('div', { class: 'actions' });
+  const actionError = h('div', { id: 'job-action-error', role: 'alert' });
   const reason = h('div');
   const summary = h('dl', { class: 'kv' });
   const tasksHead = h('tr');
@@ -213,8 +281,16 @@ export async function render(main, ctx) {
     try {
       if (kind === 'kill') {
         if (!(await confirmDialog(`Kill ${job.id}?`, 'Pending tasks are cancelled; running ones get SIGTERM, then SIGKILL after the grace period.', 'Kill job'))) return;
-        await api(`/v1/jobs/${job.id}/kill`, { method: 'POST' });
-        toast(`Kill requested for ${job.id}`);
+        const r = await api(`/v1/jobs/${job.id}/kill`, { method: 'POST' });
+        toast(r && r.state === 'killing' ? `Killing ${job.id}: its running tasks are stopping` : `${job.id} is ${String(r?.state || 'killed').replace(/_/g, ' ')}`);
+      } else if (kind === 'hold' || kind === 'release') {
+        const r = await api(`/v1/jobs/${job.id}/${kind}`, { method: 'POST' });
+        job = { ...job, held: r.held, state: r.state || job.state };
+        drawHead();
+        toast(r.held ? `${job.id} is held: no task of it starts until it is released` : `${job.id} released: its tasks may start`);
+        // The button pressed is gone: keep the keyboard on the one that undoes it.
+        const other = actions.querySelector(kind === 'hold' ? '#btn-release' : '#btn-hold');
+        if (!other.hidden) other.focus();
       } else if (kind === 'retry') {
         const r = await api(`/v1/jobs/${job.id}/retry`, { method: 'POST' });
         toast(`${r.retried} task(s) re-queued`);
@@ -226,7 +302,10 @@ export async function render(main, ctx) {
         location.hash = '#/jobs';
         return;
       }
+      fill(actionError);
     } catch (e) {
+      const what = { kill: 'Kill', retry: 'Retry', delete: 'Delete', hold: 'Hold', release: 'Release' }[kind];
+      fill(actionError, h('div', { class: 'callout error' }, h('strong', {}, `${what} failed: `), e.message));
       toast(e.message, 'error');
     }
     refresh();
@@ -234,12 +313,15 @@ export async function render(main, ctx) {
 
   function drawHead() {
     title.textContent = job.name;
-    fill(stateBox, badge(job.state), job.kill_requested && !FINAL_JOB.includes(job.state) ? h('span', { class: 'muted small' }, ' kill requested') : null);
     const final = FINAL_JOB.includes(job.state);
+    fill(stateBox, badge(job.state), job.held ? heldBadge() : null,
+      job.kill_requested && !final ? h('span', { class: 'muted small' }, 'kill requested: its tasks are stopping') : null);
     const retryable = job.tasks.failed > 0 || job.task_list.some((t) => ['failed', 'timed_out', 'oom_killed', 'lost'].includes(t.state));
     // The buttons are made once and updated in place, so keyboard focus stays on them.
     if (!actions.firstChild) {
       fill(actions,
+        h('button', { class: 'btn', type: 'button', id: 'btn-hold', onclick: () => act('hold'), title: 'No task that has not started starts until it is released (running ones go on)' }, 'Hold'),
+        h('button', { class: 'btn', type: 'button', id: 'btn-release', onclick: () => act('release'), title: 'Let its tasks start' }, 'Release'),
         h('button', { class: 'btn danger', type: 'button', id: 'btn-kill', onclick: () => act('kill') }, 'Kill'),
         h('button', { class: 'btn', type: 'button', id: 'btn-retry', onclick: () => act('retry') }, 'Retry failed tasks'),
         h('a', { class: 'btn', id: 'btn-resubmit', href: '#/submit?from=' + job.id }, 'Resubmit'),
@@ -247,15 +329,30 @@ export async function render(main, ctx) {
     }
     actions.querySelector('#btn-kill').disabled = final;
     actions.querySelector('#btn-retry').disabled = !retryable;
-    fill(reason, job.pending_reason ? h('div', { class: 'callout warn', role: 'status' }, 'Waiting: ', job.pending_reason) : null);
+    actions.querySelector('#btn-hold').hidden = final || !!job.held;
+    actions.querySelector('#btn-release').hidden = final || !job.held;
+    fill(reason, job.pending_reason ? h('div', { class: 'callout warn', role: 'status', id: 'job-reason' }, 'Waiting: ', withCode(job.pending_reason))
+      : job.held && !final ? h('div', { class: 'callout warn', role: 'status', id: 'job-reason' }, 'Held: its running tasks go on; no other task starts until it is released.')
+        : null);
     const s = job.spec;
-    const run = s.shell ? ['sh -c ', h('code', {}, s.shell)] : h('code', {}, (s.command || []).join(' '));
+    const args = (s.command || []).map(quoteWord).join(' ');
+    const run = s.script ? ['script ', h('code', {}, s.script.name), args ? [' ', h('code', {}, args)] : ' (no arguments)']
+      : s.shell ? ['sh -c ', h('code', {}, s.shell)] : h('code', {}, (s.command || []).join(' '));
+    const deps = dependencies(s, job.name);
+    const files = logFiles(s);
+    const slurmLast = s.slurm ? (s.slurm.array_first || 0) + (job.tasks.total - 1) * (s.slurm.array_step || 1) : 0;
     const end = job.finished_at || (final ? null : Date.now());
     fill(summary,
       h('dt', {}, 'ID'), h('dd', { class: 'mono' }, job.id),
       h('dt', {}, 'Tasks'), h('dd', { id: 'job-progress' }, progress(job.tasks, job.state)),
-      h('dt', {}, 'Runs'), h('dd', {}, run),
-      h('dt', {}, 'Submitted'), h('dd', {}, fmtTime(job.created_at), ' (', timeAgo(job.created_at), ')'),
+      s.max_running ? [h('dt', {}, 'At once'), h('dd', { id: 'job-max-running' }, `at most ${s.max_running} task${s.max_running === 1 ? '' : 's'} at once`)] : null,
+      h('dt', {}, 'Runs'), h('dd', { id: 'job-runs' }, run),
+      deps ? [h('dt', {}, 'Waits for'), h('dd', { id: 'job-deps' }, deps)] : null,
+      h('dt', {}, 'Submitted'), h('dd', {}, fmtTime(job.created_at), ' (', timeAgo(job.created_at), ')', s.hold ? ' · on hold' : null),
+      s.submit_dir ? [h('dt', {}, 'Submitted from'), h('dd', { id: 'job-submit-dir' }, h('code', {}, s.submit_dir))] : null,
+      files ? [h('dt', {}, 'Log files'), h('dd', { id: 'job-log-files' }, files)] : null,
+      s.slurm ? [h('dt', {}, 'Slurm'), h('dd', { id: 'job-slurm' }, 'SLURM_ARRAY_TASK_ID ', h('span', { class: 'mono' },
+        job.tasks.total > 1 ? `${s.slurm.array_first || 0}–${slurmLast}${(s.slurm.array_step || 1) > 1 ? ' step ' + s.slurm.array_step : ''}` : String(s.slurm.array_first || 0)))] : null,
       h('dt', {}, 'Finished'), h('dd', {}, job.finished_at ? fmtTime(job.finished_at) : '—'),
       h('dt', {}, 'Duration'), h('dd', {}, end ? fmtDuration(end - job.created_at) : '—'),
       h('dt', {}, 'Resources'), h('dd', { id: 'job-resources' }, `${s.resources?.cpus ?? 1} CPU`, s.resources?.memory ? ` · ${fmtBytes(s.resources.memory)} memory` : '',
@@ -271,8 +368,7 @@ export async function render(main, ctx) {
         h('span', { class: 'mono' }, `${replicaName(job, 0)} … ${replicaName(job, s.replicas - 1)}`))] : null,
       s.shared_dir ? [h('dt', {}, 'Shared'), h('dd', { id: 'job-shared' }, h('code', {}, s.shared_dir), ': one directory for every replica (on one node unless the agents share --storage-dir)')] : null,
       s.service ? [h('dt', {}, 'Service'), h('dd', { id: 'job-service' }, `every node's port ${s.service.host} → port ${s.service.port} of a ready replica`,
-        s.ready_cmd ? [' (ready: ', h('code', {}, s.ready_cmd), ')'] : null)] : null,
-      s.depends_on?.length ? [h('dt', {}, 'After'), h('dd', {}, s.depends_on.map((d, i) => [i ? ', ' : '', h('a', { href: '#/jobs/' + d }, d)]))] : null);
+        s.ready_cmd ? [' (ready: ', h('code', {}, s.ready_cmd), ')'] : null)] : null);
   }
 
   function drawTasks() {
@@ -341,11 +437,13 @@ export async function render(main, ctx) {
       h('div', {}, h('div', { class: 'sub' }, h('a', { href: '#/jobs' }, 'Jobs'), ' / ', h('span', { class: 'mono' }, job.id)),
         h('div', { style: { display: 'flex', gap: '.75rem', alignItems: 'center', flexWrap: 'wrap' } }, title, stateBox)),
       actions),
+    actionError,
     reason,
     h('div', { class: 'grid2' },
       h('section', { class: 'panel', 'aria-labelledby': 'sum-h' }, h('h2', { id: 'sum-h' }, 'Summary'), summary),
       h('section', { class: 'panel', 'aria-labelledby': 'out-h' }, h('h2', { id: 'out-h' }, 'Output files'), outputs)),
     h('div', { style: { height: '1.25rem' } }),
+    job.spec.script ? scriptPanel(job.spec) : null,
     h('section', { class: 'panel flush', 'aria-labelledby': 'tasks-h' }, h('h2', { id: 'tasks-h' }, 'Tasks and attempts'),
       h('div', { class: 'table-wrap' }, h('table', { id: 'tasks-table' },
         h('thead', {}, tasksHead),

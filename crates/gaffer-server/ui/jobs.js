@@ -1,7 +1,7 @@
 // Jobs: a page of jobs, filtered by state and name, refreshed live from the event stream.
 
 import { api } from './api.js';
-import { h, fill, badge, progress, timeAgo, fmtDuration, throttle, keepFocus, FINAL_JOB } from './util.js';
+import { h, fill, badge, heldBadge, withCode, progress, timeAgo, fmtDuration, throttle, keepFocus, FINAL_JOB } from './util.js';
 
 const STATES = ['pending', 'running', 'succeeded', 'failed', 'killed'];
 const PAGE = 25;
@@ -71,11 +71,12 @@ export async function render(main, ctx) {
     }
     keepFocus(body, () => fill(body, page.jobs.map((j) => {
       const end = j.finished_at || (FINAL_JOB.includes(j.state) ? j.created_at : Date.now());
-      const tr = h('tr', { 'data-job': j.id, 'data-state': j.state, class: flash.has(j.id) ? 'flash' : '' },
+      const tr = h('tr', { 'data-job': j.id, 'data-state': j.state, 'data-held': j.held ? 'true' : null, class: flash.has(j.id) ? 'flash' : '' },
         h('td', { class: 'nowrap hide-sm' }, h('a', { href: '#/jobs/' + j.id, class: 'mono' }, j.id)),
         h('td', { class: 'name-cell', title: j.name }, h('a', { href: '#/jobs/' + j.id }, j.name),
           h('div', { class: 'muted small mono show-sm' }, j.id)),
-        h('td', {}, badge(j.state), j.pending_reason ? h('div', { class: 'muted small' }, j.pending_reason) : null),
+        h('td', {}, h('span', { class: 'state-box' }, badge(j.state), j.held ? heldBadge() : null),
+          j.pending_reason ? h('div', { class: 'muted small reason' }, withCode(j.pending_reason)) : null),
         h('td', {}, progress(j.tasks, j.state)),
         h('td', { class: 'hide-sm nowrap' }, timeAgo(j.created_at)),
         h('td', { class: 'hide-sm nowrap' }, fmtDuration(end - j.created_at)));

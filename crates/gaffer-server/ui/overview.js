@@ -1,7 +1,7 @@
 // Overview: jobs by state, queue depth, running tasks, nodes, and ended attempts per minute.
 
 import { api } from './api.js';
-import { h, fill, throttle, badge, progress } from './util.js';
+import { h, fill, throttle, badge, heldBadge, progress } from './util.js';
 
 /** Parses Prometheus text into { name or name{labels}: value }. */
 function parseMetrics(text) {
@@ -103,7 +103,7 @@ export async function render(main, ctx) {
         h('thead', {}, h('tr', {}, h('th', {}, 'Job'), h('th', {}, 'State'), h('th', {}, 'Tasks'))),
         h('tbody', {}, page.jobs.map((j) => h('tr', {},
           h('td', { class: 'name-cell' }, h('a', { href: '#/jobs/' + j.id }, j.name), h('div', { class: 'muted small mono' }, j.id)),
-          h('td', {}, badge(j.state)),
+          h('td', {}, h('span', { class: 'state-box' }, badge(j.state), j.held ? heldBadge() : null)),
           h('td', { class: 'narrow' }, progress(j.tasks, j.state))))))
       : h('p', { class: 'empty' }, 'No jobs yet. ', h('a', { href: '#/submit' }, 'Submit one.')));
   }

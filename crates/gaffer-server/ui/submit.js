@@ -2,7 +2,7 @@
 // list). Server field errors are shown next to their field; the form keeps what was typed.
 
 import { api, ApiError } from './api.js';
-import { h, fill, fmtBytes, displaySpec } from './util.js';
+import { h, fill, fmtBytes, displaySpec, quoteWord } from './util.js';
 
 // Form state survives leaving the page (kept while the tab lives).
 let draft = null;
@@ -15,7 +15,8 @@ const FIELDS = [
   ['memory', 'Memory', 'Reserved per task, e.g. 256M, 2G.'],
   ['timeout', 'Timeout', 'Per attempt, e.g. 30s, 5m, 2h.'],
   ['kill_grace', 'Kill grace', 'SIGTERM → SIGKILL delay when killed or timed out, e.g. 30s (default 5s).'],
-  ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX).'],
+  ['array', 'Array size', 'Number of tasks (GAFFER_TASK_INDEX); N%K also sets Max running to K.'],
+  ['max_running', 'Max running', 'Arrays: at most this many tasks at once (default: no limit).'],
   ['replicas', 'Replicas', 'A cluster job: N replicas placed and started together, named NAME-0 …; not with Array size.'],
   ['retries', 'Retries', 'Extra attempts after a failure.'],
   ['retry_backoff', 'Retry back-off', 'First delay, doubling (default 1s).'],
@@ -30,9 +31,14 @@ const CONTAINER_FIELDS = [
 // Spec fields the form shows; any other field of a loaded spec is kept as it was (and listed).
 const FORM_KEYS = new Set(['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'retries', 'array', 'replicas',
   'priority', 'resources', 'strategy', 'depends_on', 'network', 'ports', 'env', 'constraints', 'outputs', 'shell', 'command',
-  'user', 'mounts']);
+  'user', 'mounts', 'max_running', 'after_any', 'after_not_ok', 'singleton', 'hold', 'stdout_file', 'stderr_file']);
 // Text fields copied as they are between the form and the spec.
-const TEXT_KEYS = ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'user'];
+const TEXT_KEYS = ['name', 'image', 'workdir', 'timeout', 'kill_grace', 'retry_backoff', 'user', 'stdout_file', 'stderr_file'];
+// Lists of job ids: the kinds of dependency.
+const DEP_KEYS = ['depends_on', 'after_any', 'after_not_ok'];
+// The server's advice to the CLI and API on a spec no node could run now; the form's own
+// checkbox says it instead.
+const UNPLACEABLE_TIP = /\s*\(to wait for such a node:[^)]*allow.unplaceable[^)]*\)\s*$/;
 
 const AREAS = [
   ['env', 'Environment', 'NAME=VALUE, one per line.', 'LANG=C.UTF-8'],
@@ -66,10 +72,6 @@ export function splitWords(s) {
   }
   if (any || cur) out.push(cur);
   return out;
-}
-
-function quoteWord(w) {
-  return /^[\w@%+=:,./-]+$/.test(w) ? w : "'" + w.replace(/'/g, "'\\''") + "'";
 }
 
 /** A number when the text is one, else the text (the server then names the field). */
@@ -147,7 +149,7 @@ function inputFor(field) {
   if (f.startsWith('env')) return 'env';
   if (f.startsWith('constraints')) return 'constraints';
   if (f.startsWith('outputs')) return 'outputs';
-  if (f.startsWith('depends_on')) return 'depends_on';
+  for (const k of DEP_KEYS) if (f.startsWith(k)) return k;
   if (f.startsWith('ports')) return 'ports';
   if (f.startsWith('mounts')) return 'mounts';
   return f;
@@ -174,6 +176,14 @@ export async function render(main, ctx) {
     return h('div', { class: 'field', 'data-field': id }, h('label', { for: 'f-' + id }, label), el,
       hint ? h('div', { class: 'hint', id: 'hint-' + id }, hint) : null, errors[id]);
   };
+  const check = (id, label, hint) => {
+    const el = h('input', { type: 'checkbox', id: 'f-' + id, name: id, 'aria-describedby': `hint-${id} err-${id}` });
+    inputs[id] = el;
+    errors[id] = h('p', { class: 'field-error', id: 'err-' + id, role: 'alert' });
+    return h('div', { class: 'field check-field', 'data-field': id }, h('label', { class: 'check', for: 'f-' + id }, el, label),
+      hint ? h('div', { class: 'hint', id: 'hint-' + id }, hint) : null, errors[id]);
+  };
+  const idList = (placeholder) => h('input', { type: 'text', placeholder, autocomplete: 'off', spellcheck: 'false' });
 
   const mode = h('div', { class: 'seg', role: 'radiogroup', 'aria-label': 'How to run' },
     h('label', {}, h('input', { type: 'radio', name: 'mode', value: 'shell', id: 'mode-shell', checked: true }), h('span', {}, 'Shell line (sh -c)')),
@@ -182,7 +192,9 @@ export async function render(main, ctx) {
   const strategy = h('select', {},
     h('option', { value: '' }, 'Server default (most free memory)'),
     h('option', { value: 'binpack' }, 'binpack'), h('option', { value: 'spread' }, 'spread'), h('option', { value: 'most_free_memory' }, 'most_free_memory'));
-  const depends = h('input', { type: 'text', placeholder: 'j-000001, j-000002', autocomplete: 'off' });
+  const depends = idList('j-000001, j-000002');
+  // A batch script carried from a loaded job: the command line holds its arguments.
+  const scriptNote = h('div', { id: 'script-note' });
   const network = h('select', {},
     h('option', { value: '' }, 'Default (bridge where the node has one)'),
     h('option', { value: 'host' }, 'host'), h('option', { value: 'none' }, 'none'), h('option', { value: 'bridge' }, 'bridge'));
@@ -204,12 +216,19 @@ export async function render(main, ctx) {
   const form = h('form', { id: 'submit-form', class: 'panel', novalidate: true },
     h('fieldset', {}, h('legend', {}, 'What to run'),
       mode,
+      scriptNote,
       field('run', 'Command line', 'Shell: one line for /bin/sh -c. Command: program and arguments, split like a shell would (quotes work).', runInput)),
     h('fieldset', {}, h('legend', {}, 'Job'),
       h('div', { class: 'form-grid' },
         FIELDS.map(([id, label, hint]) => text(id, label, hint)),
-        field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy),
-        field('depends_on', 'Run after', 'Job ids that must succeed first (comma-separated).', depends))),
+        field('strategy', 'Placement', 'How to choose among nodes that fit.', strategy))),
+    h('fieldset', { id: 'start-fields' }, h('legend', {}, 'When to start'),
+      h('div', { class: 'form-grid' },
+        field('depends_on', 'Run after success of', 'Job ids that must succeed first (comma-separated); if one fails, this one fails too.', depends),
+        field('after_any', 'Run after the end of', 'Job ids that must end first, however they end.', idList('j-000003')),
+        field('after_not_ok', 'Run after failure of', 'Job ids that must end without success first; if one succeeds, this one fails.', idList('j-000004')),
+        check('singleton', 'Singleton', 'Start only once every earlier job of the same name has ended.'),
+        check('hold', 'Submit on hold', 'No task starts until it is released (Release on the job page, gaffer release).'))),
     h('fieldset', { id: 'container-fields' }, h('legend', {}, 'Container'),
       h('div', { class: 'form-grid' },
         CONTAINER_FIELDS.map(([id, label, hint]) => text(id, label, hint)),
@@ -219,20 +238,26 @@ export async function render(main, ctx) {
         field('mounts', 'Mounts', 'Host directories, HOST:CONTAINER[:ro], one per line; only where the agent allows HOST (--allow-mount).', mountsInput))),
     h('fieldset', {}, h('legend', {}, 'Environment, outputs and placement'),
       h('div', { class: 'form-grid' },
-        AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))))),
+        AREAS.map(([id, label, hint, ph]) => field(id, label, hint, h('textarea', { rows: 3, placeholder: ph, spellcheck: 'false' }))),
+        text('stdout_file', 'Stdout file', 'Host processes: also write each task\'s stdout (and stderr, without a stderr file) to this absolute path on its node; %j job number, %a array id, %x name.'),
+        text('stderr_file', 'Stderr file', 'Host processes: also write each task\'s stderr here.'))),
+    check('allow_unplaceable', 'Allow unplaceable', 'Accept it even when no node could run it now (too many CPUs or too much memory, labels or an image no node has); it waits for such a node.'),
     carriedNote,
     h('div', { class: 'form-actions' }, submitBtn,
-      h('button', { class: 'btn', type: 'button', id: 'to-json', onclick: () => { paste.value = JSON.stringify(build([]), null, 2); show('paste'); } }, 'Edit as JSON'),
-      h('button', { class: 'btn ghost', type: 'reset', id: 'reset-btn', onclick: () => { carried = {}; fill(carriedNote); } }, 'Clear')));
+      h('button', { class: 'btn', type: 'button', id: 'to-json', onclick: () => { paste.value = JSON.stringify(build([]), null, 2); pasteAllow.checked = inputs.allow_unplaceable.checked; show('paste'); } }, 'Edit as JSON'),
+      h('button', { class: 'btn ghost', type: 'reset', id: 'reset-btn', onclick: () => { carried = {}; fill(carriedNote); fill(scriptNote); } }, 'Clear')));
 
   const paste = h('textarea', { id: 'f-paste', name: 'paste', rows: 18, spellcheck: 'false', 'aria-describedby': 'paste-hint',
     placeholder: '{"name": "hello", "shell": "echo hello"}\n\nor a list: [{...}, {...}]\n\nor TOML:\nname = "hello"\nshell = "echo hello"\n\n[[jobs]] for a list' });
   const fmt = h('div', { class: 'seg', role: 'radiogroup', 'aria-label': 'Format' },
     ['auto', 'json', 'toml'].map((f) => h('label', {}, h('input', { type: 'radio', name: 'fmt', value: f, id: 'fmt-' + f, checked: f === 'auto' }), h('span', {}, f === 'auto' ? 'Detect' : f.toUpperCase()))));
   const pasteErr = h('div', { id: 'paste-error', role: 'alert' });
+  const pasteAllow = h('input', { type: 'checkbox', id: 'paste-allow_unplaceable', name: 'allow_unplaceable' });
   const pasteForm = h('form', { id: 'paste-form', class: 'panel', novalidate: true },
     h('div', { class: 'field' }, h('label', { for: 'f-paste' }, 'Job spec (JSON or TOML)'), fmt, paste,
       h('div', { class: 'hint', id: 'paste-hint' }, 'One spec, a list of specs, or {"jobs": [...]} ([[jobs]] in TOML). A list is stored all or nothing.')),
+    h('div', { class: 'field check-field' }, h('label', { class: 'check', for: 'paste-allow_unplaceable' }, pasteAllow, 'Allow unplaceable'),
+      h('div', { class: 'hint' }, 'Accept specs that no node could run now; they wait for such a node.')),
     pasteErr,
     h('div', { class: 'form-actions' }, h('button', { class: 'btn primary', type: 'submit', id: 'paste-submit' }, 'Submit')));
 
@@ -277,15 +302,26 @@ export async function render(main, ctx) {
       if (run.trim()) spec.shell = run.trim();
     } else if (run.trim()) spec.command = splitWords(run.trim());
     for (const k of TEXT_KEYS) if (v(k)) spec[k] = v(k);
-    for (const k of ['retries', 'array', 'replicas', 'priority']) if (v(k)) spec[k] = num(v(k));
+    for (const k of ['retries', 'replicas', 'priority']) if (v(k)) spec[k] = num(v(k));
+    // N%K: an array of N tasks, at most K at once (as gaffer submit --array N%K).
+    const throttled = /^(\d+)\s*%\s*(\d+)$/.exec(v('array'));
+    if (throttled) {
+      spec.array = Number(throttled[1]);
+      spec.max_running = Number(throttled[2]);
+    } else if (v('array')) spec.array = num(v('array'));
+    if (v('max_running')) spec.max_running = num(v('max_running'));
     const res = {};
     if (v('cpus')) res.cpus = num(v('cpus'));
     if (v('memory')) res.memory = num(v('memory'));
     if (v('pids')) res.pids = num(v('pids'));
     if (Object.keys(res).length) spec.resources = res;
     if (strategy.value) spec.strategy = strategy.value;
-    const deps = depends.value.split(/[\s,]+/).filter(Boolean);
-    if (deps.length) spec.depends_on = deps;
+    for (const k of DEP_KEYS) {
+      const ids = inputs[k].value.split(/[\s,]+/).filter(Boolean);
+      if (ids.length) spec[k] = ids;
+    }
+    if (inputs.singleton.checked) spec.singleton = true;
+    if (inputs.hold.checked) spec.hold = true;
     if (network.value) spec.network = network.value;
     const ports = portList(portsInput.value, errs);
     if (ports.length) spec.ports = ports;
@@ -306,6 +342,8 @@ export async function render(main, ctx) {
     carried = Object.fromEntries(Object.entries(spec).filter(([k]) => !FORM_KEYS.has(k)));
     const keys = Object.keys(carried);
     fill(carriedNote, keys.length ? ['Also submitted as loaded (change them with Edit as JSON): ', h('code', {}, keys.join(', '))] : null);
+    fill(scriptNote, spec.script ? h('div', { class: 'callout' }, 'Runs the batch script ', h('code', {}, spec.script.name),
+      ' stored with the job (submitted as loaded); the command line holds its arguments.') : null);
     if (spec.shell !== undefined) {
       setMode('shell');
       inputs.run.value = spec.shell;
@@ -313,14 +351,16 @@ export async function render(main, ctx) {
       setMode('command');
       inputs.run.value = (spec.command || []).map(quoteWord).join(' ');
     }
-    for (const k of [...TEXT_KEYS, 'array', 'replicas']) inputs[k].value = spec[k] ?? '';
+    for (const k of [...TEXT_KEYS, 'array', 'replicas', 'max_running']) inputs[k].value = spec[k] ?? '';
+    for (const k of DEP_KEYS) inputs[k].value = (spec[k] || []).join(', ');
+    inputs.singleton.checked = !!spec.singleton;
+    inputs.hold.checked = !!spec.hold;
     inputs.retries.value = spec.retries ? String(spec.retries) : '';
     inputs.priority.value = spec.priority ? String(spec.priority) : '';
     inputs.cpus.value = spec.resources?.cpus ?? '';
     inputs.memory.value = fmtBytes(spec.resources?.memory, { exact: true });
     inputs.pids.value = spec.resources?.pids ?? '';
     strategy.value = spec.strategy || '';
-    depends.value = (spec.depends_on || []).join(', ');
     network.value = spec.network || '';
     portsInput.value = portText(spec.ports);
     mountsInput.value = mountText(spec.mounts);
@@ -341,7 +381,13 @@ export async function render(main, ctx) {
    * (in the form's order, whatever the order of the errors). */
   function showErrors(message, list) {
     const general = [];
-    for (const e of list) {
+    let unplaceable = false;
+    for (const e0 of list) {
+      let e = e0;
+      if (UNPLACEABLE_TIP.test(e.message || '')) {
+        unplaceable = true;
+        e = { ...e, message: e.message.replace(UNPLACEABLE_TIP, ' (to wait for such a node, tick Allow unplaceable below)') };
+      }
       const id = inputFor(e.field || '');
       if (errors[id]) {
         errors[id].textContent = (errors[id].textContent ? errors[id].textContent + ' ' : '') + e.message;
@@ -349,6 +395,10 @@ export async function render(main, ctx) {
       } else {
         general.push(e.field ? `${e.field}: ${e.message}` : e.message);
       }
+    }
+    if (unplaceable) {
+      message = (message || '').replace(new RegExp(UNPLACEABLE_TIP.source.replace(/\$$/, ''), 'g'), '');
+      errors.allow_unplaceable.textContent = 'No node could run it now: tick Allow unplaceable to submit it anyway (it waits for such a node).';
     }
     fill(banner, h('div', { class: 'callout error' }, h('strong', {}, message || 'The job was not submitted.'),
       general.length ? h('ul', {}, general.map((g) => h('li', {}, g))) : null));
@@ -361,14 +411,15 @@ export async function render(main, ctx) {
     clearErrors();
     const errs = [];
     const spec = build(errs);
-    if (!spec.shell && !spec.command) errs.push({ field: 'command', message: 'Enter something to run.' });
+    if (!spec.shell && !spec.command && !spec.script) errs.push({ field: 'command', message: 'Enter something to run.' });
     if (errs.length) {
       showErrors('Please fix the highlighted fields.', errs);
       return;
     }
     submitBtn.disabled = true;
     try {
-      const r = await api('/v1/jobs', { method: 'POST', body: spec });
+      const q = inputs.allow_unplaceable.checked ? '?allow_unplaceable=true' : '';
+      const r = await api('/v1/jobs' + q, { method: 'POST', body: spec });
       submitted = true;
       location.hash = landing(r.ids);
     } catch (err) {
@@ -388,7 +439,8 @@ export async function render(main, ctx) {
     let f = pasteForm.querySelector('input[name=fmt]:checked').value;
     if (f === 'auto') f = /^\s*[[{]/.test(text) && !/^\s*\[\[/.test(text) ? 'json' : 'toml';
     try {
-      const r = await api('/v1/jobs', { method: 'POST', body: text, contentType: f === 'json' ? 'application/json' : 'application/toml' });
+      const q = pasteAllow.checked ? '?allow_unplaceable=true' : '';
+      const r = await api('/v1/jobs' + q, { method: 'POST', body: text, contentType: f === 'json' ? 'application/json' : 'application/toml' });
       submitted = true;
       location.hash = landing(r.ids);
     } catch (err) {
@@ -406,7 +458,11 @@ export async function render(main, ctx) {
     load(j.spec);
     paste.value = JSON.stringify(displaySpec(j.spec), null, 2);
   } else if (draft) {
-    for (const [id, val] of Object.entries(draft.fields)) if (inputs[id]) inputs[id].value = val;
+    for (const [id, val] of Object.entries(draft.fields)) {
+      if (!inputs[id]) continue;
+      if (inputs[id].type === 'checkbox') inputs[id].checked = val === true;
+      else inputs[id].value = val;
+    }
     setMode(draft.mode);
     strategy.value = draft.strategy;
     depends.value = draft.depends;
@@ -419,7 +475,7 @@ export async function render(main, ctx) {
       return;
     }
     const fields = {};
-    for (const [id, el] of Object.entries(inputs)) fields[id] = el.value;
+    for (const [id, el] of Object.entries(inputs)) fields[id] = el.type === 'checkbox' ? el.checked : el.value;
     draft = { fields, mode: modeValue(), strategy: strategy.value, depends: depends.value, paste: paste.value };
   };
 }

@@ -38,6 +38,23 @@ export function badge(state) {
   return h('span', { class: 'badge ' + s, 'data-state': s }, s.replace(/_/g, ' '));
 }
 
+/** The mark of a job on hold (no task starts until it is released). */
+export function heldBadge() {
+  return h('span', { class: 'badge held', 'data-held': 'true', title: 'On hold: no task starts until it is released' }, 'held');
+}
+
+/** A server's text with `code` spans (e.g. a pending reason naming a command) as <code>. */
+export function withCode(text) {
+  const parts = String(text || '').split('`');
+  if (parts.length % 2 === 0) return parts.join('`'); // an odd number of backticks: as it is
+  return parts.map((part, i) => (i % 2 ? h('code', {}, part) : part));
+}
+
+/** A word as a shell reads it back: as it is when plain, else in single quotes. */
+export function quoteWord(w) {
+  return /^[\w@%+=:,./-]+$/.test(w) ? w : "'" + w.replace(/'/g, "'\\''") + "'";
+}
+
 const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
 /**
