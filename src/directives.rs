@@ -263,15 +263,22 @@ pub fn slurm_time(v: &str) -> Result<Option<u64>, String> {
         None => (None, v),
     };
     let parts: Vec<u64> = rest.split(':').map(num).collect::<Result<_, _>>()?;
-    let secs = match (days, parts.as_slice()) {
-        (None, [m]) => m * 60,
-        (None, [m, s]) => m * 60 + s,
-        (None, [h, m, s]) => h * 3600 + m * 60 + s,
-        (Some(d), [h]) => d * 86400 + h * 3600,
-        (Some(d), [h, m]) => d * 86400 + h * 3600 + m * 60,
-        (Some(d), [h, m, s]) => d * 86400 + h * 3600 + m * 60 + s,
+    let (d, hms) = match (days, parts.as_slice()) {
+        (None, [m]) => (0, [0, *m, 0]),
+        (None, [m, s]) => (0, [0, *m, *s]),
+        (None, [h, m, s]) => (0, [*h, *m, *s]),
+        (Some(d), [h]) => (d, [*h, 0, 0]),
+        (Some(d), [h, m]) => (d, [*h, *m, 0]),
+        (Some(d), [h, m, s]) => (d, [*h, *m, *s]),
         _ => return Err(bad()),
     };
+    // Numbers that large are typos: years of seconds overflow nothing, but u64 could.
+    let secs = d
+        .checked_mul(86_400)
+        .and_then(|t| t.checked_add(hms[0].checked_mul(3600)?))
+        .and_then(|t| t.checked_add(hms[1].checked_mul(60)?))
+        .and_then(|t| t.checked_add(hms[2]))
+        .ok_or_else(|| "the time limit is too large".to_string())?;
     if secs == 0 {
         return Err("a time limit of 0 means none in Slurm: give UNLIMITED or leave it out".into());
     }
@@ -303,7 +310,10 @@ fn slurm_array(v: &str) -> Result<(u32, u32, u32, Option<u32>), String> {
         } else {
             1
         };
-        let even = step > 0 && list.windows(2).all(|w| w[1] == w[0] + step);
+        let even = step > 0
+            && list
+                .windows(2)
+                .all(|w| w[0].checked_add(step) == Some(w[1]));
         if !even {
             return Err(
                 "gaffer arrays take evenly spaced ids (A-B or A-B:S): this list is not".into(),
@@ -323,7 +333,14 @@ fn slurm_array(v: &str) -> Result<(u32, u32, u32, Option<u32>), String> {
     if last < first || step == 0 {
         return Err("the range is empty".into());
     }
-    Ok(((last - first) / step + 1, first, step, limit))
+    let count = ((last - first) / step) as u64 + 1;
+    if count > gaffer_api::MAX_ARRAY as u64 {
+        return Err(format!(
+            "{count} tasks: an array has at most {}",
+            gaffer_api::MAX_ARRAY
+        ));
+    }
+    Ok((count as u32, first, step, limit))
 }
 
 /// Slurm's `--dependency`: `TYPE:ID[:ID...]` joined by `,` (all must hold), as gaffer flags.

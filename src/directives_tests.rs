@@ -50,7 +50,7 @@ fn slurm_times() {
     ] {
         assert_eq!(slurm_time(t).unwrap(), secs, "{t}");
     }
-    for bad in ["", "1:2:3:4", "x", "1-", "0"] {
+    for bad in ["", "1:2:3:4", "x", "1-", "0", "99999999999999999-0"] {
         assert!(slurm_time(bad).is_err(), "{bad}");
     }
 }
@@ -62,6 +62,11 @@ fn slurm_arrays() {
     assert_eq!(slurm_array("1,3,5%1").unwrap(), (3, 1, 2, Some(1)));
     assert!(slurm_array("1,2,5").is_err());
     assert!(slurm_array("9-1").is_err());
+    assert!(
+        slurm_array("0-4294967295").is_err(),
+        "too many, not an overflow"
+    );
+    assert!(slurm_array("4294967295,4294967295").is_err());
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn an_sbatch_script_runs_unchanged_with_slurm_variables_and_log_files() {
     cmd.args(["submit", &name, "one", "two"])
         .env("GAFFER_ADDR", &dev.addr)
         .env("FROM_SHELL", "exported")
+        .env("AWS_SECRET_ACCESS_KEY", "hunter2")
         .current_dir(dev.root());
     let out = run_cmd(cmd, Duration::from_secs(30)).ok();
     assert!(
@@ -68,10 +69,16 @@ fn an_sbatch_script_runs_unchanged_with_slurm_variables_and_log_files() {
         ),
         "one warning lists what is ignored: {out:?}"
     );
+    assert!(
+        out.stderr.contains("not copying AWS_SECRET_ACCESS_KEY"),
+        "secrets stay out of the stored spec: {out:?}"
+    );
     let id = submitted(&out);
     let j = dev.wait_final(&id, FINAL);
     assert_eq!(state(&j), "succeeded", "{j}");
     let spec = &j["spec"];
+    assert!(spec["env"].get("AWS_SECRET_ACCESS_KEY").is_none(), "{spec}");
+    assert_eq!(spec["env"]["FROM_SHELL"], "exported");
     assert_eq!(spec["name"], "align");
     assert_eq!(spec["array"], 3);
     assert_eq!(spec["max_running"], 1);
@@ -145,6 +152,15 @@ fn gaffer_directives_apply_first_and_the_command_line_wins() {
         out.stderr.contains("bad.sh") && out.stderr.contains("directives"),
         "{out:?}"
     );
+    // A word that is no flag's value is refused, not taken as the command.
+    let stray = script(
+        dev.root(),
+        "stray.sh",
+        "#!/bin/sh\n#GAFFER --env A=1 B=2\ntrue\n",
+    );
+    let out = dev.gaffer(&["submit", &stray]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("`B=2` is not a flag"), "{out:?}");
     let slurm = script(dev.root(), "s.sh", "#!/bin/sh\n#SBATCH --qos=high\ntrue\n");
     let out = dev.gaffer(&["submit", "--strict", &slurm]);
     assert_ne!(out.code, 0);
@@ -242,6 +258,11 @@ fn hold_release_and_singleton() {
             .is_some_and(|r| r.contains("held"))
     });
     assert_eq!(state(&j), "pending", "held: it does not start");
+    assert_eq!(
+        j["task_list"][0]["attempts"],
+        json!([]),
+        "no attempt although its singleton ended: {j}"
+    );
     dev.gaffer(&["release", &second]).ok();
     let s = dev.wait_final(&second, FINAL);
     assert_eq!(state(&s), "succeeded");

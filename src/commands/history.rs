@@ -52,7 +52,8 @@ pub fn history(c: &Client, out: Output, a: HistoryArgs) -> Result<i32> {
         let since = since.unwrap_or_else(|| now_ms().saturating_sub(24 * 3600 * 1000));
         let mut q = format!(
             "/v1/history?since={since}&tasks={}&limit={}",
-            a.tasks, a.limit
+            a.tasks,
+            a.limit.min(1000)
         );
         if let Some(u) = until {
             q.push_str(&format!("&until={u}"));
@@ -63,7 +64,26 @@ pub fn history(c: &Client, out: Output, a: HistoryArgs) -> Result<i32> {
         if let Some(n) = &a.name {
             q.push_str(&format!("&name={}", enc(n)));
         }
-        c.get::<HistoryPage>(&q)?.rows
+        // The server gives at most 1,000 jobs a page: follow `next` up to --limit.
+        let mut rows = Vec::new();
+        let mut jobs = 0u32;
+        let mut before: Option<String> = None;
+        loop {
+            let mut path = q.clone();
+            if let Some(b) = &before {
+                path.push_str(&format!("&before={b}"));
+            }
+            let page: HistoryPage = c.get(&path)?;
+            let mut seen: Vec<gaffer_api::JobId> = page.rows.iter().map(|r| r.job).collect();
+            seen.dedup();
+            jobs += seen.len() as u32;
+            rows.extend(page.rows);
+            match page.next {
+                Some(n) if jobs < a.limit => before = Some(n.to_string()),
+                _ => break,
+            }
+        }
+        rows
     } else {
         let mut rows = Vec::new();
         for j in &a.jobs {

@@ -65,7 +65,9 @@ fn every_task(c: &Client, id: JobId, stderr: bool, attempt: Option<u32>) -> Resu
         for t in &tasks {
             let index = t["index"].as_u64().unwrap_or_default();
             from = index as u32 + 1;
-            if t["attempts"].as_array().is_none_or(|a| a.is_empty()) {
+            let made = t["attempts"].as_array().map_or(0, |a| a.len() as u32);
+            // Tasks that never ran, or (with --attempt N) have fewer attempts.
+            if made == 0 || attempt.is_some_and(|n| n > made) {
                 continue;
             }
             let mut path = format!(
@@ -75,13 +77,14 @@ fn every_task(c: &Client, id: JobId, stderr: bool, attempt: Option<u32>) -> Resu
             if let Some(n) = attempt {
                 path.push_str(&format!("&attempt={n}"));
             }
-            let mut text = String::new();
-            c.get_stream(&path)?
-                .into_reader()
-                .read_to_string(&mut text)
-                .map_err(|e| anyhow!("cannot read the log of task {index}: {e}"))?;
-            for line in text.lines() {
-                if writeln!(out, "[{index}] {line}").is_err() {
+            let reader = std::io::BufReader::new(c.get_stream(&path)?.into_reader());
+            for line in std::io::BufRead::split(reader, b'\n') {
+                let line = line.map_err(|e| anyhow!("cannot read the log of task {index}: {e}"))?;
+                let shown = out
+                    .write_all(format!("[{index}] ").as_bytes())
+                    .and_then(|()| out.write_all(&line))
+                    .and_then(|()| out.write_all(b"\n"));
+                if shown.is_err() {
                     return Ok(0); // stdout closed (e.g. piped into head)
                 }
             }

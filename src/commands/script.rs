@@ -46,12 +46,30 @@ pub(super) fn batch_script(a: SubmitArgs) -> Result<(SubmitArgs, Option<Batch>)>
         .map(String::from)
         .chain(d.args.iter().cloned())
         .chain(["--".to_string(), "true".to_string()]);
-    if let Err(e) = Cli::try_parse_from(alone) {
-        bail!(
+    let first_line = |e: clap::Error| {
+        let text = e.to_string();
+        text.lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string()
+    };
+    match Cli::try_parse_from(alone) {
+        Err(e) => bail!(
             "{shown}: in its #GAFFER/#SBATCH directives ({}): {}",
             d.args.join(" "),
-            e.kind()
-        );
+            first_line(e)
+        ),
+        // A word that is no flag's value would become the command: refuse it.
+        Ok(Cli {
+            command: Command::Submit(s),
+            ..
+        }) if s.command != ["true"] => bail!(
+            "{shown}: in its #GAFFER/#SBATCH directives ({}): `{}` is not a flag or a flag's value",
+            d.args.join(" "),
+            s.command[0]
+        ),
+        Ok(_) => {}
     }
     let a = match Cli::try_parse_from(with_directives(&d.args)) {
         Ok(Cli {
@@ -61,6 +79,9 @@ pub(super) fn batch_script(a: SubmitArgs) -> Result<(SubmitArgs, Option<Batch>)>
         Ok(_) => bail!("internal error: the directives of {shown} changed the subcommand"),
         Err(e) => e.exit(),
     };
+    if a.command.first() != Some(&path) {
+        bail!("internal error: the directives of {shown} moved the script out of the command");
+    }
     if !d.unsupported.is_empty() {
         let list = d.unsupported.join(", ");
         if a.strict {
@@ -112,10 +133,23 @@ fn with_directives(args: &[String]) -> Vec<OsString> {
     out
 }
 
-/// The submitting shell's variables a Slurm-style script gets (never gaffer's own).
+/// The submitting shell's variables a Slurm-style script gets: never gaffer's own, and, of
+/// the whole environment, none whose name looks like a secret (the spec is readable by every
+/// API client): those only when named in `--export`. A warning lists what was left out.
 fn exported(d: &Directives) -> Vec<(String, String)> {
-    let all =
-        || std::env::vars().filter(|(k, _)| !k.starts_with("GAFFER_") && !k.starts_with("SLURM_"));
+    let mut withheld = Vec::new();
+    let mut all = || -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| !k.starts_with("GAFFER_") && !k.starts_with("SLURM_"))
+            .filter(|(k, _)| {
+                let secret = looks_secret(k);
+                if secret {
+                    withheld.push(k.clone());
+                }
+                !secret
+            })
+            .collect()
+    };
     let named = |items: &[String]| -> Vec<(String, String)> {
         items
             .iter()
@@ -125,9 +159,35 @@ fn exported(d: &Directives) -> Vec<(String, String)> {
             })
             .collect()
     };
-    match &d.export {
-        Export::All => all().collect(),
-        Export::AllAnd(items) => all().chain(named(items)).collect(),
+    let env = match &d.export {
+        Export::All => all(),
+        Export::AllAnd(items) => all().into_iter().chain(named(items)).collect(),
         Export::Only(items) => named(items),
+    };
+    if !withheld.is_empty() {
+        withheld.sort();
+        eprintln!(
+            "gaffer: warning: not copying {} into the job (it looks like a secret; name it in #SBATCH --export=ALL,NAME to pass it)",
+            withheld.join(", ")
+        );
     }
+    env
+}
+
+/// A variable name like `AWS_SECRET_ACCESS_KEY`, `VAULT_TOKEN` or `DB_PASSWORD`.
+fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "API_KEY",
+        "PRIVATE_KEY",
+        "ACCESS_KEY",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+        || n.ends_with("_KEY")
 }

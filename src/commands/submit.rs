@@ -78,7 +78,12 @@ fn spec_file(path: &Path) -> Result<serde_json::Value> {
 fn spec_of(a: &SubmitArgs, batch: Option<Batch>) -> Result<JobSpec> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let ids = |l: &[String]| l.iter().map(|j| job_id(j)).collect::<Result<Vec<_>>>();
-    let workdir = a.workdir.as_ref().map(|w| absolute(&cwd, w));
+    // A relative workdir is the submit directory's, on the node's host: not for containers
+    // (their paths are inside; the server refuses a relative one).
+    let workdir = match a.image {
+        None => a.workdir.as_ref().map(|w| absolute(&cwd, w)),
+        Some(_) => a.workdir.clone(),
+    };
     let base = workdir.clone().unwrap_or_else(|| cwd.display().to_string());
     let log = |p: &Option<String>| p.as_ref().map(|p| absolute(Path::new(&base), p));
     let (command, script, slurm, mut env) = match batch {

@@ -30,6 +30,13 @@ pub(crate) fn apply(dir: &Path, l: &TaskLaunch, spec: &mut LaunchSpec) -> Result
         argv.extend(l.argv.iter().cloned());
         spec.argv = argv;
     }
+    // The agent (root) writes them on the host: only for a host task, as the server checks.
+    if spec.container.is_some() && (l.stdout_file.is_some() || l.stderr_file.is_some()) {
+        return Err(format!(
+            "attempt {}: stdout_file and stderr_file apply to host processes only",
+            l.key
+        ));
+    }
     spec.log_files = gaffer_runtime::LogFiles {
         stdout: l.stdout_file.as_ref().map(PathBuf::from),
         stderr: l.stderr_file.as_ref().map(PathBuf::from),

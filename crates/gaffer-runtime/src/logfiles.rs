@@ -7,8 +7,9 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Copies to make once the task has ended: (the attempt's log, the user's path).
-pub(crate) type Copies = Vec<(PathBuf, PathBuf)>;
+/// Copies to make once the task has ended: the attempt's log, and the user's file (opened
+/// at the start, without following a symlink) with its path.
+pub(crate) type Copies = Vec<(PathBuf, File, PathBuf)>;
 
 /// Gives the attempt's logs (`stdout_at`, `stderr_at`, already open as `stdout`, `stderr`) the
 /// names `files` asks for. Without its own stderr file, standard error goes to the stdout
@@ -54,8 +55,17 @@ fn link_or_copy(from: &Path, to: &Path, copies: &mut Copies) -> Result<(), Strin
         Ok(()) => Ok(()),
         // Another filesystem, or one without hard links.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::EPERM)) => {
-            File::create(to).map_err(cannot)?;
-            copies.push((from.to_path_buf(), to.to_path_buf()));
+            // Opened now and written through this descriptor at the end: a symlink put at
+            // the path meanwhile is never followed.
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(to)
+                .map_err(cannot)?;
+            copies.push((from.to_path_buf(), file, to.to_path_buf()));
             Ok(())
         }
         Err(e) => Err(cannot(e)),
@@ -63,11 +73,12 @@ fn link_or_copy(from: &Path, to: &Path, copies: &mut Copies) -> Result<(), Strin
 }
 
 /// Makes the copies left by [`attach`]; returns what failed.
-pub(crate) fn finish(copies: &Copies) -> Option<String> {
+pub(crate) fn finish(copies: Copies) -> Option<String> {
     let failed: Vec<String> = copies
-        .iter()
-        .filter_map(|(from, to)| {
-            std::fs::copy(from, to)
+        .into_iter()
+        .filter_map(|(from, mut file, to)| {
+            File::open(&from)
+                .and_then(|mut src| io::copy(&mut src, &mut file))
                 .err()
                 .map(|e| format!("cannot copy the task's log to {}: {e}", to.display()))
         })
@@ -101,6 +112,42 @@ mod tests {
         err.write_all(b"err\n").unwrap();
         assert_eq!(std::fs::read_to_string(&user).unwrap(), "out\nerr\n");
         assert_eq!(std::fs::read_to_string(&o).unwrap(), "out\nerr\n");
+    }
+
+    #[test]
+    fn across_filesystems_the_log_is_copied_at_the_end_without_following_a_symlink() {
+        let shm = Path::new("/dev/shm");
+        let d = tempfile::tempdir().unwrap();
+        let Ok(other) = tempfile::tempdir_in(shm) else {
+            eprintln!("skipped: no /dev/shm");
+            return;
+        };
+        let (o, e) = (d.path().join("stdout"), d.path().join("stderr"));
+        let user = other.path().join("job.out");
+        let files = LogFiles {
+            stdout: Some(user.clone()),
+            stderr: None,
+        };
+        let (mut out, _err, copies) = attach(
+            &files,
+            (&o, &e),
+            (File::create(&o).unwrap(), File::create(&e).unwrap()),
+        )
+        .unwrap();
+        if copies.is_empty() {
+            eprintln!("skipped: /dev/shm is on the same filesystem");
+            return;
+        }
+        out.write_all(b"done\n").unwrap();
+        // A symlink swapped in while the task runs is not followed at the end.
+        let victim = other.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let moved = other.path().join("moved");
+        std::fs::rename(&user, &moved).unwrap();
+        std::os::unix::fs::symlink(&victim, &user).unwrap();
+        assert_eq!(finish(copies), None);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&moved).unwrap(), "done\n");
     }
 
     #[test]

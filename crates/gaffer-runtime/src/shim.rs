@@ -204,7 +204,7 @@ fn run(dir: &Path) -> AttemptStatus {
             )
         }
     };
-    if let Some(e) = logfiles::finish(&copies) {
+    if let Some(e) = logfiles::finish(copies) {
         append_message(&mut status.message, e);
     }
     status

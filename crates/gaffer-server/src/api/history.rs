@@ -73,13 +73,15 @@ fn read(
         let page = store.list_jobs(&q)?;
         // Ids grow with submit time: past `since`, every older job is out of the window too.
         let older = page.jobs.iter().any(|j| j.created_at < since);
-        let ids: Vec<_> = page
+        let in_window: Vec<_> = page
             .jobs
             .iter()
             .filter(|j| (since..=until).contains(&j.created_at))
             .map(|j| j.id)
-            .take(want - covered)
             .collect();
+        // Jobs of the window this page leaves for the next one.
+        let truncated = in_window.len() > want - covered;
+        let ids: Vec<_> = in_window.into_iter().take(want - covered).collect();
         let last = ids.last().copied();
         for h in store.job_histories(&ids)?.into_iter().flatten() {
             if per_task {
@@ -93,7 +95,7 @@ fn read(
         match next {
             Some(n) if covered < want => q.before = Some(n),
             _ => {
-                let more = next.is_some() || (covered == want && last.is_some() && !older);
+                let more = truncated || next.is_some();
                 return Ok(HistoryPage {
                     rows,
                     next: if more { last } else { None },

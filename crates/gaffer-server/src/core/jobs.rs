@@ -289,10 +289,8 @@ impl<E: Effects> Core<E> {
                 }
                 self.gang_since.remove(&id);
                 self.gang_stops.retain(|k, _| k.job != id);
-                // Jobs waiting on it will never see it succeed.
-                for dependent in self.dependents.remove(&id).unwrap_or_default() {
-                    self.fail_dependency(dependent, id, JobState::Killed, now);
-                }
+                // Jobs waiting on it see it end killed: a dependency on its success fails.
+                self.dependency_ended(id, JobState::Killed, now);
                 self.set_reason(id, None);
                 self.queue.remove(&job.queue_key());
                 for (idx, t) in &job.tasks {
@@ -436,7 +434,9 @@ impl<E: Effects> Core<E> {
             self.requeue(id);
             return;
         }
-        let job = self.jobs.remove(&id).expect("job present");
+        let mut job = self.jobs.remove(&id).expect("job present");
+        // Nothing is left to hold back (a retry later starts at once).
+        job.row.held = false;
         if let Some(svc) = job.row.spec.service {
             self.close_service(id, svc.host);
         }
@@ -444,6 +444,13 @@ impl<E: Effects> Core<E> {
         self.queue.remove(&job.queue_key());
         self.batch.update_jobs.push(job.row);
         self.dirty_jobs.remove(&id);
+        self.dependency_ended(id, new, now);
+        self.set_reason(id, None);
+    }
+
+    /// Job `id` ended `state` (or was removed: `killed`): each job waiting on it runs or
+    /// fails as the kind of its wait says.
+    fn dependency_ended(&mut self, id: JobId, state: JobState, now: UnixMs) {
         for dependent in self.dependents.remove(&id).unwrap_or_default() {
             let Some(d) = self.jobs.get_mut(&dependent) else {
                 continue;
@@ -451,20 +458,22 @@ impl<E: Effects> Core<E> {
             let Some(kind) = d.waiting_on.remove(&id) else {
                 continue;
             };
-            if kind.satisfied_by(new == JobState::Succeeded) {
+            if kind.satisfied_by(state == JobState::Succeeded) {
                 let reason = waiting_reason(&d.waiting_on);
                 self.set_reason(dependent, reason);
                 self.requeue(dependent);
             } else {
-                self.fail_dependency(dependent, id, new, now);
+                self.fail_dependency(dependent, id, state, now);
             }
         }
-        self.set_reason(id, None);
     }
 
     /// Records what job `id` waits for; fails it at once if a dependency already failed.
     pub(super) fn link_dependencies(&mut self, id: JobId, now: UnixMs) -> Result<(), CoreError> {
         let (mut deps, singleton) = match self.jobs.get(&id) {
+            // A job that has started had its dependencies met (one removed since then, seen
+            // at a restart, must not fail it now).
+            Some(j) if j.row.counts.started > 0 => return Ok(()),
             Some(j) => (j.row.spec.dependencies(), j.row.spec.singleton),
             None => return Ok(()),
         };
@@ -485,7 +494,8 @@ impl<E: Effects> Core<E> {
             }
             if self.jobs.contains_key(&d) {
                 if let Some(j) = self.jobs.get_mut(&id) {
-                    j.waiting_on.insert(d, kind);
+                    // An explicit kind wins over the singleton's `any` for the same job.
+                    j.waiting_on.entry(d).or_insert(kind);
                 }
                 self.dependents.entry(d).or_default().push(id);
                 continue;

@@ -2,6 +2,7 @@
 //! (every round is run at an explicit `now`), and [`Recorder`], an [`Effects`] that keeps what
 //! each committed round released. No agent, thread or socket: each test runs in milliseconds.
 
+mod batch;
 mod effects;
 mod gang;
 mod jobs;
@@ -116,6 +117,10 @@ impl SpecB {
     }
     pub(super) fn priority(mut self, p: i32) -> Self {
         self.0.priority = p;
+        self
+    }
+    pub(super) fn name(mut self, n: &str) -> Self {
+        self.0.name = Some(n.into());
         self
     }
     pub(super) fn array(mut self, n: u32) -> Self {
