@@ -8,22 +8,8 @@ mod util;
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use ui_util::{serial, Browser, Cluster, UI_TIMEOUT};
+use ui_util::{run, s, Browser, Cluster, UI_TIMEOUT};
 use util::Dev;
-
-fn run<F: std::future::Future<Output = ()>>(f: F) {
-    let _one_at_a_time = serial();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f);
-}
-
-fn s(v: &Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_default()
-}
 
 #[test]
 fn a_job_submitted_through_the_form_reaches_succeeded_in_the_table_without_a_reload() {

@@ -1,12 +1,12 @@
 //! `GET /v1/history`: accounting in the manner of Slurm's `sacct` — wait, run and CPU time,
 //! peak memory, exit code and nodes per job, or per task — read from the store.
 
-use super::{blocking, parse_id, Q};
+use super::{blocking, parse_id, state_filter, Q};
 use crate::http::{ApiResult, AppError, AppState};
 use axum::extract::State;
 use axum::Json;
 use gaffer_api::views::{AttemptView, ErrorBody, HistoryPage, UsageRow};
-use gaffer_api::{JobState, TaskState, UnixMs};
+use gaffer_api::{TaskState, UnixMs};
 use gaffer_store::{JobHistory, JobQuery, Store};
 use serde::Deserialize;
 
@@ -39,10 +39,7 @@ pub(super) async fn history(
     State(st): State<AppState>,
     Q(p): Q<HistoryParams>,
 ) -> ApiResult<Json<HistoryPage>> {
-    let state = match p.state.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(s) => Some(s.parse::<JobState>().map_err(AppError::bad)?),
-    };
+    let state = state_filter(p.state.as_deref())?;
     let (since, until) = (p.since.unwrap_or(0), p.until.unwrap_or(UnixMs::MAX));
     if since > until {
         return Err(AppError::bad("`since` is after `until`"));
@@ -192,7 +189,7 @@ fn usage(h: &JobHistory, task: Option<u32>, attempts: &[&AttemptView]) -> UsageR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gaffer_api::{JobId, JobSpec};
+    use gaffer_api::{JobId, JobSpec, JobState};
     use gaffer_store::JobRow;
 
     fn attempt(n: u32, node: &str, span: (u64, u64), code: i32, cpu: f64) -> AttemptView {

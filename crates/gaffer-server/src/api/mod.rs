@@ -59,6 +59,14 @@ where
     }
 }
 
+/// A `state=` filter of a listing: absent, empty or `all` for every state.
+fn state_filter(s: Option<&str>) -> ApiResult<Option<JobState>> {
+    match s {
+        None | Some("") | Some("all") => Ok(None),
+        Some(s) => s.parse::<JobState>().map(Some).map_err(AppError::bad),
+    }
+}
+
 fn parse_id(s: &str) -> ApiResult<JobId> {
     s.parse()
         .map_err(|e: gaffer_api::ids::BadJobId| AppError::bad(e.to_string()))
@@ -322,10 +330,7 @@ struct ListParams {
            ("before" = Option<String>, Query, description = "the previous page's `next`")),
     responses((status = 200, body = JobPage), (status = 400, body = ErrorBody)))]
 async fn list_jobs(State(st): State<AppState>, Q(p): Q<ListParams>) -> ApiResult<Json<JobPage>> {
-    let state = match p.state.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(s) => Some(s.parse::<JobState>().map_err(AppError::bad)?),
-    };
+    let state = state_filter(p.state.as_deref())?;
     let before = p.before.as_deref().map(parse_id).transpose()?;
     let q = JobQuery {
         state,
