@@ -13,20 +13,8 @@
 # Everything runs in a private network namespace (`unshare -n`, loopback up), so gaffer's
 # bridge, veths, routes and nftables table never touch this machine's network.
 set -euo pipefail
-if [ -z "${GAFFER_BENCH_IN_NETNS:-}" ]; then
-    if [ "$(id -u)" != 0 ]; then echo "bench/bridge.sh needs root (namespaces, cgroups, overlayfs, nftables)" >&2; exit 1; fi
-    missing=()
-    [ -x /bin/busybox ] || missing+=(busybox-static)
-    command -v nft >/dev/null 2>&1 || missing+=(nftables)
-    if [ ${#missing[@]} -gt 0 ]; then
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
-    # Built out here: cargo may need the network, which the namespace does not have.
-    (cd "$(dirname "$0")/.." && cargo build --release --quiet --bin gaffer)
-    exec env GAFFER_BENCH_IN_NETNS=1 unshare --net -- bash "$0" "$@"
-fi
-ip link set lo up
 source "$(dirname "$0")/lib.sh"
+run_in_netns "$0" "$@"
 N="${1:-20}"
 M="${2:-50}"
 

@@ -10,19 +10,8 @@
 #      every second, so expect up to ~1 s plus the round trip).
 # Everything runs in a private network namespace (`unshare -n`), as bench/bridge.sh does.
 set -euo pipefail
-if [ -z "${GAFFER_BENCH_IN_NETNS:-}" ]; then
-    if [ "$(id -u)" != 0 ]; then echo "bench/cluster.sh needs root (namespaces, cgroups, overlayfs, nftables)" >&2; exit 1; fi
-    missing=()
-    [ -x /bin/busybox ] || missing+=(busybox-static)
-    command -v nft >/dev/null 2>&1 || missing+=(nftables)
-    if [ ${#missing[@]} -gt 0 ]; then
-        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-    fi
-    (cd "$(dirname "$0")/.." && cargo build --release --quiet --bin gaffer)
-    exec env GAFFER_BENCH_IN_NETNS=1 unshare --net -- bash "$0" "$@"
-fi
-ip link set lo up
 source "$(dirname "$0")/lib.sh"
+run_in_netns "$0" "$@"
 N="${1:-5}"
 
 start_dev

@@ -24,3 +24,24 @@ stop_dev() {
     rm -rf "$WORK"
 }
 now() { date +%s.%N; }
+# run_in_netns SCRIPT [ARGS...]: for the container-network benches. Outside the namespace:
+# needs root, installs busybox-static and nftables if missing, builds the release binary (cargo
+# may need the network, which the namespace has not), then runs SCRIPT again in a private
+# network namespace (`unshare -n`, loopback up), so gaffer's bridge, veths, routes and nftables
+# table never touch this machine's network. Inside it, it returns at once.
+run_in_netns() {
+    local script="$1"; shift
+    if [ -n "${GAFFER_BENCH_IN_NETNS:-}" ]; then
+        ip link set lo up
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then echo "$script needs root (namespaces, cgroups, overlayfs, nftables)" >&2; exit 1; fi
+    local missing=()
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+    fi
+    (cd "$ROOT" && cargo build --release --quiet --bin gaffer)
+    exec env GAFFER_BENCH_IN_NETNS=1 unshare --net -- bash "$script" "$@"
+}

@@ -54,7 +54,4 @@ pub struct HistoryArgs {
     /// Most jobs listed (newest first).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
-    /// `-o csv` (set by `main`, which reads `-o`).
-    #[arg(skip)]
-    pub csv: bool,
 }

@@ -95,10 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(a) => commands::logs(&c, a),
         Command::Kill(a) => commands::kill(&c, out, a),
         Command::Wait(a) => commands::wait(&c, out, a),
-        Command::History(mut a) => {
-            a.csv = cli.format == cli::Format::Csv;
-            commands::history(&c, out, a)
-        }
+        Command::History(a) => commands::history(&c, out, a, cli.format == cli::Format::Csv),
         Command::Retry(a) => commands::retry(&c, out, a),
         Command::Hold(a) => commands::hold(&c, out, a, true),
         Command::Release(a) => commands::hold(&c, out, a, false),

@@ -321,7 +321,8 @@ fn a_restarted_agent_keeps_live_bridge_attempts_and_removes_what_died() {
         assert!(out.stdout.contains("removed the bridge network"), "{out:?}");
         assert!(!sh("ip -o link").contains("gaffer0"));
         assert!(!sh("nft list tables").contains("gaffer"));
-        assert_eq!(sh("ip route show proto 171"), "");
+        // A one-node dev has no routes to other nodes' subnets: their removal is asserted
+        // in tests/bridge_cluster.rs, where there are some.
     });
 }
 

@@ -44,7 +44,8 @@ const DEFAULT: &[&str] = &[
 ];
 
 /// `gaffer history`.
-pub fn history(c: &Client, out: Output, a: HistoryArgs) -> Result<i32> {
+/// `csv`: `-o csv` (the one command that prints it; `out` stands for the other formats).
+pub fn history(c: &Client, out: Output, a: HistoryArgs, csv: bool) -> Result<i32> {
     let columns = columns(&a)?;
     let rows = if a.jobs.is_empty() {
         let since = a.since.as_deref().map(parse_time).transpose()?;
@@ -103,8 +104,8 @@ pub fn history(c: &Client, out: Output, a: HistoryArgs) -> Result<i32> {
         }
         rows
     };
-    if a.csv {
-        print!("{}", csv(&rows, &columns));
+    if csv {
+        print!("{}", to_csv(&rows, &columns));
         return Ok(0);
     }
     out.print(&rows, || {
@@ -176,7 +177,7 @@ fn cell(r: &UsageRow, col: &str, raw: bool) -> String {
 }
 
 /// The rows as CSV with a header line (RFC 4180 quoting).
-fn csv(rows: &[UsageRow], columns: &[&str]) -> String {
+fn to_csv(rows: &[UsageRow], columns: &[&str]) -> String {
     let quote = |s: String| {
         if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
@@ -249,7 +250,7 @@ mod tests {
             exit_code: Some(0),
             nodes: "n1".into(),
         };
-        let text = csv(
+        let text = to_csv(
             &[r],
             &["job", "name", "wait", "run", "cpu", "maxrss", "exit"],
         );

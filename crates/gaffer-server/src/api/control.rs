@@ -96,13 +96,7 @@ pub(super) async fn hold_job(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<HoldResponse>> {
-    let id = parse_id(&id)?;
-    let state = st.core.hold(id, true).await?;
-    Ok(Json(HoldResponse {
-        id,
-        state,
-        held: true,
-    }))
+    set_hold(&st, &id, true).await
 }
 
 /// Release a held job: its tasks may start again.
@@ -112,11 +106,12 @@ pub(super) async fn release_job(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<HoldResponse>> {
-    let id = parse_id(&id)?;
-    let state = st.core.hold(id, false).await?;
-    Ok(Json(HoldResponse {
-        id,
-        state,
-        held: false,
-    }))
+    set_hold(&st, &id, false).await
+}
+
+/// Holds (`held`) or releases job `id`.
+async fn set_hold(st: &AppState, id: &str, held: bool) -> ApiResult<Json<HoldResponse>> {
+    let id = parse_id(id)?;
+    let state = st.core.hold(id, held).await?;
+    Ok(Json(HoldResponse { id, state, held }))
 }

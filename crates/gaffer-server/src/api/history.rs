@@ -241,6 +241,51 @@ mod tests {
         }
     }
 
+    /// Jobs 1 to 8, submitted at 1 s, 2 s, ... 8 s.
+    fn store_of_eight() -> (tempfile::TempDir, gaffer_store::sqlite::SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gaffer_store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let jobs = (1..=8)
+            .map(|i| JobRow {
+                id: JobId(i),
+                created_at: i * 1000,
+                ..history().job
+            })
+            .collect();
+        store
+            .commit(&gaffer_store::Batch {
+                insert_jobs: jobs,
+                ..Default::default()
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn pages_cover_the_window_without_losing_a_job() {
+        let (_dir, store) = store_of_eight();
+        let q = |before| JobQuery {
+            state: None,
+            name: None,
+            before,
+            limit: 3,
+        };
+        // Job 8 is after the window, jobs 1 to 3 before it: the second list page (5, 4, 3)
+        // both reaches past the window and holds more of it than this page takes.
+        let first = read(&store, q(None), (3500, 7500), false).unwrap();
+        let ids: Vec<u64> = first.rows.iter().map(|r| r.job.0).collect();
+        assert_eq!(ids, [7, 6, 5]);
+        assert_eq!(
+            first.next,
+            Some(JobId(5)),
+            "job 4 is left for the next page"
+        );
+        let second = read(&store, q(first.next), (3500, 7500), false).unwrap();
+        let ids: Vec<u64> = second.rows.iter().map(|r| r.job.0).collect();
+        assert_eq!(ids, [4]);
+        assert_eq!(second.next, None, "past the window");
+    }
+
     #[test]
     fn a_job_adds_up_its_attempts() {
         let r = job_row(&history());

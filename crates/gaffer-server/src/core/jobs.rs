@@ -2,7 +2,7 @@
 
 use super::command::Reply;
 use super::model::{ActiveJob, TaskRt};
-use super::transition::{end_untouched, move_task, waiting_reason};
+use super::transition::{end_untouched, move_task};
 use super::{refused, Core, CoreError, Effects};
 use gaffer_api::batch::DepKind;
 use gaffer_api::ports::FIRST_UNPRIVILEGED_PORT;
@@ -459,8 +459,8 @@ impl<E: Effects> Core<E> {
                 continue;
             };
             if kind.satisfied_by(state == JobState::Succeeded) {
-                let reason = waiting_reason(&d.waiting_on);
-                self.set_reason(dependent, reason);
+                // `requeue` says why, if it still waits (for another job, a hold, ...).
+                self.set_reason(dependent, None);
                 self.requeue(dependent);
             } else {
                 self.fail_dependency(dependent, id, state, now);
@@ -511,11 +511,9 @@ impl<E: Effects> Core<E> {
                 failed = Some((d, ended));
             }
         }
+        // Otherwise the caller's `requeue` gives the waiting reason.
         if let Some((d, st)) = failed {
             self.fail_dependency(id, d, st, now);
-        } else if let Some(j) = self.jobs.get(&id) {
-            let reason = waiting_reason(&j.waiting_on);
-            self.set_reason(id, reason);
         }
         Ok(())
     }

@@ -219,7 +219,7 @@ pub(super) fn idle_reason(job: &ActiveJob) -> Option<String> {
     None
 }
 
-pub(super) fn waiting_reason(deps: &BTreeMap<JobId, DepKind>) -> Option<String> {
+fn waiting_reason(deps: &BTreeMap<JobId, DepKind>) -> Option<String> {
     if deps.is_empty() {
         return None;
     }
